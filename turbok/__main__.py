@@ -1,0 +1,3 @@
+from turbok.cli.main import main
+
+main()

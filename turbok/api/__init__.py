@@ -1,0 +1,10 @@
+"""The kinds turbok serves, as plain data: no I/O, no servers, no storage.
+
+Owns: the kind registry loaded from the CRDs in ``crds/`` (``kinds``),
+structural-schema validation, defaulting and pruning (``schema``), object
+metadata rules, selectors and conditions (``meta``), and the error tree that
+becomes a Kubernetes ``Status`` (``status``).
+
+Imports nothing of turbok but ``turbok.errors``: every other part may use it,
+on either engine.
+"""

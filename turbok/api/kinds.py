@@ -1,0 +1,206 @@
+"""The registry of kinds: names, scope, schema and subresources of each.
+
+Kinds come from the CustomResourceDefinitions packaged in ``turbok/api/crds``
+(the upstream Agent Sandbox CRDs unchanged, plus turbok's own), and a few core
+kinds defined here (``v1`` Namespace). For each CRD the storage version is
+served; other versions would need conversion and are not.
+
+Who calls: the apiserver (routing, discovery, OpenAPI), the registry in
+``turbok.store`` (validation), the CLI (resolving ``sandboxclaim`` to a kind).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from turbok.api.status import NotFound
+
+__all__ = ["NAMESPACE", "Kind", "KindRegistry", "Scale", "default_registry", "kind_from_crd"]
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The scale subresource's paths, as a CRD declares them (``.spec.replicas``...)."""
+
+    spec_replicas_path: str
+    status_replicas_path: str
+    label_selector_path: str | None = None
+
+
+@dataclass(frozen=True)
+class Kind:
+    group: str
+    version: str
+    kind: str
+    plural: str
+    singular: str
+    namespaced: bool
+    schema: dict[str, Any] = field(repr=False, hash=False, compare=False)
+    short_names: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+    status_subresource: bool = False
+    scale: Scale | None = None
+    printer_columns: tuple[dict[str, Any], ...] = field(default=(), hash=False, compare=False)
+    #: The CRD this kind came from, for deploy/ and discovery; None for core kinds.
+    crd: dict[str, Any] | None = field(default=None, repr=False, hash=False, compare=False)
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def list_kind(self) -> str:
+        return f"{self.kind}List"
+
+    @property
+    def key(self) -> str:
+        """Storage key of the resource: ``group/plural`` (``/namespaces`` for core)."""
+        return f"{self.group}/{self.plural}"
+
+    @property
+    def qualified(self) -> str:
+        """``plural.group``, as kubectl and error messages name it."""
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+    def base_path(self, namespace: str | None = None) -> str:
+        root = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        if self.namespaced and namespace:
+            return f"{root}/namespaces/{namespace}/{self.plural}"
+        return f"{root}/{self.plural}"
+
+
+def kind_from_crd(crd: dict[str, Any]) -> Kind:
+    spec = crd["spec"]
+    names = spec["names"]
+    versions = [v for v in spec["versions"] if v.get("served", True)]
+    storage = next((v for v in versions if v.get("storage")), versions[0])
+    sub = storage.get("subresources") or {}
+    scale = sub.get("scale")
+    return Kind(
+        group=spec["group"],
+        version=storage["name"],
+        kind=names["kind"],
+        plural=names["plural"],
+        singular=names.get("singular") or names["kind"].lower(),
+        namespaced=spec.get("scope", "Namespaced") == "Namespaced",
+        schema=storage["schema"]["openAPIV3Schema"],
+        short_names=tuple(names.get("shortNames") or ()),
+        categories=tuple(names.get("categories") or ()),
+        status_subresource="status" in sub,
+        scale=Scale(
+            spec_replicas_path=scale["specReplicasPath"],
+            status_replicas_path=scale["statusReplicasPath"],
+            label_selector_path=scale.get("labelSelectorPath"),
+        )
+        if scale
+        else None,
+        printer_columns=tuple(storage.get("additionalPrinterColumns") or ()),
+        crd=crd,
+    )
+
+
+NAMESPACE = Kind(
+    group="",
+    version="v1",
+    kind="Namespace",
+    plural="namespaces",
+    singular="namespace",
+    namespaced=False,
+    short_names=("ns",),
+    status_subresource=True,
+    schema={
+        "type": "object",
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": {
+                "type": "object",
+                "properties": {"finalizers": {"type": "array", "items": {"type": "string"}}},
+            },
+            "status": {
+                "type": "object",
+                "properties": {
+                    "phase": {"type": "string", "enum": ["Active", "Terminating"]},
+                    "conditions": {
+                        "type": "array",
+                        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                    },
+                },
+            },
+        },
+    },
+    printer_columns=(
+        {"name": "Status", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ),
+)
+
+class KindRegistry:
+    """Every kind served, found by resource path, by apiVersion+kind or by a name a user types."""
+
+    def __init__(self, kinds: Iterable[Kind]) -> None:
+        self._kinds = list(kinds)
+        self._by_resource = {(k.group, k.version, k.plural): k for k in self._kinds}
+        self._by_gvk = {(k.api_version, k.kind): k for k in self._kinds}
+        self._by_key = {k.key: k for k in self._kinds}
+
+    def __iter__(self) -> Iterator[Kind]:
+        return iter(self._kinds)
+
+    def groups(self) -> dict[str, list[Kind]]:
+        """Kinds by API group, core ("") included, in registration order."""
+        out: dict[str, list[Kind]] = {}
+        for k in self._kinds:
+            out.setdefault(k.group, []).append(k)
+        return out
+
+    def by_resource(self, group: str, version: str, plural: str) -> Kind:
+        try:
+            return self._by_resource[(group, version, plural)]
+        except KeyError:
+            gv = f"{group}/{version}" if group else version
+            raise NotFound(f"the server could not find the requested resource ({plural} in {gv})") from None
+
+    def by_key(self, key: str) -> Kind | None:
+        """The kind stored under ``Kind.key`` (``group/plural``), if served."""
+        return self._by_key.get(key)
+
+    def by_kind(self, api_version: str, kind: str) -> Kind:
+        try:
+            return self._by_gvk[(api_version, kind)]
+        except KeyError:
+            raise NotFound(
+                f'no matches for kind "{kind}" in version "{api_version}"', kind=kind
+            ) from None
+
+    def resolve(self, name: str) -> Kind:
+        """Find a kind by what a user types: plural, singular, short name or Kind, optionally ``.group``."""
+        wanted, _, group = name.lower().partition(".")
+        for k in self._kinds:
+            if group and k.group != group:
+                continue
+            if wanted in (k.plural, k.singular, k.kind.lower(), *k.short_names):
+                return k
+        raise NotFound(f'the server doesn\'t have a resource type "{name}"')
+
+
+def _packaged_crds() -> Iterator[dict[str, Any]]:
+    folder = resources.files("turbok.api") / "crds"
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".yaml"):
+            for doc in yaml.safe_load_all(entry.read_text()):
+                if doc and doc.get("kind") == "CustomResourceDefinition":
+                    yield doc
+
+
+@functools.cache
+def default_registry() -> KindRegistry:
+    """Namespace plus every packaged CRD, loaded once per process."""
+    return KindRegistry([NAMESPACE, *(kind_from_crd(c) for c in _packaged_crds())])

@@ -1,0 +1,307 @@
+"""Object metadata rules, selectors, conditions and timestamps.
+
+What kube-apiserver checks in ``metadata`` (names, labels, annotations), how
+label and field selectors parse and match, and the helpers every controller
+uses to read and write ``status.conditions``. Pure functions over dicts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from turbok.api.status import BadRequest, Cause
+
+__all__ = [
+    "FieldSelector",
+    "LabelSelector",
+    "condition",
+    "generate_name",
+    "is_true",
+    "now",
+    "parse_time",
+    "set_condition",
+    "validate_metadata",
+]
+
+Obj = dict[str, Any]
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_ANNOTATIONS_MAX = 256 * 1024
+
+
+def now() -> str:
+    """The current time as Kubernetes writes it: RFC 3339, UTC, whole seconds."""
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str) -> dt.datetime:
+    parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+
+
+def generate_name(prefix: str) -> str:
+    """``generateName`` + 5 characters from the alphabet kube-apiserver uses."""
+    return prefix[:58] + "".join(secrets.choice(_SUFFIX_ALPHABET) for _ in range(5))
+
+
+def _check_name(name: str, *, label: bool) -> str | None:
+    limit, pattern = (63, _DNS1123_LABEL) if label else (253, _DNS1123_SUBDOMAIN)
+    if len(name) > limit:
+        return f"must be no more than {limit} characters"
+    if not pattern.match(name):
+        what, chars = ("RFC 1123 label", "'-'") if label else ("RFC 1123 subdomain", "'-' or '.'")
+        return (
+            f"a lowercase {what} must consist of lower case alphanumeric characters, {chars}, "
+            "and must start and end with an alphanumeric character"
+        )
+    return None
+
+
+def _check_qualified_key(key: str) -> str | None:
+    prefix, _, name = key.rpartition("/")
+    if prefix and (len(prefix) > 253 or not _DNS1123_SUBDOMAIN.match(prefix)):
+        return "prefix part must be a lowercase RFC 1123 subdomain"
+    if not name or len(name) > 63 or not _LABEL_NAME.match(name):
+        return (
+            "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end "
+            "with an alphanumeric character (max 63 characters)"
+        )
+    return None
+
+
+def validate_metadata(meta: Any, *, label_name: bool = False, require_name: bool = True) -> list[Cause]:
+    """Causes for a bad ``metadata``: name, labels, annotations, owner references, finalizers."""
+    if not isinstance(meta, dict):
+        return [Cause("metadata", "Invalid value: metadata must be an object")]
+    causes: list[Cause] = []
+    name = meta.get("name")
+    if name:
+        if not isinstance(name, str):
+            causes.append(Cause("metadata.name", f"Invalid value: {name!r}: must be a string"))
+        elif problem := _check_name(name, label=label_name):
+            causes.append(Cause("metadata.name", f'Invalid value: "{name}": {problem}'))
+    elif require_name and not meta.get("generateName"):
+        causes.append(Cause("metadata.name", "Required value: name or generateName is required", "FieldValueRequired"))
+    labels = meta.get("labels") or {}
+    if not isinstance(labels, dict):
+        causes.append(Cause("metadata.labels", "Invalid value: labels must be a map of strings"))
+    else:
+        for key, value in labels.items():
+            if problem := _check_qualified_key(key):
+                causes.append(Cause("metadata.labels", f'Invalid value: "{key}": {problem}'))
+            if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
+                causes.append(Cause("metadata.labels", f'Invalid value: "{value}": a valid label value must be '
+                                    "63 characters or less, alphanumeric, '-', '_' or '.', starting and ending "
+                                    "with an alphanumeric character"))
+    annotations = meta.get("annotations") or {}
+    if not isinstance(annotations, dict) or not all(isinstance(v, str) for v in annotations.values()):
+        causes.append(Cause("metadata.annotations", "Invalid value: annotations must be a map of strings"))
+    else:
+        for key in annotations:
+            if problem := _check_qualified_key(key):
+                causes.append(Cause("metadata.annotations", f'Invalid value: "{key}": {problem}'))
+        if sum(len(k) + len(v) for k, v in annotations.items()) > _ANNOTATIONS_MAX:
+            causes.append(Cause("metadata.annotations", "Too long: must have at most 262144 bytes",
+                                "FieldValueTooLong"))
+    for i, ref in enumerate(meta.get("ownerReferences") or []):
+        if not isinstance(ref, dict):
+            causes.append(Cause(f"metadata.ownerReferences[{i}]", "Invalid value: must be an object"))
+            continue
+        for key in ("apiVersion", "kind", "name", "uid"):
+            if not ref.get(key):
+                causes.append(Cause(f"metadata.ownerReferences[{i}].{key}", "Required value", "FieldValueRequired"))
+    if sum(1 for ref in meta.get("ownerReferences") or [] if isinstance(ref, dict) and ref.get("controller")) > 1:
+        causes.append(Cause("metadata.ownerReferences", "Invalid value: only one reference can have Controller set to true"))
+    finalizers = meta.get("finalizers") or []
+    if not isinstance(finalizers, list) or not all(isinstance(f, str) for f in finalizers):
+        causes.append(Cause("metadata.finalizers", "Invalid value: finalizers must be a list of strings"))
+    return causes
+
+
+# ---------------------------------------------------------------- selectors
+
+
+@dataclass(frozen=True)
+class _Requirement:
+    key: str
+    op: str  # "=", "!=", "in", "notin", "exists", "!"
+    values: frozenset[str] = frozenset()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        present = self.key in labels
+        if self.op == "exists":
+            return present
+        if self.op == "!":
+            return not present
+        if self.op in ("=", "in"):
+            return present and labels[self.key] in self.values
+        return not present or labels[self.key] not in self.values  # "!=", "notin"
+
+
+class LabelSelector:
+    """A parsed label selector (``a=b,c!=d,e in (f,g),!h,i``), as in ``?labelSelector=``."""
+
+    def __init__(self, requirements: list[_Requirement]) -> None:
+        self.requirements = requirements
+
+    @classmethod
+    def parse(cls, text: str | None) -> LabelSelector:
+        reqs: list[_Requirement] = []
+        for part in _split_selector(text or ""):
+            m = re.fullmatch(r"\s*(\S+?)\s+(in|notin)\s+\(([^)]*)\)\s*", part)
+            if m:
+                values = frozenset(v.strip() for v in m.group(3).split(",") if v.strip())
+                reqs.append(_Requirement(m.group(1), m.group(2), values))
+                continue
+            m = re.fullmatch(r"\s*([^=!\s]+)\s*(==|=|!=)\s*([^=!\s]*)\s*", part)
+            if m:
+                op = "!=" if m.group(2) == "!=" else "="
+                reqs.append(_Requirement(m.group(1), op, frozenset([m.group(3)])))
+                continue
+            m = re.fullmatch(r"\s*(!?)\s*([^=!\s()]+)\s*", part)
+            if m:
+                reqs.append(_Requirement(m.group(2), "!" if m.group(1) else "exists"))
+                continue
+            raise BadRequest(f"unable to parse requirement: invalid label selector {text!r}")
+        return cls(reqs)
+
+    @classmethod
+    def from_match(cls, selector: Mapping[str, Any]) -> LabelSelector:
+        """From a ``metav1.LabelSelector`` object (matchLabels, matchExpressions)."""
+        reqs = [_Requirement(k, "=", frozenset([v])) for k, v in (selector.get("matchLabels") or {}).items()]
+        ops = {"In": "in", "NotIn": "notin", "Exists": "exists", "DoesNotExist": "!"}
+        for expr in selector.get("matchExpressions") or []:
+            reqs.append(_Requirement(expr["key"], ops[expr["operator"]], frozenset(expr.get("values") or [])))
+        return cls(reqs)
+
+    def matches(self, labels: Mapping[str, str] | None) -> bool:
+        labels = labels or {}
+        return all(r.matches(labels) for r in self.requirements)
+
+    def __bool__(self) -> bool:
+        return bool(self.requirements)
+
+
+def _split_selector(text: str) -> list[str]:
+    """Split on commas that are not inside ``( )``."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    if cur.strip():
+        parts.append(cur)
+    return [p for p in parts if p.strip()]
+
+
+class FieldSelector:
+    """``metadata.name=x,metadata.namespace!=y``: the field selectors custom resources support."""
+
+    SUPPORTED = ("metadata.name", "metadata.namespace")
+
+    def __init__(self, terms: list[tuple[str, bool, str]]) -> None:
+        self.terms = terms
+
+    @classmethod
+    def parse(cls, text: str | None, *, extra: tuple[str, ...] = ()) -> FieldSelector:
+        terms: list[tuple[str, bool, str]] = []
+        for part in (text or "").split(","):
+            if not part.strip():
+                continue
+            m = re.fullmatch(r"\s*([A-Za-z.]+)\s*(==|=|!=)\s*(\S*)\s*", part)
+            if not m:
+                raise BadRequest(f"invalid field selector: {part!r}")
+            field_, op, value = m.groups()
+            if field_ not in cls.SUPPORTED + extra:
+                raise BadRequest(f'field label not supported: "{field_}"')
+            terms.append((field_, op != "!=", value))
+        return cls(terms)
+
+    def value_of(self, field_: str) -> str | None:
+        """The value an equality term pins ``field_`` to, if any (lets the store use its index)."""
+        for name, equal, value in self.terms:
+            if name == field_ and equal:
+                return value
+        return None
+
+    def matches(self, obj: Obj, getter: Callable[[Obj, str], Any] | None = None) -> bool:
+        for field_, equal, value in self.terms:
+            got = getter(obj, field_) if getter else _dotted(obj, field_)
+            if (str(got or "") == value) != equal:
+                return False
+        return True
+
+    def __bool__(self) -> bool:
+        return bool(self.terms)
+
+
+def _dotted(obj: Obj, path: str) -> Any:
+    cur: Any = obj
+    for part in path.split("."):
+        cur = cur.get(part) if isinstance(cur, dict) else None
+    return cur
+
+
+# ---------------------------------------------------------------- conditions
+
+
+def condition(obj: Obj, type_: str) -> Obj | None:
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_:
+            return dict(cond)
+    return None
+
+
+def is_true(obj: Obj, type_: str) -> bool:
+    cond = condition(obj, type_)
+    return bool(cond and cond.get("status") == "True")
+
+
+def set_condition(
+    status: Obj,
+    type_: str,
+    state: bool | str,
+    reason: str,
+    message: str = "",
+    *,
+    observed_generation: int | None = None,
+) -> bool:
+    """Set a condition in ``status`` (in place); keep lastTransitionTime unless the status flips.
+
+    Returns True when anything changed, so reconcilers write status only when needed.
+    """
+    value = state if isinstance(state, str) else ("True" if state else "False")
+    conditions: list[Obj] = status.setdefault("conditions", [])
+    new: Obj = {"type": type_, "status": value, "reason": reason, "message": message}
+    if observed_generation is not None:
+        new["observedGeneration"] = observed_generation
+    for i, cond in enumerate(conditions):
+        if cond.get("type") != type_:
+            continue
+        new["lastTransitionTime"] = cond.get("lastTransitionTime") if cond.get("status") == value else now()
+        if not new["lastTransitionTime"]:
+            new["lastTransitionTime"] = now()
+        if cond == new:
+            return False
+        conditions[i] = new
+        return True
+    new["lastTransitionTime"] = now()
+    conditions.append(new)
+    return True

@@ -1,0 +1,163 @@
+"""The aiohttp application of the embedded API server.
+
+Middlewares, in order: a request log and metrics, bearer-token
+authentication (constant-time; health endpoints are open, as kube-apiserver
+leaves them to anonymous users), and the error mapping that turns any
+``ApiError`` into a ``Status`` body with its HTTP code (an unexpected
+exception becomes a 500 ``Status`` and a log line with the traceback).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+
+from turbok.api.status import ApiError, NotFound, Unauthorized
+from turbok.apiserver import discovery, openapi
+from turbok.apiserver.resources import handle_resource, parse_target
+from turbok.store.registry import ObjectRegistry
+
+__all__ = ["ApiMetrics", "create_app"]
+
+log = logging.getLogger(__name__)
+
+_OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiMetrics:
+    """Prometheus metrics of the API server, in the control plane's registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter("turbok_apiserver_requests_total", "API requests by verb, resource and code",
+                                ["verb", "resource", "code"], registry=registry)
+        self.latency = Histogram("turbok_apiserver_request_duration_seconds", "API request latency",
+                                 ["verb", "resource"], registry=registry,
+                                 buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5))
+
+
+def _status_response(error: ApiError) -> web.Response:
+    import json
+
+    headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else {}
+    return web.Response(body=json.dumps(error.to_status()).encode(), status=error.code,
+                        content_type="application/json", headers=headers)
+
+
+def create_app(registry: ObjectRegistry, *, token: str, metrics_registry: CollectorRegistry,
+               server_address: str = "127.0.0.1") -> web.Application:
+    metrics = ApiMetrics(metrics_registry)
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+        start = time.perf_counter()
+        verb = request.method if request.query.get("watch") not in ("1", "true") else "WATCH"
+        resource = request.path.split("/")[-1] if request.path.startswith("/ap") else request.path
+        code = 500
+        try:
+            response = await handler(request)
+            code = response.status
+            return response
+        except ApiError as e:
+            code = e.code
+            return _status_response(e)
+        except web.HTTPException as e:
+            code = e.status
+            raise
+        except Exception:
+            log.exception("internal error serving %s %s", request.method, request.path_qs)
+            return _status_response(ApiError("an internal error occurred; see the turbok log"))
+        finally:
+            elapsed = time.perf_counter() - start
+            if verb != "WATCH":
+                metrics.latency.labels(verb, resource).observe(elapsed)
+            metrics.requests.labels(verb, resource, str(code)).inc()
+            log.debug("%s %s -> %s in %.1f ms", request.method, request.path_qs, code, elapsed * 1000)
+
+    @web.middleware
+    async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in _OPEN_PATHS:
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                raise Unauthorized("Unauthorized: a bearer token from the turbok kubeconfig is required")
+        return await handler(request)
+
+    app = web.Application(middlewares=[observe, authenticate], client_max_size=16 * 1024 * 1024)
+    kinds = registry.kinds
+
+    async def health(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def version(_: web.Request) -> web.Response:
+        return web.json_response(discovery.version_info())
+
+    async def api(_: web.Request) -> web.Response:
+        return web.json_response(discovery.api_versions(server_address))
+
+    async def apis(_: web.Request) -> web.Response:
+        return web.json_response(discovery.group_list(kinds))
+
+    async def api_group(request: web.Request) -> web.Response:
+        doc = discovery.group(kinds, request.match_info["group"])
+        if doc is None:
+            raise NotFound("the server could not find the requested resource")
+        return web.json_response(doc)
+
+    async def group_version(request: web.Request) -> web.Response:
+        doc = discovery.resource_list(kinds, request.match_info.get("group", ""), request.match_info["version"])
+        if doc is None:
+            raise NotFound("the server could not find the requested resource")
+        return web.json_response(doc)
+
+    async def openapi_v2(request: web.Request) -> web.Response:
+        if "protobuf" in request.headers.get("Accept", "") and "json" not in request.headers.get("Accept", ""):
+            raise web.HTTPNotAcceptable(text="turbok serves OpenAPI v2 as JSON only")
+        return web.Response(text=openapi.v2_document(kinds), content_type="application/json")
+
+    async def openapi_v3_index(_: web.Request) -> web.Response:
+        return web.json_response(openapi.v3_index(kinds))
+
+    async def openapi_v3(request: web.Request) -> web.Response:
+        parts = request.match_info["path"].strip("/").split("/")
+        if parts[0] == "api" and len(parts) == 2:
+            group, version = "", parts[1]
+        elif parts[0] == "apis" and len(parts) == 3:
+            group, version = parts[1], parts[2]
+        else:
+            raise NotFound("no OpenAPI document at this path")
+        text = openapi.v3_document(kinds, group, version)
+        if text is None:
+            raise NotFound("no OpenAPI document at this path")
+        return web.Response(text=text, content_type="application/json",
+                            headers={"Cache-Control": "public, immutable"} if "hash" in request.query else {})
+
+    async def metrics_endpoint(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(metrics_registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def resource(request: web.Request) -> web.StreamResponse:
+        return await handle_resource(request, registry, parse_target(kinds, request.path))
+
+    for path in _OPEN_PATHS:
+        app.router.add_get(path, health)
+    app.router.add_get("/version", version)
+    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/openapi/v2", openapi_v2)
+    app.router.add_get("/openapi/v3", openapi_v3_index)
+    app.router.add_get("/openapi/v3/{path:.+}", openapi_v3)
+    app.router.add_get("/api", api)
+    app.router.add_get("/api/", api)
+    app.router.add_get("/api/{version}", group_version)
+    app.router.add_get("/apis", apis)
+    app.router.add_get("/apis/", apis)
+    app.router.add_get("/apis/{group}", api_group)
+    app.router.add_get("/apis/{group}/{version}", group_version)
+    app.router.add_route("*", "/api/{version}/{rest:.+}", resource)
+    app.router.add_route("*", "/apis/{group}/{version}/{rest:.+}", resource)
+    return app

@@ -1,0 +1,301 @@
+"""Resource handlers: CRUD, list, watch, patch, and the status and scale subresources.
+
+One dispatcher parses every resource URL (``/api/v1/...`` and
+``/apis/<group>/<version>/...``, namespaced or not) into a ``Target`` and
+calls the registry. Errors are ``turbok.api.status`` exceptions; the app's
+middleware turns them into ``Status`` responses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from turbok.api import meta as m
+from turbok.api.kinds import Kind, KindRegistry
+from turbok.api.status import BadRequest, MethodNotAllowed, NotFound, status_success
+from turbok.apiserver import protobuf
+from turbok.apiserver.table import to_table, wants_table
+from turbok.store.registry import ObjectRegistry, WriteOptions
+
+__all__ = ["Target", "handle_resource", "parse_target"]
+
+log = logging.getLogger(__name__)
+
+#: Longest a watch stays open when the client names no timeoutSeconds.
+DEFAULT_WATCH_SECONDS = 1800
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: Kind
+    namespace: str | None
+    name: str | None
+    subresource: str | None
+
+
+def parse_target(kinds: KindRegistry, path: str) -> Target:
+    parts = [p for p in path.split("/") if p]
+    if parts[:1] == ["api"] and len(parts) >= 2:
+        group, version, rest = "", parts[1], parts[2:]
+    elif parts[:1] == ["apis"] and len(parts) >= 3:
+        group, version, rest = parts[1], parts[2], parts[3:]
+    else:
+        raise NotFound("the server could not find the requested resource")
+    if not rest:
+        raise NotFound("the server could not find the requested resource")
+    namespace = None
+    if rest[0] == "namespaces" and len(rest) >= 3:
+        candidate = _try_kind(kinds, group, version, rest[2])
+        if candidate is not None and candidate.namespaced:
+            namespace, rest = rest[1], rest[2:]
+    kind = kinds.by_resource(group, version, rest[0])
+    if kind.namespaced and namespace is None and len(rest) > 1:
+        raise NotFound(f"{kind.qualified} is namespaced: use .../namespaces/<namespace>/{kind.plural}/<name>")
+    name = rest[1] if len(rest) > 1 else None
+    sub = rest[2] if len(rest) > 2 else None
+    if len(rest) > 3 or (sub is not None and sub not in _subresources(kind)):
+        raise NotFound("the server could not find the requested resource")
+    return Target(kind, namespace, name, sub)
+
+
+def _try_kind(kinds: KindRegistry, group: str, version: str, plural: str) -> Kind | None:
+    try:
+        return kinds.by_resource(group, version, plural)
+    except NotFound:
+        return None
+
+
+def _subresources(kind: Kind) -> set[str]:
+    subs = set()
+    if kind.status_subresource:
+        subs.add("status")
+    if kind.scale:
+        subs.add("scale")
+    if kind.group == "" and kind.plural == "namespaces":
+        subs.add("finalize")
+    return subs
+
+
+def _json(data: Any, status: int = 200, warnings: list[str] | None = None) -> web.Response:
+    headers = {}
+    if warnings:
+        headers["Warning"] = ", ".join(f'299 - "{w}"' for w in warnings[:20])
+    return web.Response(body=json.dumps(data, separators=(",", ":")).encode(), status=status,
+                        content_type="application/json", headers=headers)
+
+
+async def _body(request: web.Request) -> Any:
+    raw = await request.read()
+    if not raw:
+        raise BadRequest("the request body is empty")
+    if request.content_type == protobuf.MEDIA_TYPE:
+        return protobuf.decode(raw)
+    try:
+        return json.loads(raw)
+    except ValueError:
+        pass
+    try:
+        import yaml
+
+        return yaml.safe_load(raw)
+    except Exception as e:  # a malformed body is the client's problem, not a crash
+        raise BadRequest(f"the request body is neither JSON nor YAML: {e}") from e
+
+
+def _write_options(request: web.Request) -> WriteOptions:
+    q = request.query
+    dry_run = q.get("dryRun", "")
+    if dry_run and dry_run != "All":
+        raise BadRequest(f"unsupported dryRun value {dry_run!r}: only All is supported")
+    validation = q.get("fieldValidation") or "Warn"
+    if validation not in ("Ignore", "Warn", "Strict"):
+        raise BadRequest(f"fieldValidation must be Ignore, Warn or Strict, not {validation!r}")
+    return WriteOptions(dry_run=bool(dry_run), field_validation=validation)
+
+
+def _selectors(request: web.Request) -> tuple[m.LabelSelector, m.FieldSelector]:
+    return (m.LabelSelector.parse(request.query.get("labelSelector")),
+            m.FieldSelector.parse(request.query.get("fieldSelector")))
+
+
+async def handle_resource(request: web.Request, registry: ObjectRegistry, target: Target) -> web.StreamResponse:
+    kind, method = target.kind, request.method
+    if target.name is None:
+        if method == "GET":
+            if request.query.get("watch") in ("1", "true", "True"):
+                return await _watch(request, registry, target)
+            return _list(request, registry, target)
+        if method == "POST":
+            opts = _write_options(request)
+            obj = registry.create(kind, await _body(request), namespace=target.namespace, opts=opts)
+            return _json(obj, 201 if not opts.dry_run else 200, opts.warnings)
+        if method == "DELETE":
+            return await _delete_collection(request, registry, target)
+        raise MethodNotAllowed(f"{method} is not supported on {kind.qualified}")
+
+    ns = target.namespace or ""
+    if target.subresource == "scale":
+        if method == "GET":
+            return _json(registry.get_scale(kind, ns, target.name))
+        opts = _write_options(request)
+        if method == "PUT":
+            return _json(registry.update_scale(kind, ns, target.name, await _body(request), opts=opts))
+        if method == "PATCH":
+            return _json(registry.patch_scale(kind, ns, target.name, request.content_type, await _body(request),
+                                              opts=opts))
+        raise MethodNotAllowed(f"{method} is not supported on {kind.plural}/scale")
+
+    sub = "status" if target.subresource == "status" else None
+    if method == "GET":
+        obj = registry.get(kind, ns, target.name)
+        if wants_table(request.headers.get("Accept", "")):
+            return _json(to_table(kind, [obj], obj["metadata"].get("resourceVersion", ""),
+                                  request.query.get("includeObject", "Metadata")))
+        return _json(obj)
+    if method == "PUT":
+        opts = _write_options(request)
+        obj = registry.update(kind, await _body(request), namespace=target.namespace, name=target.name,
+                              subresource=sub, opts=opts)
+        return _json(obj, warnings=opts.warnings)
+    if method == "PATCH":
+        opts = _write_options(request)
+        obj = registry.patch(kind, target.namespace, target.name, request.content_type, await _body(request),
+                             subresource=sub, opts=opts)
+        return _json(obj, warnings=opts.warnings)
+    if method == "DELETE" and target.subresource is None:
+        return await _delete(request, registry, target)
+    raise MethodNotAllowed(f"{method} is not supported here")
+
+
+async def _delete_options(request: web.Request) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if request.can_read_body:
+        raw = await request.read()
+        if raw and request.content_type == protobuf.MEDIA_TYPE:
+            options = protobuf.decode(raw)
+        elif raw.strip():
+            try:
+                options = json.loads(raw)
+            except ValueError as e:
+                raise BadRequest(f"DeleteOptions must be JSON: {e}") from e
+    if "propagationPolicy" in request.query:
+        options["propagationPolicy"] = request.query["propagationPolicy"]
+    if request.query.get("dryRun"):
+        options["dryRun"] = [request.query["dryRun"]]
+    if not isinstance(options, dict):
+        raise BadRequest("DeleteOptions must be an object")
+    policy = options.get("propagationPolicy")
+    if policy is None and options.get("orphanDependents") is True:
+        policy = "Orphan"
+    if policy not in (None, "Background", "Foreground", "Orphan"):
+        raise BadRequest(f"unsupported propagationPolicy {policy!r}")
+    options["propagationPolicy"] = policy
+    return options
+
+
+async def _delete(request: web.Request, registry: ObjectRegistry, target: Target) -> web.Response:
+    assert target.name is not None
+    options = await _delete_options(request)
+    opts = WriteOptions(dry_run=bool(options.get("dryRun")))
+    obj = registry.delete(target.kind, target.namespace, target.name, propagation=options["propagationPolicy"],
+                          preconditions=options.get("preconditions"), opts=opts)
+    return _json(obj)
+
+
+async def _delete_collection(request: web.Request, registry: ObjectRegistry, target: Target) -> web.Response:
+    options = await _delete_options(request)
+    labels, fields = _selectors(request)
+    result = registry.list(target.kind, target.namespace, label_selector=labels, field_selector=fields)
+    opts = WriteOptions(dry_run=bool(options.get("dryRun")))
+    for obj in result.items:
+        md = obj["metadata"]
+        try:
+            registry.delete(target.kind, md.get("namespace"), md["name"],
+                            propagation=options["propagationPolicy"], opts=opts)
+        except NotFound:
+            continue
+    return _json(status_success(kind=target.kind.plural, group=target.kind.group))
+
+
+def _list(request: web.Request, registry: ObjectRegistry, target: Target) -> web.Response:
+    labels, fields = _selectors(request)
+    try:
+        limit = int(request.query.get("limit", "0") or 0)
+    except ValueError:
+        raise BadRequest("limit must be an integer") from None
+    result = registry.list(target.kind, target.namespace, label_selector=labels, field_selector=fields,
+                           limit=limit, continue_token=request.query.get("continue", ""))
+    if wants_table(request.headers.get("Accept", "")):
+        table = to_table(target.kind, result.items, result.resource_version,
+                         request.query.get("includeObject", "Metadata"))
+        if result.continue_token:
+            table["metadata"]["continue"] = result.continue_token
+        return _json(table)
+    metadata: dict[str, Any] = {"resourceVersion": result.resource_version}
+    if result.continue_token:
+        metadata["continue"] = result.continue_token
+        metadata["remainingItemCount"] = result.remaining
+    return _json({"apiVersion": target.kind.api_version, "kind": target.kind.list_kind, "metadata": metadata,
+                  "items": result.items})
+
+
+async def _watch(request: web.Request, registry: ObjectRegistry, target: Target) -> web.StreamResponse:
+    labels, fields = _selectors(request)
+    try:
+        timeout = float(request.query.get("timeoutSeconds") or DEFAULT_WATCH_SECONDS)
+    except ValueError:
+        raise BadRequest("timeoutSeconds must be a number") from None
+    table = wants_table(request.headers.get("Accept", ""))
+    response = web.StreamResponse(headers={"Content-Type": "application/json", "Cache-Control": "no-cache"})
+    response.enable_chunked_encoding()
+    try:
+        watcher, initial = registry.watch(target.kind, target.namespace,
+                                          resource_version=request.query.get("resourceVersion"),
+                                          label_selector=labels, field_selector=fields)
+    except Exception as e:
+        from turbok.api.status import ApiError
+
+        if not isinstance(e, ApiError) or e.code != 410:
+            raise
+        # kube-apiserver answers a too-old resourceVersion with 200 and one ERROR event.
+        await response.prepare(request)
+        await response.write(json.dumps({"type": "ERROR", "object": e.to_status()}).encode() + b"\n")
+        return response
+
+    def encode(type_: str, obj: dict[str, Any]) -> bytes:
+        if table:
+            obj = to_table(target.kind, [obj], obj["metadata"].get("resourceVersion", ""))
+        return json.dumps({"type": type_, "object": obj}, separators=(",", ":")).encode() + b"\n"
+
+    await response.prepare(request)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        for obj in initial:
+            await response.write(encode("ADDED", obj))
+        iterator = watcher.__aiter__()
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                type_, event = await asyncio.wait_for(iterator.__anext__(), min(remaining, 15.0))
+            except asyncio.TimeoutError:
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    break
+                continue
+            except StopAsyncIteration:
+                break
+            await response.write(encode(type_, event.object()) if table else event.line(type_))
+    except ConnectionResetError:
+        pass
+    finally:
+        watcher.close()
+    return response

@@ -1,0 +1,74 @@
+"""The reconciler contract: what a reconcile returns and which errors mean what.
+
+A ``Reconciler`` owns one kind. The manager calls ``reconcile(namespace,
+name)`` whenever the object, or anything ``related`` maps back to it, changes,
+and again at start. A reconcile returns ``Result``: done, or come back after
+``requeue_after`` seconds (for deadlines such as ``shutdownTime``). Raising
+``TemporaryError(delay=...)`` retries after that delay; ``PermanentError``
+logs and waits for the next change; any other exception retries with the
+manager's exponential backoff. A ``Conflict`` from a write is retried at once:
+the object changed under us, so we read it again.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from turbok.api.kinds import Kind
+from turbok.controllers.client import Client, Obj
+from turbok.errors import TurbokError
+
+__all__ = ["DONE", "Key", "PermanentError", "Reconciler", "Result", "TemporaryError", "requeue"]
+
+Key = tuple[str, str]  # (namespace, name)
+
+
+@dataclass(frozen=True)
+class Result:
+    requeue_after: float | None = None
+
+
+DONE = Result()
+
+
+def requeue(after: float) -> Result:
+    return Result(requeue_after=max(after, 0.0))
+
+
+class ControllerError(TurbokError):
+    """Root of the errors reconcilers raise to steer retries."""
+
+
+class TemporaryError(ControllerError):
+    def __init__(self, message: str, *, delay: float = 1.0) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+class PermanentError(ControllerError):
+    """Retrying will not help until the object changes."""
+
+
+class Reconciler(abc.ABC):
+    #: The kind this reconciler owns.
+    kind: Kind
+    #: Workers reconciling different keys at once.
+    concurrency: int = 2
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def related(self, kind: Kind, obj: Obj) -> Iterable[Key]:
+        """Keys of this reconciler's objects to revisit when ``obj`` (of another kind) changes."""
+        return ()
+
+    @abc.abstractmethod
+    async def reconcile(self, namespace: str, name: str) -> Result: ...
+
+    async def start(self) -> None:
+        """Called once before the first reconcile (re-adoption, sweeps)."""
+
+    async def stop(self) -> None:
+        """Called once at shutdown."""

@@ -1,0 +1,7 @@
+"""The embedded engine: turbok's control plane on one machine.
+
+Owns: assembling the store, the API server, the router, the controllers and
+the local runtime into one process (``controlplane``), and running that
+process in the background for ``turbok up``/``down``/``status`` (``daemon``).
+This is the composition root: the only place that knows every part.
+"""

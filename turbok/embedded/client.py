@@ -1,0 +1,54 @@
+"""The controllers' ``Client`` over the in-process registry: no HTTP, same semantics.
+
+Writes go through ``ObjectRegistry`` exactly as API requests do (validation,
+optimistic concurrency, finalizers), so a controller cannot store what a user
+could not. Subscriptions are the registry's commit listeners.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from turbok.api.kinds import Kind
+from turbok.api.meta import LabelSelector
+from turbok.api.status import NotFound
+from turbok.controllers.client import Client, Obj, ObjectEvent
+from turbok.store.registry import ObjectRegistry
+
+__all__ = ["EmbeddedClient"]
+
+
+class EmbeddedClient(Client):
+    def __init__(self, registry: ObjectRegistry) -> None:
+        self.registry = registry
+        self.kinds = registry.kinds
+
+    async def get(self, kind: Kind, namespace: str, name: str) -> Obj:
+        return self.registry.get(kind, namespace, name)
+
+    async def try_get(self, kind: Kind, namespace: str, name: str) -> Obj | None:
+        return self.registry.try_get(kind, namespace, name)
+
+    async def list(self, kind: Kind, namespace: str | None = None, *,
+                   selector: LabelSelector | None = None) -> list[Obj]:
+        return self.registry.list(kind, namespace, label_selector=selector).items
+
+    async def create(self, kind: Kind, obj: Obj) -> Obj:
+        return self.registry.create(kind, obj, namespace=obj.get("metadata", {}).get("namespace"))
+
+    async def update(self, kind: Kind, obj: Obj) -> Obj:
+        return self.registry.update(kind, obj, namespace=obj["metadata"].get("namespace"))
+
+    async def update_status(self, kind: Kind, obj: Obj) -> Obj:
+        return self.registry.update(kind, obj, namespace=obj["metadata"].get("namespace"), subresource="status")
+
+    async def delete(self, kind: Kind, namespace: str, name: str, *, propagation: str | None = None,
+                     uid: str | None = None) -> None:
+        try:
+            self.registry.delete(kind, namespace, name, propagation=propagation,
+                                 preconditions={"uid": uid} if uid else None)
+        except NotFound:
+            pass
+
+    def subscribe(self, callback: Callable[[ObjectEvent], None]) -> None:
+        self.registry.hub.listeners.append(callback)

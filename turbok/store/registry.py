@@ -1,0 +1,470 @@
+"""Kubernetes object semantics over the SQLite store: the one way objects are written.
+
+What kube-apiserver's generic registry does for custom resources, and what
+turbok needs for Namespaces:
+
+- create: apiVersion/kind/namespace checks, ``generateName``, pruning of
+  unknown fields (``fieldValidation`` Ignore/Warn/Strict), defaulting, schema
+  and metadata validation (422 with field causes, nothing stored), uid,
+  creationTimestamp, generation 1; status is dropped where a status
+  subresource exists; namespaces must exist and not be terminating.
+- update: optimistic concurrency on ``metadata.resourceVersion`` (409), the
+  main resource cannot change status and the status subresource changes
+  nothing else; ``generation`` bumps when anything but metadata and status
+  changes; a no-op update writes nothing.
+- delete: preconditions, finalizers (``deletionTimestamp`` first, removal when
+  the last finalizer goes), propagation policies through the
+  ``foregroundDeletion``/``orphan`` finalizers that the garbage collector
+  honours; namespaces go Terminating and wait for their contents to go.
+- scale subresource (autoscaling/v1 Scale) and patches.
+
+Every committed change is published to the ``WatchHub``. Callers: the
+apiserver's handlers and, in-process, the embedded controllers.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from turbok.api import meta as m
+from turbok.api import schema
+from turbok.api.kinds import NAMESPACE, Kind, KindRegistry
+from turbok.api.patch import apply_patch
+from turbok.api.status import (
+    AlreadyExists,
+    BadRequest,
+    Cause,
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+)
+from turbok.store.sqlite import Row, SqliteStore
+from turbok.store.watch import Event, Watcher, WatchHub
+
+__all__ = ["ListResult", "ObjectRegistry", "WriteOptions"]
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+
+FOREGROUND = "foregroundDeletion"
+ORPHAN = "orphan"
+NAMESPACE_FINALIZER = "kubernetes"
+
+_SERVER_FIELDS = ("uid", "resourceVersion", "creationTimestamp", "deletionTimestamp",
+                  "deletionGracePeriodSeconds", "generation", "selfLink", "managedFields")
+
+
+@dataclass
+class WriteOptions:
+    dry_run: bool = False
+    #: Ignore, Warn (kube-apiserver's default) or Strict.
+    field_validation: str = "Warn"
+    #: Filled by the registry: warnings to send back (``Warning`` headers).
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ListResult:
+    items: list[Obj]
+    resource_version: str
+    continue_token: str = ""
+    remaining: int | None = None
+
+
+class ObjectRegistry:
+    def __init__(self, db: SqliteStore, kinds: KindRegistry) -> None:
+        self.db = db
+        self.kinds = kinds
+        self.hub = WatchHub(start_rv=db.revision)
+
+    # ------------------------------------------------------------ reads
+
+    def _row(self, kind: Kind, namespace: str, name: str) -> Row:
+        row = self.db.get(kind.key, self._ns(kind, namespace), name)
+        if row is None:
+            raise NotFound(f'{kind.qualified} "{name}" not found', kind=kind.plural, group=kind.group, name=name)
+        return row
+
+    def get(self, kind: Kind, namespace: str, name: str) -> Obj:
+        return self._row(kind, namespace, name).object()
+
+    def try_get(self, kind: Kind, namespace: str, name: str) -> Obj | None:
+        row = self.db.get(kind.key, self._ns(kind, namespace), name)
+        return row.object() if row else None
+
+    def list(
+        self,
+        kind: Kind,
+        namespace: str | None = None,
+        *,
+        label_selector: m.LabelSelector | None = None,
+        field_selector: m.FieldSelector | None = None,
+        limit: int = 0,
+        continue_token: str = "",
+    ) -> ListResult:
+        ns = self._ns(kind, namespace) if namespace else None
+        pinned = field_selector.value_of("metadata.name") if field_selector else None
+        start_after = _decode_continue(continue_token) if continue_token else None
+        items: list[Obj] = []
+        remaining = 0
+        for row_ns, name, row in self.db.rows(kind.key, ns):
+            if pinned is not None and name != pinned:
+                continue
+            if start_after is not None and (row_ns, name) <= start_after:
+                continue
+            if label_selector and not label_selector.matches(row.labels):
+                continue
+            if field_selector and not field_selector.matches({"metadata": {"name": name, "namespace": row_ns}}):
+                continue
+            if limit and len(items) >= limit:
+                remaining += 1
+                continue
+            items.append(row.object())
+        token = ""
+        if remaining and items:
+            last = items[-1]["metadata"]
+            token = _encode_continue(last.get("namespace", ""), last["name"])
+        return ListResult(items, str(self.db.revision), token, remaining if token else None)
+
+    def watch(
+        self,
+        kind: Kind,
+        namespace: str | None = None,
+        *,
+        resource_version: str | None = None,
+        label_selector: m.LabelSelector | None = None,
+        field_selector: m.FieldSelector | None = None,
+    ) -> tuple[Watcher, list[Obj]]:
+        """A watcher plus the objects to send first as ADDED (when no resourceVersion is given, or "0")."""
+        ns = self._ns(kind, namespace) if namespace else None
+
+        def matches(ns_: str, name: str, labels: dict[str, str] | None) -> bool:
+            if labels is None:
+                return False
+            if ns is not None and ns_ != ns:
+                return False
+            if field_selector and not field_selector.matches({"metadata": {"name": name, "namespace": ns_}}):
+                return False
+            return not label_selector or label_selector.matches(labels)
+
+        def filter_(ev: Event) -> str | None:
+            now_ = matches(ev.namespace, ev.name, ev.labels) if ev.type != "DELETED" else False
+            before = matches(ev.namespace, ev.name, ev.prev_labels)
+            if ev.type == "DELETED":
+                return "DELETED" if before else None
+            if now_ and before:
+                return "MODIFIED"
+            if now_:
+                return "ADDED"
+            return "DELETED" if before else None
+
+        if resource_version in (None, "", "0"):
+            initial = self.list(kind, namespace, label_selector=label_selector, field_selector=field_selector)
+            return self.hub.subscribe(kind.key, None, filter_), initial.items
+        try:
+            rv = int(resource_version)
+        except ValueError:
+            raise BadRequest(f"invalid resourceVersion {resource_version!r}") from None
+        return self.hub.subscribe(kind.key, rv, filter_), []
+
+    # ------------------------------------------------------------ writes
+
+    def create(self, kind: Kind, body: Any, *, namespace: str | None = None,
+               opts: WriteOptions | None = None) -> Obj:
+        opts = opts or WriteOptions()
+        obj = self._decode(kind, body, namespace)
+        md = obj["metadata"]
+        for key in _SERVER_FIELDS:
+            md.pop(key, None)
+        if not md.get("name") and md.get("generateName"):
+            md["name"] = m.generate_name(md["generateName"])
+        if kind.status_subresource and kind is not NAMESPACE:
+            obj.pop("status", None)
+        if kind is NAMESPACE:
+            md.setdefault("labels", {})["kubernetes.io/metadata.name"] = md.get("name", "")
+            obj["spec"] = {"finalizers": [NAMESPACE_FINALIZER]}
+            obj["status"] = {"phase": "Active"}
+        self._admit(kind, obj, None, opts)
+        name = md["name"]
+        ns = md.get("namespace", "")
+        if kind.namespaced:
+            self._check_namespace_open(ns)
+        if self.db.get(kind.key, ns, name) is not None:
+            raise AlreadyExists(f'{kind.qualified} "{name}" already exists', kind=kind.plural,
+                                group=kind.group, name=name)
+        md["uid"] = str(uuid.uuid4())
+        md["creationTimestamp"] = m.now()
+        md["generation"] = 1
+        if opts.dry_run:
+            return obj
+        return self._commit(kind, obj, None)
+
+    def update(self, kind: Kind, body: Any, *, namespace: str | None = None, name: str | None = None,
+               subresource: str | None = None, opts: WriteOptions | None = None,
+               require_rv: bool = True) -> Obj:
+        """PUT semantics. ``subresource`` is None (main resource) or "status"."""
+        opts = opts or WriteOptions()
+        new = self._decode(kind, body, namespace)
+        name = name or new["metadata"].get("name")
+        if not name:
+            raise BadRequest("name is required for an update")
+        if new["metadata"].get("name", name) != name:
+            raise BadRequest(f"the name of the object ({new['metadata'].get('name')}) does not match the name "
+                             f"on the URL ({name})")
+        row = self._row(kind, new["metadata"].get("namespace", ""), name)
+        current = row.object()
+        rv = new["metadata"].get("resourceVersion")
+        if not rv and require_rv:
+            raise Invalid.of(kind=kind.kind, group=kind.group, name=name, causes=[
+                Cause("metadata.resourceVersion", "Invalid value: 0x0: must be specified for an update")])
+        if rv and str(rv) != str(row.rv):
+            raise Conflict(
+                f'Operation cannot be fulfilled on {kind.qualified} "{name}": the object has been modified; '
+                "please apply your changes to the latest version and try again",
+                kind=kind.plural, group=kind.group, name=name)
+        if subresource == "status":
+            merged = copy.deepcopy(current)
+            if "status" in new:
+                merged["status"] = new["status"]
+            else:
+                merged.pop("status", None)
+        else:
+            merged = new
+            md = merged["metadata"]
+            for key in ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds",
+                        "generation"):
+                if key in current["metadata"]:
+                    md[key] = current["metadata"][key]
+                else:
+                    md.pop(key, None)
+            if kind.status_subresource:
+                if "status" in current:
+                    merged["status"] = current["status"]
+                else:
+                    merged.pop("status", None)
+            if current["metadata"].get("deletionTimestamp"):
+                added = set(md.get("finalizers") or []) - set(current["metadata"].get("finalizers") or [])
+                if added:
+                    raise Invalid.of(kind=kind.kind, group=kind.group, name=name, causes=[Cause(
+                        "metadata.finalizers", "Forbidden: no new finalizers can be added if the object is being "
+                        "deleted", "FieldValueForbidden")])
+            if _body(merged) != _body(current):
+                md["generation"] = int(current["metadata"].get("generation", 1)) + 1
+        self._admit(kind, merged, current, opts)
+        merged["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        if merged == current or opts.dry_run:
+            return merged
+        if merged["metadata"].get("deletionTimestamp") and not _finalizers(kind, merged):
+            return self._remove(kind, merged, current)
+        return self._commit(kind, merged, current)
+
+    def patch(self, kind: Kind, namespace: str | None, name: str, content_type: str, patch: Any, *,
+              subresource: str | None = None, opts: WriteOptions | None = None) -> Obj:
+        current = self.get(kind, namespace or "", name)
+        patched = apply_patch(current, content_type, patch, builtin=kind.group == "")
+        if not isinstance(patched.get("metadata"), dict):
+            raise BadRequest("metadata must be an object")
+        patched["metadata"].setdefault("resourceVersion", current["metadata"]["resourceVersion"])
+        return self.update(kind, patched, namespace=namespace, name=name, subresource=subresource, opts=opts)
+
+    def delete(self, kind: Kind, namespace: str | None, name: str, *, propagation: str | None = None,
+               preconditions: dict[str, Any] | None = None, opts: WriteOptions | None = None) -> Obj:
+        opts = opts or WriteOptions()
+        row = self._row(kind, namespace or "", name)
+        current = row.object()
+        md = current["metadata"]
+        pre = preconditions or {}
+        if pre.get("uid") and pre["uid"] != md.get("uid"):
+            raise Conflict(f"Precondition failed: UID in precondition: {pre['uid']}, UID in object meta: "
+                           f"{md.get('uid')}", kind=kind.plural, group=kind.group, name=name)
+        if pre.get("resourceVersion") and str(pre["resourceVersion"]) != str(row.rv):
+            raise Conflict(f"Precondition failed: ResourceVersion in precondition: {pre['resourceVersion']}, "
+                           f"ResourceVersion in object meta: {row.rv}", kind=kind.plural, group=kind.group,
+                           name=name)
+        if opts.dry_run:
+            return current
+        obj = copy.deepcopy(current)
+        finalizers: list[str] = obj["metadata"].setdefault("finalizers", [])
+        if propagation == "Foreground" and FOREGROUND not in finalizers:
+            finalizers.append(FOREGROUND)
+        elif propagation == "Orphan" and ORPHAN not in finalizers:
+            finalizers.append(ORPHAN)
+        if not finalizers:
+            obj["metadata"].pop("finalizers")
+        if kind is NAMESPACE:
+            obj.setdefault("status", {})["phase"] = "Terminating"
+        if not _finalizers(kind, obj):
+            return self._remove(kind, obj, current)
+        if not obj["metadata"].get("deletionTimestamp"):
+            obj["metadata"]["deletionTimestamp"] = m.now()
+            obj["metadata"]["deletionGracePeriodSeconds"] = 0
+        if obj == current:
+            return current
+        return self._commit(kind, obj, current)
+
+    # ------------------------------------------------------------ scale subresource
+
+    def get_scale(self, kind: Kind, namespace: str, name: str) -> Obj:
+        if kind.scale is None:
+            raise NotFound(f"{kind.qualified} has no scale subresource")
+        return _scale_of(kind, self.get(kind, namespace, name))
+
+    def update_scale(self, kind: Kind, namespace: str, name: str, scale: Any, *,
+                     opts: WriteOptions | None = None) -> Obj:
+        if kind.scale is None:
+            raise NotFound(f"{kind.qualified} has no scale subresource")
+        if not isinstance(scale, dict):
+            raise BadRequest("the body must be an autoscaling/v1 Scale")
+        obj = self.get(kind, namespace, name)
+        rv = (scale.get("metadata") or {}).get("resourceVersion")
+        if rv:
+            obj["metadata"]["resourceVersion"] = rv
+        replicas = (scale.get("spec") or {}).get("replicas", 0)
+        _set_path(obj, kind.scale.spec_replicas_path, replicas)
+        return _scale_of(kind, self.update(kind, obj, namespace=namespace, name=name, opts=opts))
+
+    def patch_scale(self, kind: Kind, namespace: str, name: str, content_type: str, patch: Any, *,
+                    opts: WriteOptions | None = None) -> Obj:
+        current = self.get_scale(kind, namespace, name)
+        patched = apply_patch(current, content_type, patch, builtin=True)
+        return self.update_scale(kind, namespace, name, patched, opts=opts)
+
+    # ------------------------------------------------------------ internals
+
+    def _ns(self, kind: Kind, namespace: str | None) -> str:
+        return (namespace or "") if kind.namespaced else ""
+
+    def _decode(self, kind: Kind, body: Any, namespace: str | None) -> Obj:
+        if not isinstance(body, dict):
+            raise BadRequest(f"the body must be a {kind.kind} object")
+        obj = copy.deepcopy(body)
+        api_version, kind_name = obj.get("apiVersion"), obj.get("kind")
+        if api_version and api_version != kind.api_version:
+            raise BadRequest(f"the API version in the data ({api_version}) does not match the expected API "
+                             f"version ({kind.api_version})")
+        if kind_name and kind_name != kind.kind:
+            raise BadRequest(f"the kind in the data ({kind_name}) does not match the expected kind ({kind.kind})")
+        obj["apiVersion"], obj["kind"] = kind.api_version, kind.kind
+        md = obj.get("metadata")
+        if md is None:
+            md = obj["metadata"] = {}
+        if not isinstance(md, dict):
+            raise BadRequest("metadata must be an object")
+        if kind.namespaced:
+            ns = md.get("namespace") or namespace or "default"
+            if namespace and ns != namespace:
+                raise BadRequest("the namespace of the provided object does not match the namespace sent on the "
+                                 "request")
+            md["namespace"] = ns
+        else:
+            md.pop("namespace", None)
+        return obj
+
+    def _admit(self, kind: Kind, obj: Obj, old: Obj | None, opts: WriteOptions) -> None:
+        dropped = schema.prune(obj, kind.schema)
+        if dropped and opts.field_validation == "Strict":
+            listed = ", ".join(f'unknown field "{p}"' for p in dropped)
+            raise BadRequest(f"{kind.kind} in version \"{kind.version}\" cannot be handled as a {kind.kind}: "
+                             f"strict decoding error: {listed}", kind=kind.kind, group=kind.group,
+                             name=obj["metadata"].get("name", ""))
+        if dropped and opts.field_validation != "Ignore":
+            opts.warnings.extend(f'unknown field "{p}"' for p in dropped)
+        schema.default(obj, kind.schema)
+        causes = m.validate_metadata(obj["metadata"], label_name=kind is NAMESPACE)
+        causes += schema.validate(obj, kind.schema, old) if old is not None else schema.validate(obj, kind.schema)
+        if causes:
+            raise Invalid.of(kind=kind.kind, group=kind.group, name=obj["metadata"].get("name", ""), causes=causes)
+
+    def _check_namespace_open(self, namespace: str) -> None:
+        row = self.db.get(NAMESPACE.key, "", namespace)
+        if row is None:
+            raise NotFound(f'namespaces "{namespace}" not found', kind="namespaces", name=namespace)
+        if json.loads(row.data).get("metadata", {}).get("deletionTimestamp"):
+            raise Forbidden(f"unable to create new content in namespace {namespace} because it is being "
+                            "terminated", kind="namespaces", name=namespace)
+
+    def _commit(self, kind: Kind, obj: Obj, prev: Obj | None) -> Obj:
+        md = obj["metadata"]
+        row = self.db.put(kind.key, md.get("namespace", ""), md["name"], obj)
+        prev_labels = (prev["metadata"].get("labels") or {}) if prev else None
+        self.hub.publish(Event("MODIFIED" if prev else "ADDED", kind.key, md.get("namespace", ""), md["name"],
+                               row.rv, row.data, row.labels, prev_labels))
+        return obj
+
+    def _remove(self, kind: Kind, obj: Obj, prev: Obj) -> Obj:
+        md = obj["metadata"]
+        rev = self.db.delete(kind.key, md.get("namespace", ""), md["name"])
+        md["resourceVersion"] = str(rev)
+        labels = md.get("labels") or {}
+        self.hub.publish(Event("DELETED", kind.key, md.get("namespace", ""), md["name"], rev,
+                               json.dumps(obj, separators=(",", ":")), labels,
+                               prev["metadata"].get("labels") or {}))
+        return obj
+
+    def ensure_namespace(self, name: str) -> None:
+        if self.db.get(NAMESPACE.key, "", name) is None:
+            self.create(NAMESPACE, {"metadata": {"name": name}})
+
+
+def _finalizers(kind: Kind, obj: Obj) -> list[str]:
+    fin = list(obj["metadata"].get("finalizers") or [])
+    if kind is NAMESPACE:
+        fin += (obj.get("spec") or {}).get("finalizers") or []
+    return fin
+
+
+def _body(obj: Obj) -> Obj:
+    return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
+
+
+def _get_path(obj: Obj, path: str) -> Any:
+    cur: Any = obj
+    for part in path.strip(".").split("."):
+        cur = cur.get(part) if isinstance(cur, dict) else None
+    return cur
+
+
+def _set_path(obj: Obj, path: str, value: Any) -> None:
+    parts = path.strip(".").split(".")
+    cur = obj
+    for part in parts[:-1]:
+        cur = cur.setdefault(part, {})
+    cur[parts[-1]] = value
+
+
+def _scale_of(kind: Kind, obj: Obj) -> Obj:
+    assert kind.scale is not None
+    md = obj["metadata"]
+    status: Obj = {"replicas": _get_path(obj, kind.scale.status_replicas_path) or 0}
+    if kind.scale.label_selector_path:
+        selector = _get_path(obj, kind.scale.label_selector_path)
+        if selector:
+            status["selector"] = selector
+    return {
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {k: md[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+                     if k in md},
+        "spec": {"replicas": _get_path(obj, kind.scale.spec_replicas_path) or 0},
+        "status": status,
+    }
+
+
+def _encode_continue(namespace: str, name: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([namespace, name]).encode()).decode()
+
+
+def _decode_continue(token: str) -> tuple[str, str]:
+    try:
+        ns, name = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return str(ns), str(name)
+    except (ValueError, TypeError) as e:
+        raise BadRequest(f"invalid continue token {token!r}") from e

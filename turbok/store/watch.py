@@ -1,0 +1,131 @@
+"""Watch fan-out: every committed change goes to the watchers that asked for it.
+
+The hub keeps a window of recent events (the watch history). A watch that
+starts from a resourceVersion inside the window replays what it missed and then
+goes live; one from before the window gets ``Gone`` (410), as kube-apiserver
+answers after etcd compaction, and the client re-lists. After a restart the
+window starts at the revision the store was opened at.
+
+Selectors are applied per event with the object's previous labels, so a
+watcher sees ADDED when an object starts matching and DELETED when it stops,
+as the watch cache does. Events are encoded once and shared by all watchers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from turbok.api.status import Gone
+
+__all__ = ["Event", "WatchHub", "Watcher"]
+
+
+@dataclass
+class Event:
+    type: str  # ADDED, MODIFIED, DELETED
+    resource: str
+    namespace: str
+    name: str
+    rv: int
+    data: str  # the object as JSON
+    labels: dict[str, str]
+    prev_labels: dict[str, str] | None  # None for ADDED
+    _lines: dict[str, bytes] = field(default_factory=dict, repr=False)
+
+    def line(self, type_: str | None = None) -> bytes:
+        """The watch-stream line for this event (as ``type_`` after selector translation)."""
+        t = type_ or self.type
+        if t not in self._lines:
+            self._lines[t] = b'{"type":"' + t.encode() + b'","object":' + self.data.encode() + b"}\n"
+        return self._lines[t]
+
+    def object(self) -> dict[str, Any]:
+        obj: dict[str, Any] = json.loads(self.data)
+        return obj
+
+
+#: Decides what a watcher sees of an event: a type, or None to skip it.
+Filter = Callable[[Event], "str | None"]
+
+
+class Watcher:
+    """One client's watch: an async iterator of (type, event)."""
+
+    def __init__(self, hub: WatchHub, resource: str, filter_: Filter, maxsize: int) -> None:
+        self._hub = hub
+        self.resource = resource
+        self._filter = filter_
+        self._queue: asyncio.Queue[tuple[str, Event] | None] = asyncio.Queue(maxsize)
+        self.closed = False
+        self.overflowed = False
+
+    def _offer(self, event: Event) -> None:
+        type_ = self._filter(event)
+        if type_ is None or self.closed:
+            return
+        try:
+            self._queue.put_nowait((type_, event))
+        except asyncio.QueueFull:
+            # A watcher this far behind would only grow memory: end it; the client re-watches.
+            self.overflowed = True
+            self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._hub._remove(self)
+        try:
+            self._queue.put_nowait(None)
+        except asyncio.QueueFull:
+            pass
+
+    def __aiter__(self) -> Watcher:
+        return self
+
+    async def __anext__(self) -> tuple[str, Event]:
+        item = await self._queue.get()
+        if item is None:
+            raise StopAsyncIteration
+        return item
+
+
+class WatchHub:
+    def __init__(self, start_rv: int, window: int = 20_000, watcher_queue: int = 50_000) -> None:
+        self._history: collections.deque[Event] = collections.deque(maxlen=window)
+        self._floor = start_rv  # events at or before this revision are not retained
+        self._watchers: dict[str, set[Watcher]] = {}
+        self._watcher_queue = watcher_queue
+        self.listeners: list[Callable[[Event], None]] = []
+
+    def publish(self, event: Event) -> None:
+        if len(self._history) == self._history.maxlen:
+            self._floor = self._history[0].rv
+        self._history.append(event)
+        for watcher in list(self._watchers.get(event.resource, ())):
+            watcher._offer(event)
+        for listener in self.listeners:
+            listener(event)
+
+    def subscribe(self, resource: str, from_rv: int | None, filter_: Filter) -> Watcher:
+        """Watch ``resource`` from just after ``from_rv`` (None: from now)."""
+        if from_rv is not None and from_rv < self._floor:
+            raise Gone(f"too old resource version: {from_rv} ({self._floor + 1})")
+        watcher = Watcher(self, resource, filter_, self._watcher_queue)
+        if from_rv is not None:
+            for event in self._history:
+                if event.rv > from_rv and event.resource == resource:
+                    watcher._offer(event)
+        self._watchers.setdefault(resource, set()).add(watcher)
+        return watcher
+
+    def _remove(self, watcher: Watcher) -> None:
+        self._watchers.get(watcher.resource, set()).discard(watcher)
+
+    def watcher_count(self) -> int:
+        return sum(len(s) for s in self._watchers.values())
