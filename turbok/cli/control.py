@@ -45,8 +45,11 @@ def up(timeout: float = typer.Option(60.0, help="Seconds to wait for the control
     console.print(f"  export KUBECONFIG={endpoints['kubeconfig']}", style="dim")
 
 
-def down(timeout: float = typer.Option(30.0, help="Seconds to wait for a clean stop.")) -> None:
-    """Stop the background control plane (sandboxes keep running and are re-adopted on `up`)."""
+def down(
+    timeout: float = typer.Option(30.0, help="Seconds to wait for a clean stop."),
+    stop_sandboxes: bool = typer.Option(False, "--stop-sandboxes", help="Also stop every sandbox (disks are kept)."),
+) -> None:
+    """Stop the background control plane; sandboxes keep running and are re-adopted on `up`."""
     from turbok.embedded import daemon
     from turbok.home import home
 
@@ -54,6 +57,9 @@ def down(timeout: float = typer.Option(30.0, help="Seconds to wait for a clean s
         console.print("turbok is down")
     else:
         console.print("turbok was not running")
+    if stop_sandboxes:
+        count = daemon.stop_sandboxes(home())
+        console.print(f"stopped {count} sandbox{'es' if count != 1 else ''}")
 
 
 def status(output: str = typer.Option("text", "--output", "-o", help="text or json")) -> None:

@@ -13,7 +13,7 @@ the object changed under us, so we read it again.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from turbok.api.kinds import Kind
@@ -59,6 +59,8 @@ class Reconciler(abc.ABC):
 
     def __init__(self, client: Client) -> None:
         self.client = client
+        #: Set by the manager: queue one of this reconciler's keys, optionally after a delay.
+        self.enqueue: Callable[[Key, float], None] = lambda key, after=0.0: None
 
     def related(self, kind: Kind, obj: Obj) -> Iterable[Key]:
         """Keys of this reconciler's objects to revisit when ``obj`` (of another kind) changes."""

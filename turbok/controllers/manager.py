@@ -75,6 +75,8 @@ class Manager:
 
     async def start(self) -> None:
         for q in self.queues:
+            q.reconciler.enqueue = (lambda queue: lambda key, after=0.0: (
+                queue.add_after(key, after) if after > 0 else queue.add(key)))(q)
             await q.reconciler.start()
         self.client.subscribe(self._route)
         for q in self.queues:
@@ -94,11 +96,6 @@ class Manager:
             for timer in q.timers.values():
                 timer.cancel()
             await q.reconciler.stop()
-
-    def enqueue(self, reconciler: Reconciler, key: Key, after: float = 0.0) -> None:
-        for q in self.queues:
-            if q.reconciler is reconciler:
-                q.add_after(key, after) if after > 0 else q.add(key)
 
     def _route(self, event: ObjectEvent) -> None:
         own = self._by_kind.get(event.resource)

@@ -70,11 +70,15 @@ class ControlPlane:
         self.token = _token(self.home)
         self.with_controllers = controllers
         self.registry: ObjectRegistry | None = None
+        self.runtime: Any = None
         self.endpoints: Endpoints | None = None
         self._runners: list[web.AppRunner] = []
         self._stoppers: list[Any] = []
 
     async def start(self) -> Endpoints:
+        from turbok.runtime.factory import make_runtime
+
+        self.runtime = make_runtime(self.home.sandboxes)
         db = SqliteStore(self.home.store)
         self.registry = registry = ObjectRegistry(db, self.kinds)
         registry.ensure_namespace("default")
@@ -105,7 +109,16 @@ class ControlPlane:
         return f"{scheme}://{self.host}:{sock.getsockname()[1]}"
 
     async def _start_router(self) -> str:
-        return ""  # wired once turbok.sandboxd lands
+        from turbok.embedded.resolver import StoreResolver
+        from turbok.sandboxd.router import create_router_app
+
+        assert self.registry is not None
+        sandbox_kind = self.kinds.by_kind("agents.x-k8s.io/v1beta1", "Sandbox")
+        app = create_router_app(runtime=self.runtime, resolver=StoreResolver(self.registry, sandbox_kind),
+                                token=self.token, registry=self.metrics)
+        url = await self._serve(app, self.router_port)
+        # A capability URL: the official client joins it with the endpoint, so it works unchanged.
+        return f"{url}/t/{self.token}"
 
     async def _start_controllers(self) -> None:
         from turbok.controllers.garbage import GarbageCollector
@@ -122,8 +135,14 @@ class ControlPlane:
         await manager.start()
         self._stoppers += [collector.stop, manager.stop]
 
-    def _sandbox_reconcilers(self, client: object) -> list[Any]:
-        return []  # wired once the sandbox reconcilers land
+    def _sandbox_reconcilers(self, client: Any) -> list[Any]:
+        from turbok.controllers.claim import ClaimReconciler
+        from turbok.controllers.sandbox import SandboxReconciler
+        from turbok.controllers.template import TemplateReconciler
+        from turbok.controllers.warmpool import WarmPoolReconciler
+
+        return [SandboxReconciler(client, self.runtime), TemplateReconciler(client), WarmPoolReconciler(client),
+                ClaimReconciler(client, metrics=self.metrics)]
 
     async def stop(self) -> None:
         for stop in reversed(self._stoppers):

@@ -20,7 +20,7 @@ import httpx
 from turbok.errors import TurbokError
 from turbok.home import Home
 
-__all__ = ["DaemonError", "down", "status", "up"]
+__all__ = ["DaemonError", "down", "status", "stop_sandboxes", "up"]
 
 
 class DaemonError(TurbokError):
@@ -108,3 +108,29 @@ def down(home: Home, *, timeout: float = 30.0) -> bool:
     home.pidfile.unlink(missing_ok=True)
     home.endpoints.unlink(missing_ok=True)
     return True
+
+
+def stop_sandboxes(home: Home, *, remove: bool = False) -> int:
+    """Stop every runtime sandbox of this home (keeping disks unless ``remove``); returns how many.
+
+    For ``turbok down --stop-sandboxes`` and test teardown: with the control plane down
+    nothing else will, and a detached gVisor sandbox runs until told to stop.
+    """
+    import asyncio
+
+    from turbok.runtime.factory import make_runtime
+
+    if not home.sandboxes.exists():
+        return 0
+    runtime = make_runtime(home.sandboxes)
+
+    async def run() -> int:
+        ids = await runtime.list()
+        results = await asyncio.gather(*((runtime.remove(i) if remove else runtime.stop(i)) for i in ids),
+                                       return_exceptions=True)
+        for rid, result in zip(ids, results):
+            if isinstance(result, Exception):
+                raise DaemonError(f"could not stop sandbox {rid}: {result}")
+        return len(ids)
+
+    return asyncio.run(run())

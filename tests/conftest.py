@@ -1,0 +1,107 @@
+"""Shared fixtures: a real turbok control plane on loopback, and where images live.
+
+``control_plane`` (session-scoped) runs ``turbok serve`` as a subprocess with
+its own temporary TURBOK_HOME, exactly as a user would, and yields its
+endpoints. ``make_control_plane`` starts extra ones (restarts, isolation).
+Images are shared across homes through TURBOK_IMAGES (built once by
+scripts/setup.sh; default ``~/.turbok/images``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("TURBOK_IMAGES", str(Path("~/.turbok/images").expanduser()))
+
+
+@dataclass
+class ControlPlaneProcess:
+    home: Path
+    api_url: str = ""
+    router_url: str = ""
+    token: str = ""
+    kubeconfig: Path = field(default_factory=Path)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "TURBOK_HOME": str(self.home), "KUBECONFIG": str(self.kubeconfig)}
+
+    def start(self, timeout: float = 60.0) -> ControlPlaneProcess:
+        self.home.mkdir(parents=True, exist_ok=True)
+        endpoints = self.home / "endpoints.json"
+        endpoints.unlink(missing_ok=True)
+        log = open(self.home / "turbok.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "turbok", "serve"], env={**os.environ, "TURBOK_HOME": str(self.home)},
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"turbok serve exited: {(self.home / 'turbok.log').read_text()[-3000:]}")
+            try:
+                data = json.loads(endpoints.read_text())
+            except (OSError, ValueError):
+                time.sleep(0.05)
+                continue
+            if data.get("pid") == self.proc.pid:
+                self.api_url, self.router_url = data["api"], data["router"]
+                self.kubeconfig = Path(data["kubeconfig"])
+                self.token = (self.home / "token").read_text().strip()
+                return self
+            time.sleep(0.05)
+        raise RuntimeError("turbok serve did not come up")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def purge(self) -> None:
+        """Stop the control plane and remove every sandbox it left running."""
+        from turbok.embedded.daemon import stop_sandboxes
+        from turbok.home import Home
+
+        self.stop()
+        stop_sandboxes(Home(self.home), remove=True)
+
+    def log(self) -> str:
+        return (self.home / "turbok.log").read_text()
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlaneProcess]:
+    cp = ControlPlaneProcess(tmp_path_factory.mktemp("turbok-home")).start()
+    yield cp
+    cp.purge()
+
+
+@pytest.fixture
+def make_control_plane(tmp_path: Path) -> Iterator[Callable[..., ControlPlaneProcess]]:
+    started: list[ControlPlaneProcess] = []
+
+    def make(home: Path | None = None) -> ControlPlaneProcess:
+        cp = ControlPlaneProcess(home or tmp_path / f"home{len(started)}").start()
+        started.append(cp)
+        return cp
+
+    yield make
+    for cp in started:
+        cp.purge()

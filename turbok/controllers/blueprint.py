@@ -1,0 +1,49 @@
+"""Building Sandboxes from a SandboxTemplate, shared by the warm pool and cold claims.
+
+A template's blueprint is its ``podTemplate``, ``volumeClaimTemplates`` and
+``service``. Hashes of the blueprint label pool sandboxes so that
+``updateStrategy: Recreate`` can tell stale ones apart.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from turbok.controllers import labels as lb
+
+__all__ = ["blueprint", "sandbox_from_template", "template_hashes"]
+
+Obj = dict[str, Any]
+
+
+def blueprint(template: Obj) -> Obj:
+    spec = template.get("spec") or {}
+    out: Obj = {"podTemplate": copy.deepcopy(spec.get("podTemplate") or {})}
+    if spec.get("volumeClaimTemplates"):
+        out["volumeClaimTemplates"] = copy.deepcopy(spec["volumeClaimTemplates"])
+    if "service" in spec:
+        out["service"] = spec["service"]
+    return out
+
+
+def template_hashes(template: Obj) -> tuple[str, str]:
+    """(pod template hash, blueprint hash) of a template."""
+    bp = blueprint(template)
+    return lb.blueprint_hash(bp["podTemplate"]), lb.blueprint_hash(bp)
+
+
+def sandbox_from_template(template: Obj, *, labels: dict[str, str], annotations: dict[str, str],
+                          owner: Obj, name: str | None = None, generate_name: str | None = None,
+                          pod_labels: dict[str, str] | None = None) -> Obj:
+    spec = blueprint(template)
+    pod_md = spec["podTemplate"].setdefault("metadata", {})
+    if pod_labels:
+        pod_md.setdefault("labels", {}).update(pod_labels)
+    md: Obj = {"namespace": template["metadata"]["namespace"], "labels": labels, "annotations": annotations,
+               "ownerReferences": [lb.owner_ref(owner)]}
+    if name:
+        md["name"] = name
+    else:
+        md["generateName"] = generate_name
+    return {"apiVersion": lb.SANDBOX_API, "kind": "Sandbox", "metadata": md, "spec": spec}

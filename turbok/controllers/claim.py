@@ -1,0 +1,317 @@
+"""SandboxClaim: bind a claim to a sandbox, warm from its pool when it can, cold otherwise.
+
+Upstream semantics (``sandboxclaim_controller.go``):
+
+- A bound sandbox is found by ``status.sandbox.name``, then by the
+  ``claim-uid`` label (an adoption interrupted by a crash), then by the claim's
+  own name (a cold start), each only if the claim controls it.
+- Warm adoption takes the oldest Ready sandbox of the pool (a starting one if
+  none is Ready), strips the pool labels, makes the claim its only controller
+  and forwards its Ready condition to the claim in one status write. Claims
+  with ``env`` or ``volumeClaimTemplates`` always start cold.
+- A cold start creates a Sandbox named like the claim from the pool's
+  template, with ``env`` injected per ``envVarsInjectionPolicy``,
+  volumeClaimTemplates merged per ``volumeClaimTemplatesPolicy`` and
+  ``additionalPodMetadata`` on its pod template.
+- ``lifecycle``: expiry at ``shutdownTime`` or ``ttlSecondsAfterFinished``
+  after Finished; ``Delete``/``DeleteForeground`` delete the claim (the
+  sandbox follows by garbage collection), ``Retain`` deletes only the sandbox.
+- Ready reasons: forwarded from the sandbox, or ``WarmPoolNotFound``,
+  ``TemplateNotFound``, ``EnvVarsInjectionRejected``, ``VolumeClaimTemplatesError``,
+  ``InvalidMetadata``, ``ClaimExpired``, ``SandboxExpired``, ``SandboxNotReady``,
+  ``ReconcilerError``, as the official client expects.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from turbok.api import meta as m
+from turbok.api.kinds import Kind
+from turbok.controllers import labels as lb
+from turbok.controllers.base import DONE, Key, Reconciler, Result, requeue
+from turbok.controllers.blueprint import sandbox_from_template
+from turbok.controllers.client import Client, Obj
+from turbok.controllers.injection import ClaimError, apply_env, merge_pod_metadata, merge_volume_claim_templates
+
+__all__ = ["ClaimReconciler"]
+
+#: How soon to look again for a pool or template that does not exist yet (their creation also wakes us).
+MISSING_RECHECK = 60.0
+
+
+class ClaimReconciler(Reconciler):
+    concurrency = 8
+
+    def __init__(self, client: Client, metrics: CollectorRegistry | None = None) -> None:
+        super().__init__(client)
+        self.kind = client.kinds.by_kind(lb.EXTENSIONS_API, "SandboxClaim")
+        self.sandbox_kind = client.kinds.by_kind(lb.SANDBOX_API, "Sandbox")
+        self.pool_kind = client.kinds.by_kind(lb.EXTENSIONS_API, "SandboxWarmPool")
+        self.template_kind = client.kinds.by_kind(lb.EXTENSIONS_API, "SandboxTemplate")
+        # Warm candidates per pool, oldest first: the O(1) path of adoption.
+        self._candidates: dict[Key, dict[str, None]] = {}
+        self._candidate_pool: dict[Key, Key] = {}
+        self._waiting: dict[Key, set[Key]] = {}  # pool -> claims waiting for it or its template
+        self._counted: set[str] = set()
+        registry = metrics or CollectorRegistry()
+        self._created = Counter("agent_sandbox_claim_creation_total", "Claims that became Ready, by launch type",
+                                ["namespace", "sandbox_template", "launch_type", "warmpool_name"], registry=registry)
+        self._latency = Histogram("agent_sandbox_claim_controller_startup_latency_ms",
+                                  "Claim creation to first Ready, in milliseconds", ["launch_type"],
+                                  registry=registry, buckets=(5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000))
+
+    # ------------------------------------------------------------ routing
+
+    def related(self, kind: Kind, obj: Obj) -> Iterable[Key]:
+        md = obj["metadata"]
+        ns = md["namespace"]
+        if kind is self.sandbox_kind:
+            key = (ns, md["name"])
+            owner = lb.controller_of(obj)
+            adoptable = (owner is not None and owner.get("kind") == "SandboxWarmPool"
+                         and not md.get("deletionTimestamp") and lb.WARM_POOL_SANDBOX in (md.get("labels") or {}))
+            if adoptable:
+                assert owner is not None
+                pool = (ns, owner["name"])
+                self._candidates.setdefault(pool, {})[md["name"]] = None
+                self._candidate_pool[key] = pool
+            elif key in self._candidate_pool:
+                self._candidates.get(self._candidate_pool.pop(key), {}).pop(md["name"], None)
+            if owner is not None and owner.get("kind") == "SandboxClaim":
+                yield (ns, owner["name"])
+        elif kind is self.pool_kind:
+            yield from self._waiting.get((ns, md["name"]), ())
+        elif kind is self.template_kind:
+            for pool, claims in self._waiting.items():
+                if pool[0] == ns:
+                    yield from claims
+
+    # ------------------------------------------------------------ reconcile
+
+    async def reconcile(self, namespace: str, name: str) -> Result:
+        claim = await self.client.try_get(self.kind, namespace, name)
+        if claim is None or claim["metadata"].get("deletionTimestamp"):
+            for claims in self._waiting.values():
+                claims.discard((namespace, name))
+            return DONE
+        status = copy.deepcopy(claim.get("status") or {})
+        gen = claim["metadata"].get("generation")
+        expire_at = _expiry(claim)
+        if expire_at is not None and dt.datetime.now(dt.UTC) >= expire_at:
+            return await self._expire(claim, status)
+        pool_key = (namespace, claim["spec"]["warmPoolRef"]["name"])
+        result: Result = DONE
+        try:
+            sandbox = await self._bound(claim) or await self._provision(claim)
+            self._waiting.get(pool_key, set()).discard((namespace, name))
+            self._forward(claim, sandbox, status, gen)
+        except ClaimError as e:
+            m.set_condition(status, "Ready", False, e.reason, e.message, observed_generation=gen)
+            if e.retry_after is not None:
+                self._waiting.setdefault(pool_key, set()).add((namespace, name))
+                result = requeue(e.retry_after)
+        if expire_at is not None:
+            left = (expire_at - dt.datetime.now(dt.UTC)).total_seconds()
+            result = requeue(min(left, result.requeue_after or left))
+        if status != (claim.get("status") or {}):
+            fresh = copy.deepcopy(claim)
+            fresh["status"] = status
+            await self.client.update_status(self.kind, fresh)
+        self._observe(claim, status)
+        return result
+
+    def _forward(self, claim: Obj, sandbox: Obj, status: Obj, gen: int | None) -> None:
+        sb_status = sandbox.get("status") or {}
+        status["sandbox"] = {"name": sandbox["metadata"]["name"]}
+        if sb_status.get("podIPs"):
+            status["sandbox"]["podIPs"] = list(sb_status["podIPs"])
+        ready = m.condition(sandbox, "Ready")
+        if ready is None:
+            m.set_condition(status, "Ready", False, "SandboxNotReady", "Sandbox is not ready", observed_generation=gen)
+        elif ready.get("reason") == "SandboxExpired":
+            m.set_condition(status, "Ready", False, "SandboxExpired",
+                            "Underlying Sandbox resource has expired independently of the Claim.",
+                            observed_generation=gen)
+        else:
+            m.set_condition(status, "Ready", ready["status"], ready.get("reason") or "Unknown",
+                            ready.get("message", ""), observed_generation=gen)
+        finished = m.condition(sandbox, "Finished")
+        conditions = [c for c in status.get("conditions") or [] if c.get("type") != "Finished"]
+        if finished is not None:
+            finished["observedGeneration"] = gen
+            conditions.append(finished)
+        status["conditions"] = conditions
+
+    def _observe(self, claim: Obj, status: Obj) -> None:
+        uid = claim["metadata"]["uid"]
+        if uid in self._counted or not m.is_true({"status": status}, "Ready"):
+            return
+        self._counted.add(uid)
+        launch = "warm" if status.get("sandbox", {}).get("name") != claim["metadata"]["name"] else "cold"
+        created = m.parse_time(claim["metadata"]["creationTimestamp"]).timestamp()
+        self._latency.labels(launch).observe(max(time.time() - created, 0) * 1000)
+        self._created.labels(claim["metadata"]["namespace"], "", launch,
+                             claim["spec"]["warmPoolRef"]["name"]).inc()
+
+    # ------------------------------------------------------------ finding and making the sandbox
+
+    def _controls(self, claim: Obj, sandbox: Obj | None) -> bool:
+        owner = lb.controller_of(sandbox) if sandbox else None
+        return owner is not None and owner.get("uid") == claim["metadata"]["uid"]
+
+    async def _bound(self, claim: Obj) -> Obj | None:
+        md = claim["metadata"]
+        ns = md["namespace"]
+        recorded = (claim.get("status") or {}).get("sandbox", {}).get("name")
+        if recorded:
+            sb = await self.client.try_get(self.sandbox_kind, ns, recorded)
+            if self._controls(claim, sb):
+                return sb
+        by_uid = m.LabelSelector.parse(f"{lb.CLAIM_UID}={md['uid']}")
+        for sb in await self.client.list(self.sandbox_kind, ns, selector=by_uid):
+            if self._controls(claim, sb):
+                return sb
+        same_name = await self.client.try_get(self.sandbox_kind, ns, md["name"])
+        if same_name is not None:
+            if self._controls(claim, same_name):
+                return same_name
+            raise ClaimError("ReconcilerError", f'Error seen: sandbox "{md["name"]}" is not controlled by claim '
+                             f'"{md["name"]}". Please use a different claim name or delete the sandbox manually')
+        return None
+
+    async def _provision(self, claim: Obj) -> Obj:
+        md, spec = claim["metadata"], claim["spec"]
+        ns, pool_name = md["namespace"], spec["warmPoolRef"]["name"]
+        pool = await self.client.try_get(self.pool_kind, ns, pool_name)
+        if pool is None:
+            raise ClaimError("WarmPoolNotFound", f'SandboxWarmPool "{pool_name}" not found', retry_after=MISSING_RECHECK)
+        pod_metadata = merge_pod_metadata({}, spec.get("additionalPodMetadata"), validate_only=True)
+        if not spec.get("env") and not spec.get("volumeClaimTemplates"):
+            warm = await self._take_candidate((ns, pool_name))
+            if warm is not None:
+                return await self._adopt(claim, warm, pod_metadata)
+        template_name = pool["spec"]["sandboxTemplateRef"]["name"]
+        template = await self.client.try_get(self.template_kind, ns, template_name)
+        if template is None:
+            raise ClaimError("TemplateNotFound", f'SandboxTemplate "{template_name}" not found',
+                             retry_after=MISSING_RECHECK)
+        return await self._cold_start(claim, template)
+
+    async def _take_candidate(self, pool: Key) -> Obj | None:
+        """The oldest Ready sandbox of the pool, else the oldest starting one; None when the pool is empty."""
+        queue = self._candidates.get(pool, {})
+        fallback: Obj | None = None
+        for name in list(queue):
+            sb = await self.client.try_get(self.sandbox_kind, pool[0], name)
+            owner = lb.controller_of(sb) if sb else None
+            if sb is None or owner is None or owner.get("kind") != "SandboxWarmPool" or owner.get("name") != pool[1] \
+                    or sb["metadata"].get("deletionTimestamp"):
+                queue.pop(name, None)
+                continue
+            if m.is_true(sb, "Ready"):
+                queue.pop(name, None)
+                return sb
+            ready = m.condition(sb, "Ready")
+            starting = ready is None or ready.get("reason") == "DependenciesNotReady"
+            if fallback is None and starting:
+                fallback = sb
+        if fallback is not None:
+            queue.pop(fallback["metadata"]["name"], None)
+        return fallback
+
+    async def _adopt(self, claim: Obj, sandbox: Obj, pod_metadata: Obj) -> Obj:
+        cmd = claim["metadata"]
+        sb = copy.deepcopy(sandbox)
+        md = sb["metadata"]
+        labels = md.setdefault("labels", {})
+        for key in (lb.WARM_POOL_SANDBOX, lb.POD_TEMPLATE_HASH, lb.TEMPLATE_HASH):
+            labels.pop(key, None)
+        labels[lb.LAUNCH_TYPE] = "warm"
+        labels[lb.CLAIM_UID] = cmd["uid"]
+        creator = (cmd.get("labels") or {}).get(lb.CREATED_BY)
+        if creator:
+            labels[lb.CREATED_BY] = creator
+        else:
+            labels.pop(lb.CREATED_BY, None)
+        md["ownerReferences"] = [lb.owner_ref(claim)]
+        md.setdefault("annotations", {})[lb.POD_NAME] = md["name"]
+        pod_md = sb["spec"]["podTemplate"].setdefault("metadata", {})
+        pod_labels = {k: v for k, v in (pod_md.get("labels") or {}).items()
+                      if k not in (lb.WARM_POOL_SANDBOX, lb.POD_TEMPLATE_HASH, lb.TEMPLATE_HASH)}
+        pod_labels[lb.CLAIM_UID] = cmd["uid"]
+        pod_md["labels"] = pod_labels
+        sb["spec"]["podTemplate"]["metadata"] = merge_pod_metadata(pod_md, pod_metadata)
+        return await self.client.update(self.sandbox_kind, sb)
+
+    async def _cold_start(self, claim: Obj, template: Obj) -> Obj:
+        cmd, spec = claim["metadata"], claim["spec"]
+        tname = template["metadata"]["name"]
+        labels = {lb.CLAIM_UID: cmd["uid"], lb.LAUNCH_TYPE: "cold", lb.TEMPLATE_REF_HASH: lb.name_hash(tname)}
+        creator = (cmd.get("labels") or {}).get(lb.CREATED_BY)
+        if creator:
+            labels[lb.CREATED_BY] = creator
+        sandbox = sandbox_from_template(template, name=cmd["name"], labels=labels,
+                                        annotations={lb.TEMPLATE_REF: tname}, owner=claim,
+                                        pod_labels={k: v for k, v in labels.items() if k != lb.LAUNCH_TYPE})
+        tspec = template.get("spec") or {}
+        pod = sandbox["spec"]["podTemplate"]
+        apply_env(pod.setdefault("spec", {}), spec.get("env") or [], tspec.get("envVarsInjectionPolicy") or "Disallowed")
+        vcts = merge_volume_claim_templates(tspec.get("volumeClaimTemplates") or [],
+                                            spec.get("volumeClaimTemplates") or [],
+                                            tspec.get("volumeClaimTemplatesPolicy") or "Disallowed")
+        if vcts:
+            sandbox["spec"]["volumeClaimTemplates"] = vcts
+        pod["metadata"] = merge_pod_metadata(pod.get("metadata") or {}, spec.get("additionalPodMetadata"))
+        return await self.client.create(self.sandbox_kind, sandbox)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def _expire(self, claim: Obj, status: Obj) -> Result:
+        md = claim["metadata"]
+        gen = md.get("generation")
+        policy = (claim["spec"].get("lifecycle") or {}).get("shutdownPolicy", "Retain")
+        m.set_condition(status, "Ready", False, "ClaimExpired", "Claim expired. Sandbox cleanup initiated.",
+                        observed_generation=gen)
+        if policy in ("Delete", "DeleteForeground"):
+            await self._write(claim, status)
+            await self.client.delete(self.kind, md["namespace"], md["name"], uid=md["uid"],
+                                     propagation="Foreground" if policy == "DeleteForeground" else "Background")
+            return DONE
+        bound = await self._bound_quietly(claim)
+        if bound is not None:
+            await self.client.delete(self.sandbox_kind, md["namespace"], bound["metadata"]["name"],
+                                     uid=bound["metadata"]["uid"])
+        status.pop("sandbox", None)
+        await self._write(claim, status)
+        return DONE
+
+    async def _bound_quietly(self, claim: Obj) -> Obj | None:
+        try:
+            return await self._bound(claim)
+        except ClaimError:
+            return None
+
+    async def _write(self, claim: Obj, status: Obj) -> None:
+        if status != (claim.get("status") or {}):
+            fresh = copy.deepcopy(claim)
+            fresh["status"] = status
+            await self.client.update_status(self.kind, fresh)
+
+
+def _expiry(claim: Obj) -> dt.datetime | None:
+    lifecycle: dict[str, Any] = claim["spec"].get("lifecycle") or {}
+    times = []
+    if lifecycle.get("shutdownTime"):
+        times.append(m.parse_time(lifecycle["shutdownTime"]))
+    ttl = lifecycle.get("ttlSecondsAfterFinished")
+    finished = m.condition(claim, "Finished")
+    if ttl is not None and finished and finished.get("status") == "True" and finished.get("lastTransitionTime"):
+        times.append(m.parse_time(finished["lastTransitionTime"]) + dt.timedelta(seconds=ttl))
+    return min(times) if times else None

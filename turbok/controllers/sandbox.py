@@ -1,0 +1,242 @@
+"""Sandbox: keep the runtime sandbox in the state the object asks for, and say so in status.
+
+Upstream semantics (kubernetes-sigs/agent-sandbox ``sandbox_controller.go``)
+with the runtime sandbox in the role of the Pod:
+
+- ``operatingMode: Running`` starts it (``runtime.start``: the pod template's
+  first container under gVisor); ``Suspended`` stops it and keeps its disk.
+- ``shutdownTime`` passed: ``Delete`` deletes the Sandbox, ``Retain`` stops
+  it and keeps the object with Ready=False/``SandboxExpired``.
+- A main process that exits is restarted per ``restartPolicy`` (Always,
+  OnFailure, Never) or reported ``Finished`` (PodSucceeded/PodFailed).
+- Conditions Ready, Suspended, PodScheduled, Finished with upstream reasons,
+  plus turbok's ``Isolated`` (GVisor or Bubblewrap), ``status.selector``,
+  ``nodeName``, ``serviceFQDN`` when ``spec.service`` is true. ``podIPs``
+  stays empty: sandboxes have no network by default; the runtime API is
+  reached through the router.
+
+Teardown (``runsc kill`` + ``delete``, ~2 s) runs in background tasks, off the
+path of any Ready transition. A sandbox whose object is gone is removed from
+the runtime; at start, runtime sandboxes without an object are removed too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import datetime as dt
+import logging
+import socket
+from collections.abc import Coroutine
+from typing import Any
+
+from turbok.api import meta as m
+from turbok.api.kinds import Kind
+from turbok.controllers import labels as lb
+from turbok.controllers.base import DONE, Reconciler, Result, requeue
+from turbok.controllers.client import Client, Obj
+from turbok.controllers.podspec import InvalidPodTemplate, plan_pod
+from turbok.runtime.base import Isolation, Phase, Runtime, sandbox_id
+from turbok.runtime.errors import ImageError, RuntimeError_
+
+__all__ = ["SandboxReconciler"]
+
+log = logging.getLogger(__name__)
+
+#: How often running sandboxes are checked for a main process that exited on its own.
+POLL_SECONDS = 2.0
+CLUSTER_DOMAIN = "cluster.local"
+
+
+def _isolation_condition(isolation: Isolation) -> tuple[str, str]:
+    if isolation == Isolation.GVISOR:
+        return "GVisor", "isolated by gVisor (runsc): a user-space kernel between the sandbox and the host"
+    return "Bubblewrap", ("runsc is unavailable: isolated by bubblewrap (Linux namespaces), which shares the "
+                          "host kernel")
+
+
+class SandboxReconciler(Reconciler):
+    concurrency = 16
+
+    def __init__(self, client: Client, runtime: Runtime) -> None:
+        super().__init__(client)
+        self.kind: Kind = client.kinds.by_kind(lb.SANDBOX_API, "Sandbox")
+        self.runtime = runtime
+        self.node_name = socket.gethostname()
+        self._ids: dict[tuple[str, str], str] = {}
+        self._running: dict[tuple[str, str], str] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._poller: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        wanted = set()
+        for obj in await self.client.list(self.kind):
+            md = obj["metadata"]
+            key = (md["namespace"], md["name"])
+            self._ids[key] = sandbox_id(md["uid"])
+            wanted.add(self._ids[key])
+        for rid in await self.runtime.list():
+            if rid not in wanted:
+                log.info("removing runtime sandbox %s: no Sandbox object owns it", rid)
+                self._spawn(self.runtime.remove(rid))
+        self._poller = asyncio.create_task(self._poll(), name="sandbox-runtime-poller")
+
+    async def stop(self) -> None:
+        if self._poller:
+            self._poller.cancel()
+        if self._background:
+            await asyncio.wait(self._background, timeout=30)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _poll(self) -> None:
+        """Revisit running sandboxes whose main process may have exited (the runtime has no events)."""
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
+            for key, rid in list(self._running.items()):
+                try:
+                    state = await self.runtime.state(rid)
+                except RuntimeError_:
+                    continue
+                if state.phase != Phase.RUNNING:
+                    self.enqueue(key, 0.0)
+
+    async def _teardown(self, key: tuple[str, str], *, keep_disk: bool) -> None:
+        rid = self._running.pop(key, None) or self._ids.get(key)
+        if rid is None:
+            return
+        try:
+            await (self.runtime.stop(rid) if keep_disk else self.runtime.remove(rid))
+        except RuntimeError_ as e:
+            log.warning("tearing down sandbox %s/%s (%s): %s", key[0], key[1], rid, e)
+
+    # ------------------------------------------------------------ reconcile
+
+    async def reconcile(self, namespace: str, name: str) -> Result:
+        key = (namespace, name)
+        obj = await self.client.try_get(self.kind, namespace, name)
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            if key in self._ids:
+                self._spawn(self._teardown(key, keep_disk=False))
+                if obj is None:
+                    self._ids.pop(key, None)
+            return DONE
+        rid = self._ids[key] = sandbox_id(obj["metadata"]["uid"])
+        spec = obj.get("spec") or {}
+        status = copy.deepcopy(obj.get("status") or {})
+        gen = obj["metadata"].get("generation")
+        result: Result = DONE
+
+        shutdown = spec.get("shutdownTime")
+        if shutdown:
+            left = (m.parse_time(shutdown) - dt.datetime.now(dt.UTC)).total_seconds()
+            if left <= 0:
+                return await self._expire(obj, key, status)
+            result = requeue(max(left, 0.05))
+
+        if spec.get("operatingMode", "Running") == "Suspended":
+            obj = await self._suspend(obj, key, rid, status, gen)
+        elif (retry := await self._run(obj, key, rid, status, gen)) is not None:
+            result = requeue(min(retry, result.requeue_after or retry))
+        await self._write_status(obj, status)
+        return result
+
+    async def _expire(self, obj: Obj, key: tuple[str, str], status: Obj) -> Result:
+        md = obj["metadata"]
+        if (obj.get("spec") or {}).get("shutdownPolicy") == "Delete":
+            log.info("sandbox %s/%s reached its shutdownTime: deleting it", *key)
+            await self.client.delete(self.kind, md["namespace"], md["name"], uid=md["uid"])
+            return DONE
+        self._spawn(self._teardown(key, keep_disk=True))
+        kept = {"conditions": [c for c in status.get("conditions") or [] if c.get("type") != "PodScheduled"]}
+        m.set_condition(kept, "Ready", False, "SandboxExpired", "Sandbox has expired",
+                        observed_generation=md.get("generation"))
+        await self._write_status(obj, kept)
+        return DONE
+
+    async def _suspend(self, obj: Obj, key: tuple[str, str], rid: str, status: Obj, gen: int | None) -> Obj:
+        """Stop the runtime sandbox, keeping its disk; returns the object as last written."""
+        state = await self.runtime.state(rid)
+        if state.phase == Phase.RUNNING:
+            m.set_condition(status, "Suspended", False, "PodTerminating", "Pod is terminating. Sandbox is suspending",
+                            observed_generation=gen)
+            m.set_condition(status, "Ready", False, "SandboxSuspended", "Sandbox is suspending",
+                            observed_generation=gen)
+            await self._write_status(obj, status)
+            await self._teardown(key, keep_disk=True)
+            obj = await self.client.get(self.kind, *key)
+        m.set_condition(status, "Suspended", True, "PodTerminated", "Pod has been terminated. Sandbox is suspended",
+                        observed_generation=gen)
+        m.set_condition(status, "Ready", False, "SandboxSuspended", "Sandbox is suspended", observed_generation=gen)
+        _drop_condition(status, "PodScheduled")
+        status.pop("podIPs", None)
+        status.pop("nodeName", None)
+        return obj
+
+    async def _run(self, obj: Obj, key: tuple[str, str], rid: str, status: Obj, gen: int | None) -> float | None:
+        """Make the runtime sandbox run; returns seconds until a retry is worth it, if one is."""
+        md, spec = obj["metadata"], obj.get("spec") or {}
+        m.set_condition(status, "Suspended", False, "NotSuspended", "Sandbox is not suspended", observed_generation=gen)
+        state = await self.runtime.state(rid)
+        if state.phase != Phase.RUNNING:
+            policy = (spec.get("podTemplate", {}).get("spec") or {}).get("restartPolicy", "Always")
+            exited = state.phase == Phase.STOPPED and state.exit_code is not None and key in self._running
+            self._running.pop(key, None)
+            if exited and (policy == "Never" or (policy == "OnFailure" and state.exit_code == 0)):
+                ok = state.exit_code == 0
+                reason, message = ("PodSucceeded", "Pod completed successfully") if ok else ("PodFailed", "Pod failed")
+                m.set_condition(status, "Finished", True, reason, message, observed_generation=gen)
+                m.set_condition(status, "Ready", False, reason, message, observed_generation=gen)
+                return None
+            try:
+                plan = plan_pod(sandbox_id=rid, name=md["name"], pod_template=spec.get("podTemplate") or {},
+                                annotations=md.get("annotations"))
+                state = await self.runtime.start(plan.spec)
+            except InvalidPodTemplate as e:
+                m.set_condition(status, "Ready", False, e.reason, str(e), observed_generation=gen)
+                return None
+            except ImageError as e:
+                # The image table or the images directory may change: look again later.
+                m.set_condition(status, "Ready", False, "InvalidConfiguration", str(e), observed_generation=gen)
+                return 30.0
+            except RuntimeError_ as e:
+                log.warning("sandbox %s/%s failed to start: %s", md["namespace"], md["name"], e)
+                m.set_condition(status, "Ready", False, "DependenciesNotReady", f"Pod failed to start: {e}",
+                                observed_generation=gen)
+                return 5.0
+            if plan.notes:
+                log.info("sandbox %s/%s: %s", md["namespace"], md["name"], "; ".join(plan.notes))
+        self._running[key] = rid
+        _drop_condition(status, "Finished")
+        reason, message = _isolation_condition(state.isolation)
+        m.set_condition(status, "Isolated", True, reason, message, observed_generation=gen)
+        m.set_condition(status, "PodScheduled", True, "PodScheduled", "", observed_generation=gen)
+        m.set_condition(status, "Ready", True, "DependenciesReady", "Pod is Ready", observed_generation=gen)
+        status["selector"] = f"{lb.SANDBOX_NAME_HASH}={lb.name_hash(md['name'])}"
+        status["nodeName"] = self.node_name
+        if spec.get("service"):
+            status["service"] = md["name"]
+            status["serviceFQDN"] = f"{md['name']}.{md['namespace']}.svc.{CLUSTER_DOMAIN}"
+        else:
+            status.pop("service", None)
+            status.pop("serviceFQDN", None)
+        return None
+
+    async def _write_status(self, obj: Obj, status: Obj) -> None:
+        if status != (obj.get("status") or {}):
+            fresh = copy.deepcopy(obj)
+            fresh["status"] = status
+            await self.client.update_status(self.kind, fresh)
+
+
+def _drop_condition(status: Obj, type_: str) -> None:
+    conditions = [c for c in status.get("conditions") or [] if c.get("type") != type_]
+    if conditions:
+        status["conditions"] = conditions
+    else:
+        status.pop("conditions", None)
