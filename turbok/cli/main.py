@@ -69,12 +69,35 @@ def version() -> None:
 _register()
 
 
-def main() -> None:
+def _click_exceptions() -> tuple[type[Exception], type[Exception]]:
+    """(UsageError, NoArgsIsHelpError) of the click that typer runs on (newer typer vendors its own)."""
     try:
-        app()
+        from typer._click import exceptions as cx  # type: ignore[import-not-found]
+    except ImportError:
+        from click import exceptions as cx
+    return cx.UsageError, cx.NoArgsIsHelpError
+
+
+def main() -> None:
+    """Run the CLI: every failure ends as one line on stderr and a non-zero exit code.
+
+    Exit codes: 0 success, 1 an error (the line says what), 2 a usage error, 130 interrupted;
+    commands document their own codes beyond these (`turbok upgrade`, `turbok conformance`).
+    """
+    usage_error, no_args = _click_exceptions()
+    try:
+        code = app(standalone_mode=False)
+    except no_args:
+        sys.exit(0)  # help was printed
+    except usage_error as e:
+        ctx = getattr(e, "ctx", None)
+        where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        say_error(f"{e.format_message()}{where}")  # type: ignore[attr-defined]
+        sys.exit(2)
     except TurbokError as e:
         say_error(str(e))
         sys.exit(1)
     except KeyboardInterrupt:
         say_error("interrupted")
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

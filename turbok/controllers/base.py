@@ -51,6 +51,10 @@ class PermanentError(ControllerError):
     """Retrying will not help until the object changes."""
 
 
+def _not_started(key: Key, after: float = 0.0) -> None:
+    """``Reconciler.enqueue`` before a manager runs the reconciler: nothing to queue into."""
+
+
 class Reconciler(abc.ABC):
     #: The kind this reconciler owns.
     kind: Kind
@@ -60,7 +64,7 @@ class Reconciler(abc.ABC):
     def __init__(self, client: Client) -> None:
         self.client = client
         #: Set by the manager: queue one of this reconciler's keys, optionally after a delay.
-        self.enqueue: Callable[[Key, float], None] = lambda key, after=0.0: None
+        self.enqueue: Callable[[Key, float], None] = _not_started
 
     def related(self, kind: Kind, obj: Obj) -> Iterable[Key]:
         """Keys of this reconciler's objects to revisit when ``obj`` (of another kind) changes."""
@@ -69,8 +73,8 @@ class Reconciler(abc.ABC):
     @abc.abstractmethod
     async def reconcile(self, namespace: str, name: str) -> Result: ...
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 (optional hook)
         """Called once before the first reconcile (re-adoption, sweeps)."""
 
-    async def stop(self) -> None:
+    async def stop(self) -> None:  # noqa: B027 (optional hook)
         """Called once at shutdown."""

@@ -38,7 +38,12 @@ from turbok.controllers import labels as lb
 from turbok.controllers.base import DONE, Key, Reconciler, Result, requeue
 from turbok.controllers.blueprint import sandbox_from_template
 from turbok.controllers.client import Client, Obj
-from turbok.controllers.injection import ClaimError, apply_env, merge_pod_metadata, merge_volume_claim_templates
+from turbok.controllers.injection import (
+    ClaimError,
+    apply_env,
+    merge_pod_metadata,
+    merge_volume_claim_templates,
+)
 
 __all__ = ["ClaimReconciler"]
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from turbok.api.quantity import QuantityError, cpu_millis, to_bytes
-from turbok.runtime.base import SandboxSpec, VolumeMount
 from turbok.errors import TurbokError
+from turbok.runtime.base import SandboxSpec, VolumeMount
 
 __all__ = ["InvalidPodTemplate", "PodPlan", "plan_pod"]
 

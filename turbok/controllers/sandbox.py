@@ -185,7 +185,8 @@ class SandboxReconciler(Reconciler):
         state = await self.runtime.state(rid)
         if state.phase != Phase.RUNNING:
             policy = (spec.get("podTemplate", {}).get("spec") or {}).get("restartPolicy", "Always")
-            exited = state.phase == Phase.STOPPED and state.exit_code is not None and key in self._running
+            # The main process ended on its own (not stopped by us): restart or report, per restartPolicy.
+            exited = state.phase == Phase.STOPPED and state.exit_code is not None and state.reason != "Stopped"
             self._running.pop(key, None)
             if exited and (policy == "Never" or (policy == "OnFailure" and state.exit_code == 0)):
                 ok = state.exit_code == 0

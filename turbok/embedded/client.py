@@ -7,6 +7,7 @@ could not. Subscriptions are the registry's commit listeners.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 from turbok.api.kinds import Kind
@@ -44,11 +45,9 @@ class EmbeddedClient(Client):
 
     async def delete(self, kind: Kind, namespace: str, name: str, *, propagation: str | None = None,
                      uid: str | None = None) -> None:
-        try:
+        with contextlib.suppress(NotFound):
             self.registry.delete(kind, namespace, name, propagation=propagation,
                                  preconditions={"uid": uid} if uid else None)
-        except NotFound:
-            pass
 
     def subscribe(self, callback: Callable[[ObjectEvent], None]) -> None:
         self.registry.hub.listeners.append(callback)

@@ -28,6 +28,7 @@ from turbok.apiserver.app import create_app
 from turbok.apiserver.certs import ensure_pki
 from turbok.apiserver.kubeconfig import write_kubeconfig
 from turbok.home import Home
+from turbok.runtime.base import Runtime
 from turbok.store.registry import ObjectRegistry
 from turbok.store.sqlite import SqliteStore
 
@@ -60,7 +61,7 @@ def _token(home: Home) -> str:
 
 class ControlPlane:
     def __init__(self, home: Home, *, host: str = "127.0.0.1", api_port: int = 0, router_port: int = 0,
-                 kinds: KindRegistry | None = None, controllers: bool = True) -> None:
+                 kinds: KindRegistry | None = None, controllers: bool = True, runtime: Runtime | None = None) -> None:
         self.home = home.ensure()
         self.host = host
         self.api_port = api_port
@@ -70,7 +71,7 @@ class ControlPlane:
         self.token = _token(self.home)
         self.with_controllers = controllers
         self.registry: ObjectRegistry | None = None
-        self.runtime: Any = None
+        self.runtime = runtime
         self.endpoints: Endpoints | None = None
         self._runners: list[web.AppRunner] = []
         self._stoppers: list[Any] = []
@@ -78,7 +79,8 @@ class ControlPlane:
     async def start(self) -> Endpoints:
         from turbok.runtime.factory import make_runtime
 
-        self.runtime = make_runtime(self.home.sandboxes)
+        if self.runtime is None:
+            self.runtime = make_runtime(self.home.sandboxes)
         db = SqliteStore(self.home.store)
         self.registry = registry = ObjectRegistry(db, self.kinds)
         registry.ensure_namespace("default")
@@ -114,6 +116,7 @@ class ControlPlane:
 
         assert self.registry is not None
         sandbox_kind = self.kinds.by_kind("agents.x-k8s.io/v1beta1", "Sandbox")
+        assert self.runtime is not None
         app = create_router_app(runtime=self.runtime, resolver=StoreResolver(self.registry, sandbox_kind),
                                 token=self.token, registry=self.metrics)
         url = await self._serve(app, self.router_port)
@@ -121,28 +124,14 @@ class ControlPlane:
         return f"{url}/t/{self.token}"
 
     async def _start_controllers(self) -> None:
-        from turbok.controllers.garbage import GarbageCollector
-        from turbok.controllers.manager import Manager
-        from turbok.controllers.namespace import NamespaceReconciler
+        from turbok.controllers.suite import ControllerSuite
         from turbok.embedded.client import EmbeddedClient
 
         assert self.registry is not None
-        client = EmbeddedClient(self.registry)
-        reconcilers = [NamespaceReconciler(client), *self._sandbox_reconcilers(client)]
-        manager = Manager(client, reconcilers, metrics=self.metrics)
-        collector = GarbageCollector(client)
-        await collector.start()
-        await manager.start()
-        self._stoppers += [collector.stop, manager.stop]
-
-    def _sandbox_reconcilers(self, client: Any) -> list[Any]:
-        from turbok.controllers.claim import ClaimReconciler
-        from turbok.controllers.sandbox import SandboxReconciler
-        from turbok.controllers.template import TemplateReconciler
-        from turbok.controllers.warmpool import WarmPoolReconciler
-
-        return [SandboxReconciler(client, self.runtime), TemplateReconciler(client), WarmPoolReconciler(client),
-                ClaimReconciler(client, metrics=self.metrics)]
+        assert self.runtime is not None
+        suite = ControllerSuite(EmbeddedClient(self.registry), self.runtime, metrics=self.metrics)
+        await suite.start()
+        self._stoppers.append(suite.stop)
 
     async def stop(self) -> None:
         for stop in reversed(self._stoppers):

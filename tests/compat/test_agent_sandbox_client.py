@@ -1,0 +1,73 @@
+"""The official ``k8s-agent-sandbox`` client, unchanged, against turbok's embedded control plane."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from k8s_agent_sandbox import SandboxClient
+from k8s_agent_sandbox.exceptions import SandboxWarmPoolNotFoundError
+from k8s_agent_sandbox.models import SandboxDirectConnectionConfig
+from kubernetes import client as kclient
+from kubernetes import config
+
+from tests.conftest import ControlPlaneProcess
+
+NS = "compat-client"
+EXT = ("extensions.agents.x-k8s.io", "v1beta1")
+
+
+@pytest.fixture(scope="module")
+def api(control_plane: ControlPlaneProcess) -> Iterator[kclient.ApiClient]:
+    api = config.new_client_from_config(str(control_plane.kubeconfig))
+    core = kclient.CoreV1Api(api)
+    core.create_namespace({"metadata": {"name": NS}})
+    objects = kclient.CustomObjectsApi(api)
+    objects.create_namespaced_custom_object(*EXT, NS, "sandboxtemplates", {
+        "apiVersion": "extensions.agents.x-k8s.io/v1beta1", "kind": "SandboxTemplate",
+        "metadata": {"name": "python-template"},
+        "spec": {"podTemplate": {"spec": {"containers": [{"name": "python-runtime", "image": "python-runtime-sandbox"}]}}}})
+    objects.create_namespaced_custom_object(*EXT, NS, "sandboxwarmpools", {
+        "apiVersion": "extensions.agents.x-k8s.io/v1beta1", "kind": "SandboxWarmPool",
+        "metadata": {"name": "python-pool"},
+        "spec": {"replicas": 1, "sandboxTemplateRef": {"name": "python-template"}}})
+    yield api
+    core.delete_namespace(NS)
+    api.close()
+
+
+def _client(cp: ControlPlaneProcess, api: kclient.ApiClient) -> SandboxClient:
+    return SandboxClient(connection_config=SandboxDirectConnectionConfig(api_url=cp.router_url), api_client=api)
+
+
+def test_create_run_and_files_with_the_official_client(control_plane: ControlPlaneProcess,
+                                                        api: kclient.ApiClient) -> None:
+    objects = kclient.CustomObjectsApi(api)
+    with _client(control_plane, api) as c:
+        sb = c.create_sandbox("python-pool", namespace=NS, sandbox_ready_timeout=60)
+        result = sb.commands.run("python3 -c 'print(6*7)'")
+        assert result.stdout == "42\n" and result.exit_code == 0
+        failing = sb.commands.run("sh -c 'echo oops >&2; exit 7'")
+        assert failing.exit_code == 7 and failing.stderr == "oops\n"
+        slow = sb.commands.run("sleep 10", command_timeout=1)
+        assert slow.timed_out and slow.exit_code == 124
+        sb.files.write("notes/a.txt", b"hi")
+        assert sb.files.read("notes/a.txt") == b"hi"
+        assert [e.name for e in sb.files.list("notes")] == ["a.txt"]
+        assert sb.files.exists("notes/a.txt") and not sb.files.exists("notes/b.txt")
+        claims = objects.list_namespaced_custom_object(*EXT, NS, "sandboxclaims")["items"]
+        assert len(claims) == 1
+        claim_name = claims[0]["metadata"]["name"]
+    # Leaving the client deletes the claims it made; the sandbox follows by garbage collection.
+    deadline = time.monotonic() + 30
+    while objects.list_namespaced_custom_object(*EXT, NS, "sandboxclaims")["items"]:
+        assert time.monotonic() < deadline, f"claim {claim_name} was not deleted"
+        time.sleep(0.1)
+
+
+def test_a_missing_warm_pool_fails_fast(control_plane: ControlPlaneProcess, api: kclient.ApiClient) -> None:
+    started = time.monotonic()
+    with _client(control_plane, api) as c, pytest.raises(SandboxWarmPoolNotFoundError):
+        c.create_sandbox("no-such-pool", namespace=NS, sandbox_ready_timeout=60)
+    assert time.monotonic() - started < 10, "a terminal reason must not wait for the timeout"

@@ -1,0 +1,106 @@
+"""Warm pool reconciler: replicas kept, labelled and owned as upstream; refill; scale; Recreate."""
+
+from __future__ import annotations
+
+import asyncio
+
+from turbok.controllers import labels as lb
+
+from .conftest import Cluster, claim, pool, template
+
+
+def _pool_sandboxes(cluster: Cluster, name: str = "pool") -> list[dict]:
+    return [s for s in cluster.sandboxes()
+            if (s["metadata"].get("labels") or {}).get(lb.WARM_POOL_SANDBOX) == lb.name_hash(name)
+            and not s["metadata"].get("deletionTimestamp")]
+
+
+async def test_pool_keeps_replicas_ready_with_upstream_names_labels_and_owner(cluster: Cluster) -> None:
+    cluster.create(template())
+    created = cluster.create(pool(replicas=3))
+    await cluster.wait(lambda: (cluster.get(cluster.pool, "pool") or {}).get("status", {}).get("readyReplicas") == 3,
+                       what="3 ready replicas")
+    sandboxes = _pool_sandboxes(cluster)
+    assert len(sandboxes) == 3
+    for sb in sandboxes:
+        md = sb["metadata"]
+        assert md["name"].startswith("pool-") and len(md["name"]) == len("pool-") + 5
+        assert md["labels"][lb.TEMPLATE_REF_HASH] == lb.name_hash("tpl")
+        assert md["labels"][lb.LAUNCH_TYPE] == "warm"
+        assert md["annotations"][lb.TEMPLATE_REF] == "tpl"
+        owner = lb.controller_of(sb)
+        assert owner and owner["kind"] == "SandboxWarmPool" and owner["uid"] == created["metadata"]["uid"]
+    status = cluster.get(cluster.pool, "pool")["status"]
+    assert status["replicas"] == 3
+    assert status["selector"] == f"{lb.WARM_POOL_SANDBOX}={lb.name_hash('pool')}"
+    assert status["observedGeneration"] == 1
+
+
+async def test_scaling_down_deletes_excess_and_scale_subresource_reads_back(cluster: Cluster) -> None:
+    cluster.create(template())
+    cluster.create(pool(replicas=3))
+    await cluster.wait(lambda: len(_pool_sandboxes(cluster)) == 3, what="3 sandboxes")
+    scale = cluster.registry.get_scale(cluster.pool, "default", "pool")
+    scale["spec"]["replicas"] = 1
+    cluster.registry.update_scale(cluster.pool, "default", "pool", scale)
+    await cluster.wait(lambda: len(_pool_sandboxes(cluster)) == 1, what="scaled to 1")
+    await cluster.wait(lambda: cluster.registry.get_scale(cluster.pool, "default", "pool")["status"]["replicas"] == 1,
+                       what="status.replicas 1")
+
+
+async def test_pool_without_template_creates_nothing_until_it_exists(cluster: Cluster) -> None:
+    cluster.create(pool(replicas=2))
+    await cluster.wait(lambda: "status" in (cluster.get(cluster.pool, "pool") or {}), what="pool status")
+    assert _pool_sandboxes(cluster) == []
+    cluster.create(template())
+    await cluster.wait(lambda: len(_pool_sandboxes(cluster)) == 2, what="pool filled after template appears")
+
+
+async def test_claimed_sandbox_leaves_the_pool_and_the_pool_refills(cluster: Cluster) -> None:
+    cluster.create(template())
+    cluster.create(pool(replicas=2))
+    await cluster.wait(lambda: cluster.get(cluster.pool, "pool").get("status", {}).get("readyReplicas") == 2,
+                       what="pool ready")
+    before = {s["metadata"]["name"] for s in _pool_sandboxes(cluster)}
+    cluster.create(claim("c"))
+    bound = await cluster.wait_condition(cluster.claim, "c", "Ready")
+    taken = bound["status"]["sandbox"]["name"]
+    assert taken in before
+    await cluster.wait(lambda: len(_pool_sandboxes(cluster)) == 2 and
+                       taken not in {s["metadata"]["name"] for s in _pool_sandboxes(cluster)}, what="refill")
+
+
+async def test_recreate_replaces_sandboxes_of_an_older_template(cluster: Cluster) -> None:
+    cluster.create(template())
+    cluster.create(pool(replicas=2, updateStrategy={"type": "Recreate"}))
+    await cluster.wait(lambda: len(_pool_sandboxes(cluster)) == 2, what="pool filled")
+    old = {s["metadata"]["name"] for s in _pool_sandboxes(cluster)}
+    cluster.patch(cluster.template, "tpl", {"spec": {"podTemplate": {"spec": {"containers": [
+        {"name": "main", "image": "python-runtime-sandbox", "env": [{"name": "V", "value": "2"}]}]}}}})
+    await cluster.wait(lambda: len(_pool_sandboxes(cluster)) == 2 and
+                       not old & {s["metadata"]["name"] for s in _pool_sandboxes(cluster)}, what="recreated")
+    fresh = _pool_sandboxes(cluster)[0]
+    env = fresh["spec"]["podTemplate"]["spec"]["containers"][0]["env"]
+    assert env == [{"name": "V", "value": "2"}]
+
+
+async def test_on_replenish_keeps_older_sandboxes(cluster: Cluster) -> None:
+    cluster.create(template())
+    cluster.create(pool(replicas=2))
+    await cluster.wait(lambda: len(_pool_sandboxes(cluster)) == 2, what="pool filled")
+    old = {s["metadata"]["name"] for s in _pool_sandboxes(cluster)}
+    cluster.patch(cluster.template, "tpl", {"metadata": {"labels": {"x": "y"}}, "spec": {"service": True}})
+    await asyncio.sleep(0.3)  # the template change wakes the pool; give it time to (not) act
+    assert {s["metadata"]["name"] for s in _pool_sandboxes(cluster)} == old
+
+
+async def test_deleting_the_pool_deletes_unclaimed_sandboxes_but_not_claimed_ones(cluster: Cluster) -> None:
+    cluster.create(template())
+    cluster.create(pool(replicas=2))
+    await cluster.wait(lambda: cluster.get(cluster.pool, "pool").get("status", {}).get("readyReplicas") == 2,
+                       what="pool ready")
+    cluster.create(claim("keep"))
+    bound = (await cluster.wait_condition(cluster.claim, "keep", "Ready"))["status"]["sandbox"]["name"]
+    cluster.registry.delete(cluster.pool, "default", "pool")
+    await cluster.wait(lambda: _pool_sandboxes(cluster) == [], what="pool sandboxes collected")
+    assert cluster.get(cluster.sandbox, bound) is not None
