@@ -49,7 +49,7 @@ def _connect(name: str, namespace: str | None, kubeconfig: Path | None, context:
         creds = api.creds
     if not creds.router:
         fail("the kubeconfig names no turbok router (extension turbok.dev/router); is this a turbok control plane?")
-    return SandboxConnection(creds.router, creds.token or "", ns, sandbox, timeout=None)  # type: ignore[arg-type]
+    return SandboxConnection(creds.router, creds.token or "", ns, sandbox, timeout=None)
 
 
 @app.command("exec")

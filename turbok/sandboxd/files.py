@@ -1,0 +1,174 @@
+"""The files API: upload, download, list, exists, on the sandbox's work directory from the host.
+
+Every path is confined by ``turbok.sandboxd.confine`` (403 outside the work
+directory, 404 missing). Bodies stream both ways: an upload goes to a temp file
+next to its destination in chunks and is renamed into place when complete (no
+reader ever sees half a file; nothing changes if it fails or is over
+``RouterConfig.upload_limit``, answered 413); a download is read in chunks as
+the client takes them. Disk I/O runs in worker threads, never on the event loop.
+
+Shapes follow the upstream python runtime that the official client speaks:
+``{"message": ...}`` on upload, ``[{"name", "size", "type", "mod_time"}]`` from
+list, ``{"path", "exists"}`` from exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import urllib.parse
+from pathlib import Path
+
+from aiohttp import BodyPartReader, web
+
+from turbok.sandboxd.confine import WorkDir, display, split_path
+from turbok.sandboxd.context import Call
+from turbok.sandboxd.errors import BadRequest, PayloadTooLarge
+from turbok.sdk.wire import FileInfo
+
+__all__ = ["disposition_params", "download", "exists", "list_dir", "upload"]
+
+_CHUNK = 256 * 1024
+
+
+_PARAM = re.compile(r';\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
+_HTML5_ESCAPE = re.compile(r"%(22|[01][0-9A-Fa-f])")
+
+
+def disposition_params(header: str) -> dict[str, str]:
+    """The parameters of a Content-Disposition header, decoded.
+
+    Parsed here rather than by aiohttp, which strips leading slashes from
+    filenames (turning ``/etc/passwd`` into a harmless-looking relative path
+    instead of the refusal it deserves). Quoted values lose the escapes
+    clients apply: ``\\"`` and ``\\\\`` (httpx; other backslashes stay, as
+    urllib3 and browsers send them unescaped) and the HTML5 form escapes
+    (``%22`` for a quote, ``%XX`` for control characters, which the path check
+    then refuses); ``filename*`` (RFC 5987) is percent-decoded.
+    """
+    params: dict[str, str] = {}
+    for m in _PARAM.finditer(header):
+        key, value = m.group(1).lower(), m.group(2).strip()
+        if key.endswith("*"):
+            _, _, encoded = value.partition("''")
+            value = urllib.parse.unquote(encoded or value, errors="surrogateescape")
+        elif value.startswith('"'):
+            value = re.sub(r'\\([\\"])', r"\1", value[1:-1])
+            value = _HTML5_ESCAPE.sub(lambda e: chr(int(e.group(1), 16)), value)
+        params.setdefault(key, value)
+    return params
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+async def upload(call: Call) -> web.Response:
+    if not call.request.content_type.startswith("multipart/"):
+        raise BadRequest(
+            "upload takes a multipart/form-data body with one field 'file' (its filename is the path)"
+        )
+    reader = await call.request.multipart()
+    while True:
+        part = await reader.next()
+        if part is None:
+            raise BadRequest("upload body has no field named 'file'")
+        params = disposition_params(part.headers.get("Content-Disposition", ""))
+        if isinstance(part, BodyPartReader) and params.get("name") == "file":
+            break
+        await part.release()
+    filename = params.get("filename*") or params.get("filename")
+    if not filename:
+        raise BadRequest("the 'file' field needs a filename: the path to write, relative to /app")
+    parts = split_path(filename)
+    if not parts:
+        raise BadRequest(f"filename {filename!r} names the work directory itself, not a file")
+
+    written = await _receive(call, part, parts)
+    call.metrics.file_bytes.labels("upload").inc(written)
+    return web.json_response({"message": f"File '{filename}' uploaded successfully.", "size": written})
+
+
+async def _receive(call: Call, part: BodyPartReader, parts: tuple[str, ...]) -> int:
+    loop = asyncio.get_running_loop()
+    limit = call.config.upload_limit
+    with WorkDir(call.workdir()) as wd:
+        parent = await loop.run_in_executor(None, wd.ensure_parent, parts)
+        try:
+            fd, temp = wd.create_temp(parent)
+            committed = False
+            try:
+                written = 0
+                while chunk := await part.read_chunk(_CHUNK):
+                    written += len(chunk)
+                    if written > limit:
+                        raise PayloadTooLarge(
+                            f"upload of {display(parts)} is larger than the limit of {limit} bytes"
+                        )
+                    await loop.run_in_executor(None, _write_all, fd, chunk)
+                os.close(fd)
+                fd = -1
+                wd.commit(parent, temp, parts)
+                committed = True
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+                if not committed:
+                    wd.discard(parent, temp)
+        finally:
+            os.close(parent)
+    return written
+
+
+async def download(call: Call) -> web.StreamResponse:
+    parts = split_path(call.path)
+    with WorkDir(call.workdir()) as wd:
+        fd, size = wd.open_file(parts)
+    try:
+        name = urllib.parse.quote(parts[-1], safe="", errors="surrogateescape")
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Disposition": f"attachment; filename*=UTF-8''{name}",
+            }
+        )
+        resp.content_length = size
+        await resp.prepare(call.request)
+        loop = asyncio.get_running_loop()
+        sent = 0
+        while sent < size:
+            chunk = await loop.run_in_executor(None, os.pread, fd, min(_CHUNK, size - sent), sent)
+            if not chunk:
+                break
+            await resp.write(chunk)
+            sent += len(chunk)
+        call.metrics.file_bytes.labels("download").inc(sent)
+        if sent < size:
+            # The file shrank while we sent it: close the connection so the
+            # client sees a short body instead of a silently different file.
+            resp.force_close()
+        await resp.write_eof()
+        return resp
+    finally:
+        os.close(fd)
+
+
+def _list(root: Path, parts: tuple[str, ...]) -> list[FileInfo]:
+    with WorkDir(root) as wd:
+        return wd.list(parts)
+
+
+async def list_dir(call: Call) -> web.Response:
+    parts = split_path(call.path)
+    entries = await asyncio.to_thread(_list, call.workdir(), parts)
+    return web.json_response([e.to_json() for e in entries])
+
+
+async def exists(call: Call) -> web.Response:
+    parts = split_path(call.path)
+    with WorkDir(call.workdir()) as wd:
+        found = wd.exists(parts)
+    return web.json_response({"path": call.path, "exists": found})
