@@ -72,10 +72,10 @@ _register()
 def _click_exceptions() -> tuple[type[Exception], type[Exception]]:
     """(UsageError, NoArgsIsHelpError) of the click that typer runs on (newer typer vendors its own)."""
     try:
-        from typer._click import exceptions as cx  # type: ignore[import-not-found]
+        from typer._click.exceptions import NoArgsIsHelpError, UsageError
     except ImportError:
-        from click import exceptions as cx
-    return cx.UsageError, cx.NoArgsIsHelpError
+        from click.exceptions import NoArgsIsHelpError, UsageError  # type: ignore[assignment]
+    return UsageError, NoArgsIsHelpError
 
 
 def main() -> None:
@@ -92,7 +92,7 @@ def main() -> None:
     except usage_error as e:
         ctx = getattr(e, "ctx", None)
         where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-        say_error(f"{e.format_message()}{where}")  # type: ignore[attr-defined]
+        say_error(f"{getattr(e, 'format_message', e.__str__)()}{where}")
         sys.exit(2)
     except TurbokError as e:
         say_error(str(e))

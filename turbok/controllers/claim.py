@@ -76,7 +76,7 @@ class ClaimReconciler(Reconciler):
 
     def related(self, kind: Kind, obj: Obj) -> Iterable[Key]:
         md = obj["metadata"]
-        ns = md["namespace"]
+        ns = md.get("namespace", "")
         if kind is self.sandbox_kind:
             key = (ns, md["name"])
             owner = lb.controller_of(obj)

@@ -173,3 +173,10 @@ async def test_sandbox_expiry_is_forwarded_as_sandbox_expired(cluster: Cluster) 
     cluster.patch(cluster.sandbox, "fw", {"spec": {"shutdownTime": _later(-1)}})
     obj = await cluster.wait_condition(cluster.claim, "fw", "Ready", "False", reason="SandboxExpired")
     assert "expired independently" in m.condition(obj, "Ready")["message"]
+
+
+async def test_cluster_scoped_changes_do_not_trouble_the_claim_controller(cluster: Cluster) -> None:
+    await _ready_pool(cluster, replicas=1)
+    cluster.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "other"}})
+    cluster.create(claim("after-ns"))
+    await cluster.wait_condition(cluster.claim, "after-ns", "Ready")

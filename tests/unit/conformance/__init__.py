@@ -1,0 +1,1 @@
+"""Unit tests of turbok.conformance: catalog, validator, checks against cluster doubles, runner, reports, CLI."""
