@@ -29,11 +29,13 @@ fi
 # The distribution starts docker-registry as a service; the tests start their own on loopback.
 systemctl disable --now docker-registry >/dev/null 2>&1 || true
 
-# An idle gVisor sandbox holds 45-50 host tasks: the default pid_max (32768) would cap a
+# An idle gVisor sandbox holds about 41-50 host tasks: the default pid_max (32768) would cap a
 # machine near 650 sandboxes.
-if [ "$(cat /proc/sys/kernel/pid_max)" -lt 4194304 ]; then
-  sysctl -qw kernel.pid_max=4194304 || echo "note: could not raise kernel.pid_max" >&2
-fi
+for knob in kernel.pid_max kernel.threads-max; do
+  if [ "$(sysctl -n $knob)" -lt 4194304 ]; then
+    sysctl -qw $knob=4194304 || echo "note: could not raise $knob" >&2
+  fi
+done
 
 # --- Python: a virtual environment in .venv with turbok and its test tools.
 if [ ! -x .venv/bin/python ]; then

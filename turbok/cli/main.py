@@ -32,6 +32,7 @@ _PARTS: list[tuple[str, str | None, str]] = [
     ("turbok.cli.control", None, ""),
     ("turbok.cli.objects", None, ""),
     ("turbok.cli.sandbox", "sandbox", "Run commands in sandboxes and copy files."),
+    ("turbok.cli.image", "image", "Local images: the image table and the built-in base image."),
     ("turbok.cli.checkpoint", "checkpoint", "Multi-tier checkpoints: agent, ls, verify, restore."),
     ("turbok.cli.conformance", "conformance", "Certified Kubernetes AI Conformance checker."),
     ("turbok.cli.upgrade", "upgrade", "Plan safe control-plane upgrades and find removed APIs."),

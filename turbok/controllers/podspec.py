@@ -21,7 +21,7 @@ __all__ = ["InvalidPodTemplate", "PodPlan", "plan_pod"]
 
 Obj = dict[str, Any]
 
-#: Annotation that lets a sandbox have a private loopback interface ("loopback"); default "none".
+#: Pod template annotation that gives a sandbox a private loopback interface ("loopback"); default "none".
 NETWORK_ANNOTATION = "turbok.dev/network"
 
 
@@ -53,8 +53,7 @@ def _env(container: Obj) -> dict[str, str]:
     return env
 
 
-def plan_pod(*, sandbox_id: str, name: str, pod_template: Obj, extra_env: dict[str, str] | None = None,
-             annotations: dict[str, str] | None = None) -> PodPlan:
+def plan_pod(*, sandbox_id: str, name: str, pod_template: Obj, extra_env: dict[str, str] | None = None) -> PodPlan:
     spec: Obj = pod_template.get("spec") or {}
     containers: list[Obj] = spec.get("containers") or []
     if not containers:
@@ -79,7 +78,7 @@ def plan_pod(*, sandbox_id: str, name: str, pod_template: Obj, extra_env: dict[s
     if spec.get("initContainers"):
         notes.append(f"{len(spec['initContainers'])} initContainers not run (the embedded engine runs the main "
                      "container only)")
-    network = (annotations or {}).get(NETWORK_ANNOTATION, "none")
+    network = ((pod_template.get("metadata") or {}).get("annotations") or {}).get(NETWORK_ANNOTATION, "none")
     if network not in ("none", "loopback"):
         raise InvalidPodTemplate(f"annotation {NETWORK_ANNOTATION}={network!r}: use none or loopback")
     return PodPlan(

@@ -195,8 +195,7 @@ class SandboxReconciler(Reconciler):
                 m.set_condition(status, "Ready", False, reason, message, observed_generation=gen)
                 return None
             try:
-                plan = plan_pod(sandbox_id=rid, name=md["name"], pod_template=spec.get("podTemplate") or {},
-                                annotations=md.get("annotations"))
+                plan = plan_pod(sandbox_id=rid, name=md["name"], pod_template=spec.get("podTemplate") or {})
                 state = await self.runtime.start(plan.spec)
             except InvalidPodTemplate as e:
                 m.set_condition(status, "Ready", False, e.reason, str(e), observed_generation=gen)

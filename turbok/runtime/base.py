@@ -7,9 +7,12 @@ Call order, for one sandbox id:
    running sandbox returns its state. Returns once the sandbox accepts
    ``spawn``.
 2. ``spawn(id, argv, ...)`` any number of times while it runs; ``exec`` is the
-   buffered form.
+   buffered form. The default cwd is ``WORKDIR_MOUNT`` (``/app``); ``env`` adds
+   to the main process' environment. ``Process.kill`` ends the command and
+   everything it started inside the sandbox; a signal N reads as exit 128+N.
 3. ``stop(id)``: end every process, keep the disk (Suspended). ``start`` again
-   resumes on the same disk.
+   resumes on the same disk. May take seconds (gVisor: ~1.5 s): callers run it
+   off their hot path.
 4. ``remove(id)``: end every process and delete the disk. Idempotent.
 
 ``state(id)`` and ``list()`` may be called at any time, also by a control plane
@@ -126,6 +129,7 @@ class SandboxSpec:
     cpu_millis: int | None = None
     memory_bytes: int | None = None
     #: "none" (default, no network at all) or "loopback" (a private lo only).
+    #: Under gVisor both are ``--network=none``: a private loopback and nothing else.
     network: str = "none"
     volumes: Sequence[VolumeMount] = ()
 

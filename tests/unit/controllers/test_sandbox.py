@@ -127,3 +127,16 @@ async def test_exited_main_process_with_restart_always_is_restarted(cluster: Clu
     cluster.suite.sandboxes.enqueue(("default", "svc2"), 0.0)
     await cluster.wait(lambda: rid in cluster.runtime.running(), what="restart")
     assert m.condition(cluster.get(cluster.sandbox, "svc2"), "Finished") is None
+
+
+async def test_network_annotation_on_the_pod_template_asks_for_a_private_loopback(cluster: Cluster) -> None:
+    spec = sandbox("net")
+    spec["spec"]["podTemplate"]["metadata"] = {"annotations": {"turbok.dev/network": "loopback"}}
+    rid = _rid(cluster.create(spec))
+    await cluster.wait_condition(cluster.sandbox, "net", "Ready")
+    assert cluster.runtime.started[rid].network == "loopback"
+    bad = sandbox("badnet")
+    bad["spec"]["podTemplate"]["metadata"] = {"annotations": {"turbok.dev/network": "host"}}
+    cluster.create(bad)
+    obj = await cluster.wait_condition(cluster.sandbox, "badnet", "Ready", "False", reason="InvalidConfiguration")
+    assert "turbok.dev/network" in m.condition(obj, "Ready")["message"]

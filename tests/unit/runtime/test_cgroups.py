@@ -1,0 +1,72 @@
+"""Reading why a sandbox died from its cgroup, v1 and v2, on a fake cgroup root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from turbok.runtime.base import Isolation, Phase
+from turbok.runtime.cgroups import Cgroup, cgroup_version
+from turbok.runtime.local import stopped_state
+
+
+def v1_root(tmp_path: Path, oom: int, pids_max: int) -> Path:
+    for c in ("memory", "pids", "cpu"):
+        (tmp_path / c / "turbok" / "box").mkdir(parents=True)
+    (tmp_path / "memory/turbok/box/memory.oom_control").write_text(
+        f"oom_kill_disable 0\nunder_oom 0\noom_kill {oom}\n"
+    )
+    (tmp_path / "pids/turbok/box/pids.events").write_text(f"max {pids_max}\n")
+    return tmp_path
+
+
+def test_version_detection(tmp_path: Path) -> None:
+    assert cgroup_version(tmp_path) is None
+    v1_root(tmp_path, 0, 0)
+    assert cgroup_version(tmp_path) == 1
+    (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
+    assert cgroup_version(tmp_path) == 2
+
+
+def test_v1_counters(tmp_path: Path) -> None:
+    c = Cgroup("/turbok/box", v1_root(tmp_path, 2, 0)).counters()
+    assert (c.oom_kills, c.pids_limit_hits) == (2, 0)
+
+
+def test_v2_counters(tmp_path: Path) -> None:
+    (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
+    d = tmp_path / "turbok" / "box"
+    d.mkdir(parents=True)
+    (d / "memory.events").write_text("low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n")
+    (d / "pids.events").write_text("max 7\n")
+    c = Cgroup("turbok/box", tmp_path).counters()
+    assert (c.oom_kills, c.pids_limit_hits) == (1, 7)
+
+
+def test_missing_cgroup_reads_zero(tmp_path: Path) -> None:
+    v1_root(tmp_path, 0, 0)
+    c = Cgroup("/turbok/gone", tmp_path)
+    assert not c.exists()
+    assert c.counters().oom_kills == 0
+
+
+def test_v1_create_writes_limits(tmp_path: Path) -> None:
+    v1_root(tmp_path, 0, 0)
+    cg = Cgroup("/turbok/new", tmp_path)
+    cg.create(cpu_quota_us=50_000, cpu_period_us=100_000, memory_bytes=2**28, pids=99)
+    assert (tmp_path / "cpu/turbok/new/cpu.cfs_quota_us").read_text() == "50000"
+    assert (tmp_path / "memory/turbok/new/memory.limit_in_bytes").read_text() == str(2**28)
+    assert (tmp_path / "pids/turbok/new/pids.max").read_text() == "99"
+    assert cg.procs_files()[0] == tmp_path / "memory/turbok/new/cgroup.procs"
+
+
+def test_stopped_state_reasons(tmp_path: Path) -> None:
+    oom = stopped_state("x", Isolation.GVISOR, counters=Cgroup("/turbok/box", v1_root(tmp_path / "a", 1, 0)),
+                        exit_code=None, had_run=True)
+    assert (oom.phase, oom.reason, oom.exit_code) == (Phase.STOPPED, "OOMKilled", 137)
+    pids = stopped_state("x", Isolation.GVISOR, counters=Cgroup("/turbok/box", v1_root(tmp_path / "b", 0, 3)),
+                         exit_code=None, had_run=True)
+    assert pids.reason == "PidsLimit"
+    exited = stopped_state("x", Isolation.GVISOR, counters=None, exit_code=3, had_run=True)
+    assert (exited.reason, exited.exit_code) == ("Exited", 3)
+    assert stopped_state("x", Isolation.GVISOR, counters=None, exit_code=None, had_run=True).reason == "Crashed"
+    assert stopped_state("x", Isolation.GVISOR, counters=None, exit_code=None, had_run=False).reason == "Stopped"

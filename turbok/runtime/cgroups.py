@@ -1,0 +1,133 @@
+"""Host cgroups of sandboxes: why one died, and limits for the bubblewrap fallback.
+
+runsc creates and removes its sandboxes' cgroups itself (``cgroupsPath`` in
+the bundle, ``<parent>/<id>`` in every controller); this module only reads
+their counters, so ``state`` can say ``OOMKilled`` or ``PidsLimit`` instead of
+"it stopped". The bubblewrap runtime has no such helper, so ``Cgroup`` also
+creates, fills and removes one. cgroup v1 (this host: one hierarchy per
+controller under /sys/fs/cgroup) and v2 (unified) are both understood.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["CGROUP_ROOT", "Cgroup", "Counters", "cgroup_version"]
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+_V1_CONTROLLERS = ("memory", "cpu", "pids")
+
+
+def cgroup_version(root: Path = CGROUP_ROOT) -> int | None:
+    """2 on a unified hierarchy, 1 when the v1 controllers are mounted, None without cgroups."""
+    if (root / "cgroup.controllers").exists():
+        return 2
+    if (root / "memory").is_dir() and (root / "pids").is_dir():
+        return 1
+    return None
+
+
+def _read_kv(path: Path) -> dict[str, int]:
+    out: dict[str, int] = {}
+    try:
+        text = path.read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("-").isdigit():
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+@dataclass(frozen=True)
+class Counters:
+    """Events of one cgroup since it was created."""
+
+    oom_kills: int = 0
+    pids_limit_hits: int = 0
+
+
+class Cgroup:
+    """The cgroup ``<name>`` (e.g. ``/turbok/<id>``) in every controller turbok uses."""
+
+    def __init__(self, name: str, root: Path = CGROUP_ROOT) -> None:
+        self.name = name.strip("/")
+        self.root = root
+        self.version = cgroup_version(root)
+
+    def dirs(self) -> list[Path]:
+        if self.version == 2:
+            return [self.root / self.name]
+        if self.version == 1:
+            return [self.root / c / self.name for c in _V1_CONTROLLERS]
+        return []
+
+    def _dir(self, controller: str) -> Path:
+        return self.root / self.name if self.version == 2 else self.root / controller / self.name
+
+    def exists(self) -> bool:
+        dirs = self.dirs()
+        return bool(dirs) and dirs[0].is_dir()
+
+    def counters(self) -> Counters:
+        """OOM kills and refused forks; zeros when the cgroup is gone."""
+        if self.version == 2:
+            mem = _read_kv(self._dir("memory") / "memory.events")
+            pids = _read_kv(self._dir("pids") / "pids.events")
+        else:
+            mem = _read_kv(self._dir("memory") / "memory.oom_control")
+            pids = _read_kv(self._dir("pids") / "pids.events")
+        return Counters(oom_kills=mem.get("oom_kill", 0), pids_limit_hits=pids.get("max", 0))
+
+    # -- for runtimes that manage their own cgroups (bubblewrap) --
+
+    def create(self, *, cpu_quota_us: int | None, cpu_period_us: int, memory_bytes: int | None, pids: int | None) -> None:
+        """Create the cgroup with these limits (idempotent)."""
+        if self.version is None:
+            raise OSError("no cgroup hierarchy on this host")
+        for d in self.dirs():
+            d.mkdir(parents=True, exist_ok=True)
+        if self.version == 2:
+            # Each ancestor must hand the controllers down to its children.
+            cur = self.root
+            for part in Path(self.name).parts:
+                with contextlib.suppress(OSError):
+                    (cur / "cgroup.subtree_control").write_text("+cpu +memory +pids")
+                cur = cur / part
+            d = self.root / self.name
+            (d / "cpu.max").write_text(f"{cpu_quota_us or 'max'} {cpu_period_us}")
+            (d / "memory.max").write_text(str(memory_bytes or "max"))
+            (d / "pids.max").write_text(str(pids or "max"))
+            return
+        (self._dir("cpu") / "cpu.cfs_period_us").write_text(str(cpu_period_us))
+        (self._dir("cpu") / "cpu.cfs_quota_us").write_text(str(cpu_quota_us or -1))
+        (self._dir("memory") / "memory.limit_in_bytes").write_text(str(memory_bytes or -1))
+        (self._dir("pids") / "pids.max").write_text(str(pids or "max"))
+
+    def procs_files(self) -> list[Path]:
+        """The ``cgroup.procs`` files a new process writes its pid to, to join."""
+        return [d / "cgroup.procs" for d in self.dirs()]
+
+    def pids(self) -> list[int]:
+        dirs = self.dirs()
+        try:
+            return [int(p) for p in (dirs[0] / "cgroup.procs").read_text().split()] if dirs else []
+        except OSError:
+            return []
+
+    def remove(self, *, timeout: float = 5.0) -> None:
+        """Remove the cgroup once its processes are gone (they are being killed)."""
+        deadline = time.monotonic() + timeout
+        for d in self.dirs():
+            while d.is_dir():
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.02)

@@ -1,0 +1,182 @@
+"""The on-disk layout of one sandbox, shared by every runtime.
+
+``<root>/<id>/`` (``root`` is what the control plane passes:
+``<TURBOK_HOME>/sandboxes``)::
+
+    config.json   OCI runtime spec; the directory is the OCI bundle (gvisor)
+    spec.json     the SandboxSpec it was last started with (for humans and resume)
+    upper/        the writable layer: everything the sandbox changed in its root fs
+    ovwork/       overlayfs' scratch directory (same filesystem as upper/)
+    rootfs/       mount point of the overlay: read-only image + upper/ (only while running)
+    app/          the work directory, ``/app`` inside; read and written by the host too
+    volumes/NAME/ one directory per VolumeMount
+    run/          bwrap.json (bubblewrap: pid of the init to enter)
+    stdout.log    the main process' stdout and stderr (detached: files, never pipes)
+    stderr.log
+    boot.log      runsc's boot log: the main process' exit status, diagnostics
+
+Everything of a sandbox lives here, so ``remove`` is one ``rmtree`` and a
+restarted control plane finds all of it again. Ids are checked by
+``validate_id`` before any path is built from them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from turbok.runtime.base import ID_LENGTH, SandboxSpec, VolumeMount, validate_id
+from turbok.runtime.errors import InvalidSandboxSpec
+
+__all__ = ["SandboxDir", "hostname_of", "list_ids", "validate_volumes"]
+
+_VOLUME_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?")
+_HOSTNAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
+
+
+def hostname_of(spec: SandboxSpec) -> str:
+    """The sandbox's hostname: its name, cut to 63 characters as Kubernetes does for pods."""
+    name = spec.hostname[:63].rstrip("-.")
+    if not _HOSTNAME.fullmatch(name):
+        raise InvalidSandboxSpec(f"sandbox {spec.id}: hostname {spec.hostname!r} is not a DNS name")
+    return name
+
+
+class SandboxDir:
+    """Paths of one sandbox's directory; ``create`` makes them."""
+
+    def __init__(self, root: Path, id: str) -> None:
+        self.id = validate_id(id)
+        self.path = root / id
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def spec_file(self) -> Path:
+        return self.path / "spec.json"
+
+    @property
+    def upper(self) -> Path:
+        return self.path / "upper"
+
+    @property
+    def ovwork(self) -> Path:
+        return self.path / "ovwork"
+
+    @property
+    def rootfs(self) -> Path:
+        return self.path / "rootfs"
+
+    @property
+    def app(self) -> Path:
+        return self.path / "app"
+
+    @property
+    def run(self) -> Path:
+        return self.path / "run"
+
+    @property
+    def stdout_log(self) -> Path:
+        return self.path / "stdout.log"
+
+    @property
+    def stderr_log(self) -> Path:
+        return self.path / "stderr.log"
+
+    @property
+    def boot_log(self) -> Path:
+        return self.path / "boot.log"
+
+    def volume(self, name: str) -> Path:
+        return self.path / "volumes" / name
+
+    def exists(self) -> bool:
+        return self.path.is_dir()
+
+    def create(self, spec: SandboxSpec) -> bool:
+        """Make every directory (idempotent); True when the sandbox is new.
+
+        A new sandbox gets ``/etc/hostname`` and ``/etc/hosts`` in its writable
+        layer (the image's copies name no host), as a kubelet would mount them.
+        """
+        validate_volumes(spec.volumes)
+        fresh = not self.path.exists()
+        for p in (self.upper, self.ovwork, self.rootfs, self.app, self.run):
+            p.mkdir(mode=0o755, parents=True, exist_ok=True)
+        for v in spec.volumes:
+            self.volume(v.name).mkdir(mode=0o755, parents=True, exist_ok=True)
+        hostname = hostname_of(spec)
+        if fresh:
+            etc = self.upper / "etc"
+            etc.mkdir(mode=0o755, exist_ok=True)
+            (etc / "hostname").write_text(hostname + "\n")
+            (etc / "hosts").write_text(
+                f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                f"127.0.1.1\t{hostname}\n"
+            )
+        return fresh
+
+    def write_json(self, path: Path, data: Any) -> None:
+        """Write ``data`` as JSON atomically (temp file + rename): a crash leaves the old file."""
+        tmp = path.with_name(path.name + ".tmp")
+        # Specs may carry any Mapping/Sequence (tuples, mapping proxies): write them as JSON's own.
+        tmp.write_text(json.dumps(data, indent=1, default=lambda o: dict(o) if isinstance(o, Mapping) else list(o)))
+        os.replace(tmp, path)
+
+    def save_spec(self, spec: SandboxSpec) -> None:
+        self.write_json(self.spec_file, asdict(spec))
+
+    def open_logs(self) -> tuple[int, int]:
+        """Descriptors appending to stdout.log and stderr.log, for a detached main process.
+
+        Files, never pipes: a detached sandbox outlives whoever reads a pipe.
+        """
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        return os.open(self.stdout_log, flags, 0o644), os.open(self.stderr_log, flags, 0o644)
+
+    def clear_run(self) -> None:
+        """Forget per-exec files of an earlier life of the sandbox."""
+        if self.run.is_dir():
+            for entry in os.scandir(self.run):
+                if entry.is_file(follow_symlinks=False):
+                    os.unlink(entry.path)
+
+
+def validate_volumes(volumes: Sequence[VolumeMount]) -> None:
+    seen: set[str] = set()
+    for v in volumes:
+        if not _VOLUME_NAME.fullmatch(v.name):
+            raise InvalidSandboxSpec(f"invalid volume name {v.name!r}: want a DNS label")
+        if v.name in seen:
+            raise InvalidSandboxSpec(f"volume {v.name!r} is named twice")
+        seen.add(v.name)
+        parts = v.mount_path.split("/")
+        if not v.mount_path.startswith("/") or ".." in parts or v.mount_path.rstrip("/") in ("", "/proc", "/dev", "/sys"):
+            raise InvalidSandboxSpec(
+                f"volume {v.name!r}: mount path {v.mount_path!r} must be absolute, without '..', "
+                "and not /, /proc, /dev or /sys"
+            )
+
+
+def list_ids(root: Path) -> list[str]:
+    """Ids of the sandbox directories under ``root`` (other entries are ignored)."""
+    try:
+        entries = os.scandir(root)
+    except FileNotFoundError:
+        return []
+    with entries:
+        ids = []
+        for e in entries:
+            if len(e.name) == ID_LENGTH and e.is_dir(follow_symlinks=False):
+                try:
+                    ids.append(validate_id(e.name))
+                except InvalidSandboxSpec:
+                    continue
+        return sorted(ids)
