@@ -36,6 +36,7 @@ from turbok.controllers import labels as lb
 from turbok.controllers.base import DONE, Reconciler, Result, requeue
 from turbok.controllers.client import Client, Obj
 from turbok.controllers.podspec import InvalidPodTemplate, plan_pod
+from turbok.controllers.startqueue import REFILL, URGENT, StartQueue
 from turbok.runtime.base import Isolation, Phase, Runtime, sandbox_id
 from turbok.runtime.errors import ImageError, RuntimeError_
 
@@ -58,8 +59,9 @@ def _isolation_condition(isolation: Isolation) -> tuple[str, str]:
 class SandboxReconciler(Reconciler):
     concurrency = 16
 
-    def __init__(self, client: Client, runtime: Runtime) -> None:
+    def __init__(self, client: Client, runtime: Runtime, starts: StartQueue | None = None) -> None:
         super().__init__(client)
+        self.starts = starts or StartQueue()
         self.kind: Kind = client.kinds.by_kind(lb.SANDBOX_API, "Sandbox")
         self.runtime = runtime
         self.node_name = socket.gethostname()
@@ -196,7 +198,10 @@ class SandboxReconciler(Reconciler):
                 return None
             try:
                 plan = plan_pod(sandbox_id=rid, name=md["name"], pod_template=spec.get("podTemplate") or {})
-                state = await self.runtime.start(plan.spec)
+                # A warm pool's refill waits for claims and users: their sandboxes boot first.
+                in_pool = lb.WARM_POOL_SANDBOX in (md.get("labels") or {})
+                async with self.starts.slot(REFILL if in_pool else URGENT):
+                    state = await self.runtime.start(plan.spec)
             except InvalidPodTemplate as e:
                 m.set_condition(status, "Ready", False, e.reason, str(e), observed_generation=gen)
                 return None

@@ -131,3 +131,29 @@ class Cgroup:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.02)
+
+
+#: CPU weight of all sandboxes together against the rest of the machine (cgroup v1 shares;
+#: v2 weight is derived). Low, so that under contention the control plane (weight 1024 per
+#: runnable thread at nice 0) keeps answering while sandboxes boot or spin.
+SANDBOXES_CPU_SHARES = 256
+
+
+def weigh_parent(parent: str, *, shares: int = SANDBOXES_CPU_SHARES, root: Path = CGROUP_ROOT) -> bool:
+    """Create the sandboxes' parent cgroup in the cpu controller and set its weight; False if impossible."""
+    version = cgroup_version(root)
+    try:
+        if version == 1:
+            d = root / "cpu" / parent.strip("/")
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "cpu.shares").write_text(str(shares))
+        elif version == 2:
+            d = root / parent.strip("/")
+            d.mkdir(parents=True, exist_ok=True)
+            # cgroup v2 weight 1..10000, default 100 <-> v1 shares 1024.
+            (d / "cpu.weight").write_text(str(max(1, shares * 100 // 1024)))
+        else:
+            return False
+    except OSError:
+        return False
+    return True

@@ -106,6 +106,10 @@ class _Exec:
             self._r = -1
 
 
+#: Niceness of ``runsc run`` (see ``RunscRuntime.__init__``).
+BOOT_NICENESS = 10
+
+
 class RunscRuntime(LocalRuntime):
     """Sandboxes as gVisor containers; state under ``root`` (see turbok.runtime.layout)."""
 
@@ -126,6 +130,10 @@ class RunscRuntime(LocalRuntime):
         super().__init__(root, images, pids_limit=pids_limit, cgroup_parent=cgroup_parent)
         self.runsc = path
         self.state_dir = self.root / ".runsc"
+        # Booting is background work next to the control plane's requests: the runsc client and
+        # what it forks before joining the sandbox's cgroup run at a lower priority.
+        nice = shutil.which("nice")
+        self._boot_prefix: tuple[str, ...] = (nice, "-n", str(BOOT_NICENESS)) if nice else ()
 
     # -- helpers --
 
@@ -226,6 +234,7 @@ class RunscRuntime(LocalRuntime):
             err_at = os.fstat(err).st_size
             try:
                 proc = await asyncio.create_subprocess_exec(
+                    *self._boot_prefix,
                     *self._cmd(
                         f"--network={network}",
                         "--cpu-num-from-quota",

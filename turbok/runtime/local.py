@@ -15,7 +15,7 @@ import asyncio
 import shutil
 from pathlib import Path
 
-from turbok.runtime import overlay
+from turbok.runtime import cgroups, overlay
 from turbok.runtime.base import Isolation, Phase, Runtime, RuntimeState
 from turbok.runtime.cgroups import Cgroup
 from turbok.runtime.errors import RuntimeError_
@@ -65,6 +65,8 @@ class LocalRuntime(Runtime):
         self.pids_limit = pids_limit
         self.cgroup_parent = cgroup_parent
         self._locks = KeyedLock()
+        # All sandboxes together weigh less than the control plane when CPU is short.
+        cgroups.weigh_parent(cgroup_parent)
 
     def _cgroup(self, id: str) -> Cgroup:
         return Cgroup(f"{self.cgroup_parent}/{id}")
