@@ -42,11 +42,11 @@ class ControlPlaneProcess:
         self.home.mkdir(parents=True, exist_ok=True)
         endpoints = self.home / "endpoints.json"
         endpoints.unlink(missing_ok=True)
-        log = open(self.home / "turbok.log", "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "turbok", "serve"], env={**os.environ, "TURBOK_HOME": str(self.home)},
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        with open(self.home / "turbok.log", "ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "turbok", "serve"], env={**os.environ, "TURBOK_HOME": str(self.home)},
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -3,7 +3,9 @@
 Kinds come from the CustomResourceDefinitions packaged in ``turbok/api/crds``
 (the upstream Agent Sandbox CRDs unchanged, plus turbok's own), and a few core
 kinds defined here (``v1`` Namespace). For each CRD the storage version is
-served; other versions would need conversion and are not.
+served; other versions would need conversion and are not. Events (core/v1)
+are served so that ``kubectl describe`` and ``kubectl get events`` work and
+controllers may record what they did.
 
 Who calls: the apiserver (routing, discovery, OpenAPI), the registry in
 ``turbok.store`` (validation), the CLI (resolving ``sandboxclaim`` to a kind).
@@ -21,7 +23,7 @@ import yaml
 
 from turbok.api.status import NotFound
 
-__all__ = ["NAMESPACE", "Kind", "KindRegistry", "Scale", "default_registry", "kind_from_crd"]
+__all__ = ["EVENT", "NAMESPACE", "Kind", "KindRegistry", "Scale", "default_registry", "kind_from_crd"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,8 @@ class Kind:
     printer_columns: tuple[dict[str, Any], ...] = field(default=(), hash=False, compare=False)
     #: The CRD this kind came from, for deploy/ and discovery; None for core kinds.
     crd: dict[str, Any] | None = field(default=None, repr=False, hash=False, compare=False)
+    #: Fields a field selector may name besides metadata.name and metadata.namespace.
+    field_selectors: tuple[str, ...] = ()
 
     @property
     def api_version(self) -> str:
@@ -142,6 +146,60 @@ NAMESPACE = Kind(
     ),
 )
 
+_REFERENCE: dict[str, Any] = {
+    "type": "object",
+    "properties": {k: {"type": "string"} for k in ("apiVersion", "kind", "name", "namespace", "uid",
+                                                   "resourceVersion", "fieldPath")},
+}
+
+#: core/v1 Event: what ``kubectl describe`` lists under an object and ``kubectl get events`` shows.
+EVENT = Kind(
+    group="",
+    version="v1",
+    kind="Event",
+    plural="events",
+    singular="event",
+    namespaced=True,
+    short_names=("ev",),
+    schema={
+        "type": "object",
+        "required": ["involvedObject"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "involvedObject": _REFERENCE,
+            "related": _REFERENCE,
+            "reason": {"type": "string"},
+            "message": {"type": "string"},
+            "type": {"type": "string"},
+            "action": {"type": "string"},
+            "count": {"type": "integer", "format": "int32"},
+            "firstTimestamp": {"type": "string", "format": "date-time", "nullable": True},
+            "lastTimestamp": {"type": "string", "format": "date-time", "nullable": True},
+            "eventTime": {"type": "string", "format": "date-time", "nullable": True},
+            "series": {"type": "object", "properties": {
+                "count": {"type": "integer", "format": "int32"},
+                "lastObservedTime": {"type": "string", "format": "date-time"}}},
+            "source": {"type": "object", "properties": {"component": {"type": "string"}, "host": {"type": "string"}}},
+            "reportingComponent": {"type": "string"},
+            "reportingInstance": {"type": "string"},
+        },
+    },
+    printer_columns=(
+        {"name": "Last Seen", "type": "date", "jsonPath": ".lastTimestamp"},
+        {"name": "Type", "type": "string", "jsonPath": ".type"},
+        {"name": "Reason", "type": "string", "jsonPath": ".reason"},
+        {"name": "Object", "type": "string", "jsonPath": ".involvedObject.name"},
+        {"name": "Message", "type": "string", "jsonPath": ".message"},
+    ),
+    # What kube-apiserver lets events be selected by (kubectl describe uses the involvedObject ones).
+    field_selectors=("involvedObject.kind", "involvedObject.namespace", "involvedObject.name",
+                     "involvedObject.uid", "involvedObject.apiVersion", "involvedObject.resourceVersion",
+                     "involvedObject.fieldPath", "reason", "reportingComponent", "type"),
+)
+
+
 class KindRegistry:
     """Every kind served, found by resource path, by apiVersion+kind or by a name a user types."""
 
@@ -202,5 +260,5 @@ def _packaged_crds() -> Iterator[dict[str, Any]]:
 
 @functools.cache
 def default_registry() -> KindRegistry:
-    """Namespace plus every packaged CRD, loaded once per process."""
-    return KindRegistry([NAMESPACE, *(kind_from_crd(c) for c in _packaged_crds())])
+    """Namespace and Event plus every packaged CRD, loaded once per process."""
+    return KindRegistry([NAMESPACE, EVENT, *(kind_from_crd(c) for c in _packaged_crds())])

@@ -17,6 +17,7 @@ from typing import Any
 from turbok.api.status import BadRequest, Cause
 
 __all__ = [
+    "OBJECT_META_FIELDS",
     "FieldSelector",
     "LabelSelector",
     "condition",
@@ -24,6 +25,7 @@ __all__ = [
     "is_true",
     "now",
     "parse_time",
+    "prune_metadata",
     "set_condition",
     "validate_metadata",
 ]
@@ -80,6 +82,32 @@ def _check_qualified_key(key: str) -> str | None:
     return None
 
 
+#: The ObjectMeta fields kube-apiserver keeps; any other key under ``metadata`` is unknown and pruned.
+OBJECT_META_FIELDS = frozenset({
+    "name", "generateName", "namespace", "selfLink", "uid", "resourceVersion", "generation",
+    "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "labels", "annotations",
+    "ownerReferences", "finalizers", "managedFields",
+})
+_OWNER_REFERENCE_FIELDS = frozenset({"apiVersion", "kind", "name", "uid", "controller", "blockOwnerDeletion"})
+
+
+def prune_metadata(meta: Obj) -> list[str]:
+    """Drop fields ObjectMeta (and OwnerReference) does not have, in place; return their paths."""
+    dropped = []
+    for key in list(meta):
+        if key not in OBJECT_META_FIELDS:
+            del meta[key]
+            dropped.append(f"metadata.{key}")
+    refs = meta.get("ownerReferences")
+    if isinstance(refs, list):
+        for i, ref in enumerate(refs):
+            if isinstance(ref, dict):
+                for key in [k for k in ref if k not in _OWNER_REFERENCE_FIELDS]:
+                    del ref[key]
+                    dropped.append(f"metadata.ownerReferences[{i}].{key}")
+    return dropped
+
+
 def validate_metadata(meta: Any, *, label_name: bool = False, require_name: bool = True) -> list[Cause]:
     """Causes for a bad ``metadata``: name, labels, annotations, owner references, finalizers."""
     if not isinstance(meta, dict):
@@ -93,6 +121,9 @@ def validate_metadata(meta: Any, *, label_name: bool = False, require_name: bool
             causes.append(Cause("metadata.name", f'Invalid value: "{name}": {problem}'))
     elif require_name and not meta.get("generateName"):
         causes.append(Cause("metadata.name", "Required value: name or generateName is required", "FieldValueRequired"))
+    for key in ("generateName", "namespace", "uid", "resourceVersion"):
+        if key in meta and meta[key] is not None and not isinstance(meta[key], str):
+            causes.append(Cause(f"metadata.{key}", f"Invalid value: {meta[key]!r}: must be a string"))
     labels = meta.get("labels") or {}
     if not isinstance(labels, dict):
         causes.append(Cause("metadata.labels", "Invalid value: labels must be a map of strings"))
@@ -114,14 +145,18 @@ def validate_metadata(meta: Any, *, label_name: bool = False, require_name: bool
         if sum(len(k) + len(v) for k, v in annotations.items()) > _ANNOTATIONS_MAX:
             causes.append(Cause("metadata.annotations", "Too long: must have at most 262144 bytes",
                                 "FieldValueTooLong"))
-    for i, ref in enumerate(meta.get("ownerReferences") or []):
+    refs = meta.get("ownerReferences") or []
+    if not isinstance(refs, list):
+        causes.append(Cause("metadata.ownerReferences", "Invalid value: ownerReferences must be a list"))
+        refs = []
+    for i, ref in enumerate(refs):
         if not isinstance(ref, dict):
             causes.append(Cause(f"metadata.ownerReferences[{i}]", "Invalid value: must be an object"))
             continue
         for key in ("apiVersion", "kind", "name", "uid"):
             if not ref.get(key):
                 causes.append(Cause(f"metadata.ownerReferences[{i}].{key}", "Required value", "FieldValueRequired"))
-    if sum(1 for ref in meta.get("ownerReferences") or [] if isinstance(ref, dict) and ref.get("controller")) > 1:
+    if sum(1 for ref in refs if isinstance(ref, dict) and ref.get("controller")) > 1:
         causes.append(Cause("metadata.ownerReferences", "Invalid value: only one reference can have Controller set to true"))
     finalizers = meta.get("finalizers") or []
     if not isinstance(finalizers, list) or not all(isinstance(f, str) for f in finalizers):
@@ -135,7 +170,7 @@ def validate_metadata(meta: Any, *, label_name: bool = False, require_name: bool
 @dataclass(frozen=True)
 class _Requirement:
     key: str
-    op: str  # "=", "!=", "in", "notin", "exists", "!"
+    op: str  # "=", "!=", "in", "notin", "exists", "!", "gt", "lt"
     values: frozenset[str] = frozenset()
 
     def matches(self, labels: Mapping[str, str]) -> bool:
@@ -146,6 +181,13 @@ class _Requirement:
             return not present
         if self.op in ("=", "in"):
             return present and labels[self.key] in self.values
+        if self.op in ("gt", "lt"):
+            # Numeric comparisons: a label that is absent or not an integer never matches.
+            try:
+                have, want = int(labels[self.key]), int(next(iter(self.values)))
+            except (KeyError, ValueError, StopIteration):
+                return False
+            return have > want if self.op == "gt" else have < want
         return not present or labels[self.key] not in self.values  # "!=", "notin"
 
 
@@ -159,21 +201,31 @@ class LabelSelector:
     def parse(cls, text: str | None) -> LabelSelector:
         reqs: list[_Requirement] = []
         for part in _split_selector(text or ""):
-            m = re.fullmatch(r"\s*(\S+?)\s+(in|notin)\s+\(([^)]*)\)\s*", part)
+            m = re.fullmatch(r"\s*([^\s()=!<>,]+)\s+(in|notin)\s*\(([^)]*)\)\s*", part)
             if m:
                 values = frozenset(v.strip() for v in m.group(3).split(",") if v.strip())
                 reqs.append(_Requirement(m.group(1), m.group(2), values))
                 continue
-            m = re.fullmatch(r"\s*([^=!\s]+)\s*(==|=|!=)\s*([^=!\s]*)\s*", part)
+            m = re.fullmatch(r"\s*([^=!<>\s]+)\s*(==|=|!=)\s*([^=!<>\s]*)\s*", part)
             if m:
                 op = "!=" if m.group(2) == "!=" else "="
                 reqs.append(_Requirement(m.group(1), op, frozenset([m.group(3)])))
                 continue
-            m = re.fullmatch(r"\s*(!?)\s*([^=!\s()]+)\s*", part)
+            m = re.fullmatch(r"\s*([^=!<>\s]+)\s*([<>])\s*(-?\d+)\s*", part)
+            if m:
+                reqs.append(_Requirement(m.group(1), "gt" if m.group(2) == ">" else "lt", frozenset([m.group(3)])))
+                continue
+            m = re.fullmatch(r"\s*(!?)\s*([^=!<>\s()]+)\s*", part)
             if m:
                 reqs.append(_Requirement(m.group(2), "!" if m.group(1) else "exists"))
                 continue
             raise BadRequest(f"unable to parse requirement: invalid label selector {text!r}")
+        for req in reqs:
+            if problem := _check_qualified_key(req.key):
+                raise BadRequest(f"invalid label selector {text!r}: key {req.key!r}: {problem}")
+            bad = [v for v in req.values if req.op not in ("gt", "lt") and not _LABEL_VALUE.match(v)]
+            if bad or any(len(v) > 63 for v in req.values):
+                raise BadRequest(f"invalid label selector {text!r}: invalid value {(bad or list(req.values))[0]!r}")
         return cls(reqs)
 
     @classmethod
@@ -182,7 +234,14 @@ class LabelSelector:
         reqs = [_Requirement(k, "=", frozenset([v])) for k, v in (selector.get("matchLabels") or {}).items()]
         ops = {"In": "in", "NotIn": "notin", "Exists": "exists", "DoesNotExist": "!"}
         for expr in selector.get("matchExpressions") or []:
-            reqs.append(_Requirement(expr["key"], ops[expr["operator"]], frozenset(expr.get("values") or [])))
+            op = ops.get(expr.get("operator", "")) if isinstance(expr, dict) else None
+            if op is None or not expr.get("key"):
+                raise BadRequest(f"invalid label selector expression {expr!r}: operator must be one of "
+                                 f"{', '.join(ops)} and key is required")
+            values = frozenset(expr.get("values") or [])
+            if op in ("in", "notin") and not values:
+                raise BadRequest(f"invalid label selector expression {expr!r}: {expr['operator']} needs values")
+            reqs.append(_Requirement(expr["key"], op, values))
         return cls(reqs)
 
     def matches(self, labels: Mapping[str, str] | None) -> bool:
@@ -233,6 +292,10 @@ class FieldSelector:
                 raise BadRequest(f'field label not supported: "{field_}"')
             terms.append((field_, op != "!=", value))
         return cls(terms)
+
+    def metadata_only(self) -> bool:
+        """True when only metadata.name/namespace are named: a row's key answers it, no object is read."""
+        return all(name in self.SUPPORTED for name, _, _ in self.terms)
 
     def value_of(self, field_: str) -> str | None:
         """The value an equality term pins ``field_`` to, if any (lets the store use its index)."""

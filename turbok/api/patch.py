@@ -19,7 +19,8 @@ from typing import Any
 
 from turbok.api.status import BadRequest, Invalid, UnsupportedMediaType
 
-__all__ = ["MERGE", "JSON_PATCH", "STRATEGIC", "APPLY", "apply_patch", "json_patch", "merge_patch"]
+__all__ = ["APPLY", "JSON_PATCH", "MERGE", "STRATEGIC", "apply_patch", "check_patch_type", "json_patch",
+           "merge_patch"]
 
 MERGE = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
@@ -85,7 +86,7 @@ def _walk(doc: Any, parts: list[str], path: str) -> Any:
 def _index(part: str, length: int, path: str, *, allow_end: bool = False) -> int:
     if part == "-" and allow_end:
         return length
-    if not part.isdigit():
+    if not part.isdigit() or (len(part) > 1 and part.startswith("0")):
         raise Invalid(f"json patch: invalid array index {part!r} in {path!r}")
     i = int(part)
     if i > length or (i == length and not allow_end):
@@ -123,6 +124,19 @@ def _remove(doc: Any, path: str) -> tuple[Any, Any]:
     raise Invalid(f"json patch: path {path!r} does not exist")
 
 
+def _json_equal(a: Any, b: Any) -> bool:
+    """JSON equality (RFC 6902 ``test``): unlike Python's ``==``, ``true`` is not ``1``."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_json_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_json_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    return type(a) is type(b) and bool(a == b)
+
+
 def json_patch(target: Any, ops: Any) -> Any:
     if not isinstance(ops, list):
         raise BadRequest("json patch: the body must be a JSON array of operations")
@@ -138,43 +152,52 @@ def json_patch(target: Any, ops: Any) -> Any:
         elif kind == "remove":
             doc, _ = _remove(doc, path)
         elif kind == "replace":
-            doc, _ = _remove(doc, path)
+            if path:  # "" replaces the whole document
+                doc, _ = _remove(doc, path)
             doc = _add(doc, path, op["value"])
         elif kind in ("move", "copy"):
             if "from" not in op:
                 raise BadRequest(f"json patch: operation {kind} needs 'from'")
             if kind == "move":
+                if path.startswith(op["from"] + "/"):
+                    raise Invalid(f"json patch: cannot move {op['from']!r} into its own child {path!r}")
                 doc, value = _remove(doc, op["from"])
             else:
                 value = copy.deepcopy(_walk(doc, _pointer(op["from"]), op["from"]))
             doc = _add(doc, path, value)
         elif kind == "test":
-            if _walk(doc, _pointer(path), path) != op["value"]:
+            if not _json_equal(_walk(doc, _pointer(path), path), op["value"]):
                 raise Invalid(f"json patch: test failed at {path!r}")
         else:
             raise BadRequest(f"json patch: unknown operation {kind!r}")
     return doc
 
 
-def apply_patch(target: dict[str, Any], content_type: str, patch: Any, *, builtin: bool) -> dict[str, Any]:
-    """Apply a patch of the given content type; ``builtin`` allows strategic merge patches."""
+def check_patch_type(content_type: str, *, builtin: bool) -> str:
+    """The media type of a patch, or ``UnsupportedMediaType`` (415) before anything is read or written."""
     media = content_type.split(";")[0].strip()
-    if media == MERGE:
-        result = merge_patch(target, patch)
-    elif media == JSON_PATCH:
-        result = json_patch(target, patch)
-    elif media == STRATEGIC and builtin:
-        result = _strategic(target, patch)
-    elif media == STRATEGIC:
+    if media in (MERGE, JSON_PATCH) or (media == STRATEGIC and builtin):
+        return media
+    if media == STRATEGIC:
         raise UnsupportedMediaType(
             "the body of the request was in an unknown format - accepted media types include: "
             f"{JSON_PATCH}, {MERGE} (strategic merge patch is not supported for custom resources)"
         )
-    elif media == APPLY:
+    if media == APPLY:
         raise UnsupportedMediaType("server-side apply is not supported by turbok's embedded control plane; "
                                    "use client-side `kubectl apply`")
+    raise UnsupportedMediaType(f"the body of the request was in an unknown format: {media!r}")
+
+
+def apply_patch(target: dict[str, Any], content_type: str, patch: Any, *, builtin: bool) -> dict[str, Any]:
+    """Apply a patch of the given content type; ``builtin`` allows strategic merge patches."""
+    media = check_patch_type(content_type, builtin=builtin)
+    if media == MERGE:
+        result = merge_patch(target, patch)
+    elif media == JSON_PATCH:
+        result = json_patch(target, patch)
     else:
-        raise UnsupportedMediaType(f"the body of the request was in an unknown format: {media!r}")
+        result = _strategic(target, patch)
     if not isinstance(result, dict):
         raise BadRequest("the patch result must be a JSON object")
     return result

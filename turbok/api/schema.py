@@ -161,16 +161,19 @@ def _invalid(causes: list[Cause], path: str, value: Any, detail: str) -> None:
 
 
 def _validate(value: Any, schema: Schema, path: str, causes: list[Cause], old: Any) -> None:
+    # Type errors show the type found as the value, as kube-apiserver writes them:
+    # 'spec.replicas: Invalid value: "string": spec.replicas in body must be of type integer: "string"'.
+    found = _type_name(value)
     if value is None:
         if not schema.get("nullable"):
-            _invalid(causes, path, value, f"{path} in body must be of type {schema.get('type', 'object')}: \"null\"")
+            _invalid(causes, path, found, f"{path} in body must be of type {schema.get('type', 'object')}: \"null\"")
         return
     if schema.get("x-kubernetes-int-or-string"):
         if not (isinstance(value, str) or _is_type(value, "integer")):
-            _invalid(causes, path, value, f"{path} in body must be of type integer,string: {_json(_type_name(value))}")
+            _invalid(causes, path, found, f"{path} in body must be of type integer,string: {_json(found)}")
             return
     elif "type" in schema and not _is_type(value, schema["type"]):
-        _invalid(causes, path, value, f"{path} in body must be of type {schema['type']}: {_json(_type_name(value))}")
+        _invalid(causes, path, found, f"{path} in body must be of type {schema['type']}: {_json(found)}")
         return
 
     if "enum" in schema and value not in schema["enum"]:
@@ -278,9 +281,21 @@ def _compiled(pattern: str) -> re.Pattern[str]:
     return _PATTERNS[pattern]
 
 
+# RFC 3339 date-time, with the forms kube-apiserver's strfmt also takes (space for T, no seconds,
+# no zone, zone without colon); a bare date is not a date-time.
+_DATETIME = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}:?\d{2})?$"
+)
+
+
 def _is_datetime(value: str) -> bool:
+    if not _DATETIME.match(value):
+        return False
+    text = value.replace("t", "T").replace("z", "Z").replace("Z", "+00:00")
+    if re.search(r"[+-]\d{4}$", text):
+        text = text[:-2] + ":" + text[-2:]
     try:
-        dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        dt.datetime.fromisoformat(text)
     except ValueError:
         return False
     return True

@@ -17,8 +17,9 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
-from turbok.api.status import ApiError, NotFound, Unauthorized
-from turbok.apiserver import discovery, openapi
+from turbok.api.kinds import KindRegistry
+from turbok.api.status import ApiError, MethodNotAllowed, NotFound, Unauthorized
+from turbok.apiserver import crds, discovery, openapi, openapi_pb
 from turbok.apiserver.resources import handle_resource, parse_target
 from turbok.store.registry import ObjectRegistry
 
@@ -50,6 +51,20 @@ def _status_response(error: ApiError) -> web.Response:
                         content_type="application/json", headers=headers)
 
 
+def _resource_label(kinds: KindRegistry, path: str) -> str:
+    """The metrics label of a path: the resource (``sandboxes``, ``sandboxes/status``), never an object name."""
+    if path.startswith("/openapi"):
+        return "openapi"
+    if not path.startswith(("/api/", "/apis/")):
+        return path if path in _OPEN_PATHS or path in ("/api", "/apis", "/version", "/metrics") else "other"
+    try:
+        target = parse_target(kinds, path)
+    except ApiError:
+        parts = [p for p in path.split("/") if p]
+        return "discovery" if len(parts) <= 3 else "other"
+    return target.kind.plural + (f"/{target.subresource}" if target.subresource else "")
+
+
 def create_app(registry: ObjectRegistry, *, token: str, metrics_registry: CollectorRegistry,
                server_address: str = "127.0.0.1") -> web.Application:
     metrics = ApiMetrics(metrics_registry)
@@ -59,7 +74,7 @@ def create_app(registry: ObjectRegistry, *, token: str, metrics_registry: Collec
     async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         start = time.perf_counter()
         verb = request.method if request.query.get("watch") not in ("1", "true") else "WATCH"
-        resource = request.path.split("/")[-1] if request.path.startswith("/ap") else request.path
+        resource = _resource_label(kinds, request.path)
         code = 500
         try:
             response = await handler(request)
@@ -70,7 +85,13 @@ def create_app(registry: ObjectRegistry, *, token: str, metrics_registry: Collec
             return _status_response(e)
         except web.HTTPException as e:
             code = e.status
-            raise
+            # aiohttp's own answers (no route, wrong method) become Status bodies like every other error.
+            error_class = {404: NotFound, 405: MethodNotAllowed}.get(e.status)
+            if error_class is None:
+                raise
+            message = "the server could not find the requested resource" if e.status == 404 else \
+                f"the server does not allow this method on the requested resource: {request.method}"
+            return _status_response(error_class(message))
         except Exception:
             log.exception("internal error serving %s %s", request.method, request.path_qs)
             return _status_response(ApiError("an internal error occurred; see the turbok log"))
@@ -91,6 +112,7 @@ def create_app(registry: ObjectRegistry, *, token: str, metrics_registry: Collec
 
     app = web.Application(middlewares=[observe, authenticate], client_max_size=16 * 1024 * 1024)
     kinds = registry.kinds
+    listed = discovery.served(kinds)
 
     async def health(_: web.Request) -> web.Response:
         return web.Response(text="ok")
@@ -102,23 +124,25 @@ def create_app(registry: ObjectRegistry, *, token: str, metrics_registry: Collec
         return web.json_response(discovery.api_versions(server_address))
 
     async def apis(_: web.Request) -> web.Response:
-        return web.json_response(discovery.group_list(kinds))
+        return web.json_response(discovery.group_list(listed))
 
     async def api_group(request: web.Request) -> web.Response:
-        doc = discovery.group(kinds, request.match_info["group"])
+        doc = discovery.group(listed, request.match_info["group"])
         if doc is None:
             raise NotFound("the server could not find the requested resource")
         return web.json_response(doc)
 
     async def group_version(request: web.Request) -> web.Response:
-        doc = discovery.resource_list(kinds, request.match_info.get("group", ""), request.match_info["version"])
+        doc = discovery.resource_list(listed, request.match_info.get("group", ""), request.match_info["version"])
         if doc is None:
             raise NotFound("the server could not find the requested resource")
         return web.json_response(doc)
 
     async def openapi_v2(request: web.Request) -> web.Response:
-        if "protobuf" in request.headers.get("Accept", "") and "json" not in request.headers.get("Accept", ""):
-            raise web.HTTPNotAcceptable(text="turbok serves OpenAPI v2 as JSON only")
+        # kubectl asks for protobuf alone; a client listing JSON first (or only) gets JSON.
+        accept = [a.split(";")[0].strip() for a in request.headers.get("Accept", "").split(",")]
+        if accept and "protobuf" in accept[0]:
+            return web.Response(body=openapi.v2_protobuf(kinds), headers={"Content-Type": openapi_pb.MEDIA_TYPE})
         return web.Response(text=openapi.v2_document(kinds), content_type="application/json")
 
     async def openapi_v3_index(_: web.Request) -> web.Response:
@@ -144,6 +168,9 @@ def create_app(registry: ObjectRegistry, *, token: str, metrics_registry: Collec
     async def resource(request: web.Request) -> web.StreamResponse:
         return await handle_resource(request, registry, parse_target(kinds, request.path))
 
+    async def crd(request: web.Request) -> web.StreamResponse:
+        return await crds.handle_crds(request, kinds)
+
     for path in _OPEN_PATHS:
         app.router.add_get(path, health)
     app.router.add_get("/version", version)
@@ -158,6 +185,9 @@ def create_app(registry: ObjectRegistry, *, token: str, metrics_registry: Collec
     app.router.add_get("/apis/", apis)
     app.router.add_get("/apis/{group}", api_group)
     app.router.add_get("/apis/{group}/{version}", group_version)
+    crd_root = f"/apis/{crds.GROUP}/{crds.VERSION}/{crds.CRD_KIND.plural}"
+    app.router.add_route("*", crd_root, crd)
+    app.router.add_route("*", crd_root + "/{name}", crd)
     app.router.add_route("*", "/api/{version}/{rest:.+}", resource)
     app.router.add_route("*", "/apis/{group}/{version}/{rest:.+}", resource)
     return app

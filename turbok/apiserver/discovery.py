@@ -2,7 +2,8 @@
 
 ``/api``, ``/api/v1``, ``/apis``, ``/apis/<group>``, ``/apis/<group>/<version>``
 and ``/version``, in the legacy (unaggregated) JSON forms, which every
-client accepts.
+client accepts. The stored kinds are listed with the read-only
+``apiextensions.k8s.io/v1`` CustomResourceDefinitions (``crds``).
 """
 
 from __future__ import annotations
@@ -12,13 +13,19 @@ from typing import Any
 
 from turbok import __version__
 from turbok.api.kinds import NAMESPACE, Kind, KindRegistry
+from turbok.apiserver.crds import CRD_KIND
 
-__all__ = ["api_versions", "group", "group_list", "resource_list", "version_info"]
+__all__ = ["api_versions", "group", "group_list", "resource_list", "served", "version_info"]
 
 #: The Kubernetes minor whose API behaviour the embedded control plane follows.
 KUBE_MAJOR, KUBE_MINOR = "1", "34"
 
 _VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+
+
+def served(kinds: KindRegistry) -> KindRegistry:
+    """What discovery lists: the stored kinds plus the read-only CustomResourceDefinitions."""
+    return KindRegistry([*kinds, CRD_KIND])
 
 
 def version_info() -> dict[str, Any]:
@@ -45,7 +52,10 @@ def _storage_hash(kind: Kind) -> str:
 
 
 def _resources(kind: Kind) -> list[dict[str, Any]]:
-    verbs = [v for v in _VERBS if not (kind is NAMESPACE and v == "deletecollection")]
+    if kind is CRD_KIND:
+        verbs = ["get", "list", "watch"]
+    else:
+        verbs = [v for v in _VERBS if not (kind is NAMESPACE and v == "deletecollection")]
     main: dict[str, Any] = {
         "name": kind.plural,
         "singularName": kind.singular,

@@ -4,7 +4,13 @@
 ``/openapi/v3/apis/<group>/<version>``: what ``kubectl explain`` reads and what
 ``kubectl apply`` checks to learn that the server validates fields itself
 (a PATCH operation for the kind with a ``fieldValidation`` parameter).
-``/openapi/v2`` in JSON for older clients.
+
+``/openapi/v2``: one Swagger 2.0 document for every kind, as JSON and as the
+protobuf message kubectl downloads (``openapi_pb``) for client-side
+validation and strategic-merge-patch metadata. Schemas are converted the way
+kube-apiserver publishes CRDs in v2: junctors (``anyOf``...) dropped,
+nullable and preserve-unknown-fields nodes left untyped, so kubectl never
+refuses what the server accepts.
 """
 
 from __future__ import annotations
@@ -16,9 +22,10 @@ import json
 from typing import Any
 
 from turbok import __version__
-from turbok.api.kinds import Kind, KindRegistry
+from turbok.api.kinds import NAMESPACE, Kind, KindRegistry
+from turbok.apiserver.openapi_pb import encode_document
 
-__all__ = ["v2_document", "v3_document", "v3_index"]
+__all__ = ["v2_document", "v2_protobuf", "v2_spec", "v3_document", "v3_index"]
 
 _META = "io.k8s.apimachinery.pkg.apis.meta.v1"
 
@@ -41,6 +48,8 @@ _OBJECT_META: dict[str, Any] = {
         "labels": {"type": "object", "additionalProperties": {"type": "string"}},
         "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
         "finalizers": {"type": "array", "items": {"type": "string"}},
+        "selfLink": {"type": "string"},
+        "managedFields": {"type": "array", "items": {"type": "object"}},
         "ownerReferences": {"type": "array", "items": {
             "type": "object",
             "required": ["apiVersion", "kind", "name", "uid"],
@@ -73,7 +82,7 @@ def _component(kind: Kind, ref_prefix: str) -> dict[str, Any]:
 
 
 def _params(*names: str) -> list[dict[str, Any]]:
-    table = {
+    table: dict[str, dict[str, Any]] = {
         "name": {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
         "namespace": {"name": "namespace", "in": "path", "required": True, "schema": {"type": "string"}},
         "dryRun": {"name": "dryRun", "in": "query", "schema": {"type": "string"}},
@@ -97,8 +106,13 @@ def _operation(kind: Kind, action: str, ref: str, params: list[dict[str, Any]], 
         "x-kubernetes-group-version-kind": _gvk(kind)[0],
     }
     if body:
-        op["requestBody"] = {"content": {"*/*": {"schema": {"$ref": ref}}}, "required": True}
+        # PATCH names the patch types served: kubectl computes a strategic merge patch only where listed.
+        media = _PATCH_TYPES if action == "patch" else ["application/json", "application/yaml"]
+        op["requestBody"] = {"content": {m: {"schema": {"$ref": ref}} for m in media}, "required": True}
     return op
+
+
+_PATCH_TYPES = ["application/json-patch+json", "application/merge-patch+json"]
 
 
 def _paths(kind: Kind, ref: str) -> dict[str, Any]:
@@ -124,9 +138,9 @@ def _paths(kind: Kind, ref: str) -> dict[str, Any]:
                                          False)}
     if kind.status_subresource:
         paths[f"{collection}/{{name}}/status"] = {
-            verb: _operation(kind, verb if verb != "get" else "get", ref, _params(*scope, "name", *write),
-                             verb != "get")
-            for verb in ("get", "put", "patch")
+            "get": _operation(kind, "get", ref, _params(*scope, "name"), False),
+            "put": _operation(kind, "put", ref, _params(*scope, "name", *write), True),
+            "patch": _operation(kind, "patch", ref, _params(*scope, "name", *write), True),
         }
     return paths
 
@@ -167,22 +181,93 @@ def v3_document(kinds: KindRegistry, group: str, version: str) -> str | None:
     return _v3_cached(kinds, group, version)[0]
 
 
+# ---------------------------------------------------------------- OpenAPI v2
+
+
+def _to_v2(s: dict[str, Any]) -> dict[str, Any]:
+    """A structural v3 schema as kube-apiserver publishes it in v2 (what kubectl's validator copes with)."""
+    out = {k: v for k, v in s.items() if k not in ("allOf", "anyOf", "oneOf", "not", "nullable")}
+    if s.get("nullable"):
+        for key in ("type", "items", "properties"):
+            out.pop(key, None)
+    if s.get("x-kubernetes-preserve-unknown-fields"):
+        out.pop("items", None)
+        out.pop("properties", None)
+        if out.get("type") == "object":
+            del out["type"]
+    if out.get("type") == "array" and "items" not in out:
+        del out["type"]
+    props = out.get("properties")
+    if isinstance(props, dict):
+        nullable = {k for k, v in props.items() if isinstance(v, dict) and v.get("nullable")}
+        out["properties"] = {k: _to_v2(v) for k, v in props.items()}
+        if nullable and out.get("required"):
+            out["required"] = [r for r in out["required"] if r not in nullable]
+            if not out["required"]:
+                del out["required"]
+    if isinstance(out.get("items"), dict):
+        out["items"] = _to_v2(out["items"])
+    extra = out.get("additionalProperties")
+    if isinstance(extra, dict):
+        if extra.get("nullable"):
+            out.pop("required", None)
+        out["additionalProperties"] = _to_v2(extra)
+    return out
+
+
+def _v2_definition(kind: Kind) -> dict[str, Any]:
+    schema = _to_v2(kind.schema)
+    schema.setdefault("type", "object")
+    props = schema.setdefault("properties", {})
+    props["metadata"] = {"$ref": f"#/definitions/{_META}.ObjectMeta", "description": "Standard object's metadata."}
+    props.setdefault("apiVersion", {"type": "string"})
+    props.setdefault("kind", {"type": "string"})
+    schema["x-kubernetes-group-version-kind"] = _gvk(kind)
+    return schema
+
+
+def _v2_parameter(p: dict[str, Any], ref: str | None = None) -> dict[str, Any]:
+    if ref is not None:
+        return {"name": "body", "in": "body", "required": True, "schema": {"$ref": ref}}
+    out = {k: v for k, v in p.items() if k not in ("schema",)}
+    out["type"] = p.get("schema", {}).get("type", "string")
+    return out
+
+
 @functools.cache
-def v2_document(kinds: KindRegistry) -> str:
-    definitions: dict[str, Any] = {f"{_META}.ObjectMeta": _OBJECT_META}
+def v2_spec(kinds: KindRegistry) -> dict[str, Any]:
+    """The Swagger 2.0 document of every served kind, as dicts (shared; do not mutate)."""
+    definitions: dict[str, Any] = {f"{_META}.ObjectMeta": _to_v2(_OBJECT_META)}
     paths: dict[str, Any] = {}
     for kind in kinds:
         name = _schema_name(kind)
-        definitions[name] = _component(kind, "#/definitions/")
-        for path, ops in _paths(kind, f"#/definitions/{name}").items():
+        ref = f"#/definitions/{name}"
+        definitions[name] = _v2_definition(kind)
+        for path, ops in _paths(kind, ref).items():
             v2ops = {}
             for verb, op in ops.items():
-                v2 = {k: v for k, v in op.items() if k not in ("requestBody", "responses")}
-                v2["parameters"] = [{k: v for k, v in p.items() if k != "schema"} | {"type": "string"}
-                                    for p in op["parameters"]]
-                v2["responses"] = {"200": {"description": "OK", "schema": {"$ref": f"#/definitions/{name}"}}}
+                v2 = {k: v for k, v in op.items() if k not in ("requestBody", "responses", "parameters")}
+                v2["parameters"] = [_v2_parameter(p) for p in op["parameters"]]
+                if "requestBody" in op:
+                    v2["parameters"].append(_v2_parameter({}, ref))
+                    v2["consumes"] = list(op["requestBody"]["content"])
+                    if verb == "patch" and kind is NAMESPACE:
+                        v2["consumes"].append("application/strategic-merge-patch+json")
+                v2["produces"] = ["application/json", "application/yaml"]
+                v2["responses"] = {"200": {"description": "OK", "schema": {"$ref": ref}}}
                 v2ops[verb] = v2
             paths.setdefault(path, {}).update(v2ops)
-    doc = {"swagger": "2.0", "info": {"title": "turbok", "version": __version__}, "paths": paths,
-           "definitions": definitions}
-    return json.dumps(doc, separators=(",", ":"))
+    return {"swagger": "2.0", "info": {"title": "turbok", "version": __version__}, "paths": paths,
+            "definitions": definitions}
+
+
+@functools.cache
+def v2_document(kinds: KindRegistry) -> str:
+    """``/openapi/v2`` as JSON text."""
+    return json.dumps(v2_spec(kinds), separators=(",", ":"))
+
+
+@functools.cache
+def v2_protobuf(kinds: KindRegistry) -> bytes:
+    """``/openapi/v2`` as gnostic's ``openapi.v2.Document`` protobuf."""
+    return encode_document(v2_spec(kinds))

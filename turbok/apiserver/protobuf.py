@@ -43,12 +43,14 @@ def _fields(buf: bytes) -> Iterator[tuple[int, int | bytes]]:
             yield number, value
         elif wire == 2:
             length, pos = _varint(buf, pos)
+            if pos + length > len(buf):
+                raise BadRequest("truncated protobuf body")
             yield number, buf[pos:pos + length]
             pos += length
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+            if pos > len(buf):
+                raise BadRequest("truncated protobuf body")
         else:
             raise BadRequest(f"unsupported protobuf wire type {wire}")
 

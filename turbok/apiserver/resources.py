@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from turbok.api import meta as m
 from turbok.api.kinds import Kind, KindRegistry
-from turbok.api.status import BadRequest, MethodNotAllowed, NotFound, status_success
+from turbok.api.status import ApiError, BadRequest, Cause, Invalid, MethodNotAllowed, NotFound, status_success
 from turbok.apiserver import protobuf
 from turbok.apiserver.table import to_table, wants_table
 from turbok.store.registry import ObjectRegistry, WriteOptions
@@ -29,6 +30,10 @@ log = logging.getLogger(__name__)
 
 #: Longest a watch stays open when the client names no timeoutSeconds.
 DEFAULT_WATCH_SECONDS = 1800
+#: How often a quiet watch that allows bookmarks gets one (kube-apiserver: about a minute).
+BOOKMARK_SECONDS = 60.0
+#: The annotation of the bookmark that ends the initial events of a watch-list.
+INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 
 
 @dataclass(frozen=True)
@@ -83,9 +88,11 @@ def _subresources(kind: Kind) -> set[str]:
 
 
 def _json(data: Any, status: int = 200, warnings: list[str] | None = None) -> web.Response:
-    headers = {}
-    if warnings:
-        headers["Warning"] = ", ".join(f'299 - "{w}"' for w in warnings[:20])
+    headers: CIMultiDict[str] = CIMultiDict()
+    for warning in (warnings or [])[:20]:
+        # One header per warning; RFC 7234 warn-text is a quoted-string: escape backslashes and quotes.
+        text = warning.replace("\\", "\\\\").replace('"', '\\"')
+        headers.add("Warning", f'299 - "{text}"')
     return web.Response(body=json.dumps(data, separators=(",", ":")).encode(), status=status,
                         content_type="application/json", headers=headers)
 
@@ -119,9 +126,9 @@ def _write_options(request: web.Request) -> WriteOptions:
     return WriteOptions(dry_run=bool(dry_run), field_validation=validation)
 
 
-def _selectors(request: web.Request) -> tuple[m.LabelSelector, m.FieldSelector]:
+def _selectors(request: web.Request, kind: Kind) -> tuple[m.LabelSelector, m.FieldSelector]:
     return (m.LabelSelector.parse(request.query.get("labelSelector")),
-            m.FieldSelector.parse(request.query.get("fieldSelector")))
+            m.FieldSelector.parse(request.query.get("fieldSelector"), extra=kind.field_selectors))
 
 
 async def handle_resource(request: web.Request, registry: ObjectRegistry, target: Target) -> web.StreamResponse:
@@ -210,7 +217,7 @@ async def _delete(request: web.Request, registry: ObjectRegistry, target: Target
 
 async def _delete_collection(request: web.Request, registry: ObjectRegistry, target: Target) -> web.Response:
     options = await _delete_options(request)
-    labels, fields = _selectors(request)
+    labels, fields = _selectors(request, target.kind)
     result = registry.list(target.kind, target.namespace, label_selector=labels, field_selector=fields)
     opts = WriteOptions(dry_run=bool(options.get("dryRun")))
     for obj in result.items:
@@ -224,7 +231,7 @@ async def _delete_collection(request: web.Request, registry: ObjectRegistry, tar
 
 
 def _list(request: web.Request, registry: ObjectRegistry, target: Target) -> web.Response:
-    labels, fields = _selectors(request)
+    labels, fields = _selectors(request, target.kind)
     try:
         limit = int(request.query.get("limit", "0") or 0)
     except ValueError:
@@ -245,51 +252,87 @@ def _list(request: web.Request, registry: ObjectRegistry, target: Target) -> web
                   "items": result.items})
 
 
+def _flag(request: web.Request, name: str) -> bool | None:
+    value = request.query.get(name)
+    return None if value is None else value in ("1", "true", "True")
+
+
 async def _watch(request: web.Request, registry: ObjectRegistry, target: Target) -> web.StreamResponse:
-    labels, fields = _selectors(request)
+    labels, fields = _selectors(request, target.kind)
     try:
         timeout = float(request.query.get("timeoutSeconds") or DEFAULT_WATCH_SECONDS)
     except ValueError:
         raise BadRequest("timeoutSeconds must be a number") from None
+    rv = request.query.get("resourceVersion")
+    bookmarks = bool(_flag(request, "allowWatchBookmarks"))
+    initial_events = _flag(request, "sendInitialEvents")
+    if initial_events:
+        # The watch-list protocol (client-go's WatchListClient): state as ADDED, then a bookmark marking its end.
+        causes = []
+        if not bookmarks:
+            causes.append(Cause("allowWatchBookmarks", "Required value: allowWatchBookmarks must be set to true "
+                                "when sendInitialEvents is set", "FieldValueRequired"))
+        if request.query.get("resourceVersionMatch") != "NotOlderThan":
+            causes.append(Cause("resourceVersionMatch", "Forbidden: sendInitialEvents requires setting "
+                                "resourceVersionMatch to NotOlderThan", "FieldValueForbidden"))
+        if causes:
+            raise Invalid.of(kind="ListOptions", group="meta.k8s.io", name="", causes=causes)
     table = wants_table(request.headers.get("Accept", ""))
     response = web.StreamResponse(headers={"Content-Type": "application/json", "Cache-Control": "no-cache"})
     response.enable_chunked_encoding()
     try:
         watcher, initial = registry.watch(target.kind, target.namespace,
-                                          resource_version=request.query.get("resourceVersion"),
+                                          resource_version=None if initial_events else rv,
                                           label_selector=labels, field_selector=fields)
-    except Exception as e:
-        from turbok.api.status import ApiError
-
-        if not isinstance(e, ApiError) or e.code != 410:
+    except ApiError as e:
+        if e.code != 410:
             raise
         # kube-apiserver answers a too-old resourceVersion with 200 and one ERROR event.
         await response.prepare(request)
         await response.write(json.dumps({"type": "ERROR", "object": e.to_status()}).encode() + b"\n")
         return response
+    if initial_events is False and not rv:
+        initial = []  # "from now, without the current state"
+    start_rv = str(registry.db.revision)  # read before any await: nothing can commit in between
 
     def encode(type_: str, obj: dict[str, Any]) -> bytes:
         if table:
             obj = to_table(target.kind, [obj], obj["metadata"].get("resourceVersion", ""))
         return json.dumps({"type": type_, "object": obj}, separators=(",", ":")).encode() + b"\n"
 
+    def bookmark(revision: str, annotations: dict[str, str] | None = None) -> bytes:
+        md: dict[str, Any] = {"resourceVersion": revision}
+        if annotations:
+            md["annotations"] = annotations
+        obj = {"kind": target.kind.kind, "apiVersion": target.kind.api_version, "metadata": md}
+        return json.dumps({"type": "BOOKMARK", "object": obj}, separators=(",", ":")).encode() + b"\n"
+
     await response.prepare(request)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    last_bookmark = loop.time()
     try:
         for obj in initial:
             await response.write(encode("ADDED", obj))
+        if initial_events:
+            await response.write(bookmark(start_rv, {INITIAL_EVENTS_END: "true"}))
         iterator = watcher.__aiter__()
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
+            tick = min(remaining, 15.0, BOOKMARK_SECONDS if bookmarks else 15.0)
             try:
-                type_, event = await asyncio.wait_for(iterator.__anext__(), min(remaining, 15.0))
-            except asyncio.TimeoutError:
+                type_, event = await asyncio.wait_for(iterator.__anext__(), tick)
+            except TimeoutError:
                 transport = request.transport
                 if transport is None or transport.is_closing():
                     break
+                if bookmarks and loop.time() - last_bookmark >= BOOKMARK_SECONDS:
+                    # Nothing is queued for this watcher, so it has seen every change up to now.
+                    revision = str(registry.db.revision)
+                    last_bookmark = loop.time()
+                    await response.write(bookmark(revision))
                 continue
             except StopAsyncIteration:
                 break

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from turbok.cli.output import console, fail, print_data
+from turbok.cli.output import console, fail, print_data, say_error
 
 if TYPE_CHECKING:
     from turbok.client.rest import RestClient
@@ -74,9 +74,9 @@ def _deletions(original: dict[str, Any], modified: dict[str, Any]) -> dict[str, 
     for key, value in original.items():
         if key not in modified:
             out[key] = None
-        elif isinstance(value, dict) and isinstance(modified[key], dict):
-            if sub := _deletions(value, modified[key]):
-                out[key] = sub
+        elif isinstance(value, dict) and isinstance(modified[key], dict) and (sub := _deletions(value,
+                                                                                              modified[key])):
+            out[key] = sub
     return out
 
 
@@ -91,6 +91,19 @@ def _changes(current: Any, modified: dict[str, Any]) -> dict[str, Any]:
         elif live != value:
             out[key] = value
     return out
+
+
+def last_applied(doc: dict[str, Any]) -> str:
+    """The last-applied annotation exactly as kubectl writes it, so turbok and kubectl can take turns.
+
+    kubectl records the manifest without its own annotation (leaving an empty ``annotations``
+    map), as Go's encoder writes it: sorted keys, compact, HTML characters escaped, a newline.
+    """
+    recorded = json.loads(json.dumps(doc))
+    annotations = recorded.setdefault("metadata", {}).get("annotations") or {}
+    recorded["metadata"]["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
+    text = json.dumps(recorded, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026") + "\n"
 
 
 def three_way_patch(original: dict[str, Any], modified: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
@@ -153,7 +166,7 @@ def get(
         if col.get("priority", 0) == 0:
             view.add_column(col["name"].upper())
     for row in data["rows"]:
-        cells = [("" if c is None else str(c)) for c, col in zip(row["cells"], data["columnDefinitions"])
+        cells = [("" if c is None else str(c)) for c, col in zip(row["cells"], data["columnDefinitions"], strict=False)
                  if col.get("priority", 0) == 0]
         if show_ns:
             cells.insert(0, row.get("object", {}).get("metadata", {}).get("namespace", ""))
@@ -184,8 +197,7 @@ def apply(
                                    f"--namespace ({namespace})")
                 if res.namespaced:
                     md["namespace"] = ns
-                applied = json.dumps(doc, sort_keys=True, separators=(",", ":"))
-                md.setdefault("annotations", {})[LAST_APPLIED] = applied
+                md.setdefault("annotations", {})[LAST_APPLIED] = last_applied(doc)
                 try:
                     current = api.get(res, md["name"], ns)
                 except NotFound:
@@ -201,7 +213,7 @@ def apply(
                     console.print(f"{label} unchanged", highlight=False)
             except ApiError as e:
                 failed += 1
-                console.print(f"[red]error:[/] {label}: {e}", highlight=False, soft_wrap=True)
+                say_error(f"{label}: {e}")  # stderr, and no rich markup: messages hold [0]-style paths
     if failed:
         raise typer.Exit(1)
 

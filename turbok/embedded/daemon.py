@@ -79,9 +79,9 @@ def up(home: Home, *, timeout: float = 60.0) -> dict[str, Any]:
         raise DaemonError(f"a turbok process (pid {pid}) holds {home.root} but does not answer; "
                           f"stop it with `turbok down` or `kill {pid}`")
     home.endpoints.unlink(missing_ok=True)
-    log = open(home.log, "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "turbok", "serve"], stdin=subprocess.DEVNULL, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy())
+    with open(home.log, "ab") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "turbok", "serve"], stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy())
     home.pidfile.write_text(str(proc.pid))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -128,7 +128,7 @@ def stop_sandboxes(home: Home, *, remove: bool = False) -> int:
         ids = await runtime.list()
         results = await asyncio.gather(*((runtime.remove(i) if remove else runtime.stop(i)) for i in ids),
                                        return_exceptions=True)
-        for rid, result in zip(ids, results):
+        for rid, result in zip(ids, results, strict=True):
             if isinstance(result, Exception):
                 raise DaemonError(f"could not stop sandbox {rid}: {result}")
         return len(ids)

@@ -25,6 +25,7 @@ apiserver's handlers and, in-process, the embedded controllers.
 from __future__ import annotations
 
 import base64
+import builtins
 import copy
 import json
 import logging
@@ -35,7 +36,7 @@ from typing import Any
 from turbok.api import meta as m
 from turbok.api import schema
 from turbok.api.kinds import NAMESPACE, Kind, KindRegistry
-from turbok.api.patch import apply_patch
+from turbok.api.patch import apply_patch, check_patch_type
 from turbok.api.status import (
     AlreadyExists,
     BadRequest,
@@ -122,12 +123,19 @@ class ObjectRegistry:
                 continue
             if label_selector and not label_selector.matches(row.labels):
                 continue
-            if field_selector and not field_selector.matches({"metadata": {"name": name, "namespace": row_ns}}):
-                continue
+            obj = None
+            if field_selector:
+                if field_selector.metadata_only():
+                    if not field_selector.matches({"metadata": {"name": name, "namespace": row_ns}}):
+                        continue
+                else:
+                    obj = row.object()
+                    if not field_selector.matches(obj):
+                        continue
             if limit and len(items) >= limit:
                 remaining += 1
                 continue
-            items.append(row.object())
+            items.append(obj if obj is not None else row.object())
         token = ""
         if remaining and items:
             last = items[-1]["metadata"]
@@ -142,22 +150,29 @@ class ObjectRegistry:
         resource_version: str | None = None,
         label_selector: m.LabelSelector | None = None,
         field_selector: m.FieldSelector | None = None,
-    ) -> tuple[Watcher, list[Obj]]:
+    ) -> tuple[Watcher, builtins.list[Obj]]:
         """A watcher plus the objects to send first as ADDED (when no resourceVersion is given, or "0")."""
         ns = self._ns(kind, namespace) if namespace else None
 
-        def matches(ns_: str, name: str, labels: dict[str, str] | None) -> bool:
+        by_fields = field_selector is not None and not field_selector.metadata_only()
+
+        def matches(ns_: str, name: str, labels: dict[str, str] | None, ev: Event | None = None) -> bool:
             if labels is None:
                 return False
             if ns is not None and ns_ != ns:
                 return False
-            if field_selector and not field_selector.matches({"metadata": {"name": name, "namespace": ns_}}):
-                return False
+            if field_selector:
+                # Fields beyond name and namespace (an event's involvedObject.*) are read from the object as
+                # committed; only labels are compared before and after a change.
+                target = ev.object() if by_fields and ev is not None else {"metadata": {"name": name,
+                                                                                        "namespace": ns_}}
+                if not field_selector.matches(target):
+                    return False
             return not label_selector or label_selector.matches(labels)
 
         def filter_(ev: Event) -> str | None:
-            now_ = matches(ev.namespace, ev.name, ev.labels) if ev.type != "DELETED" else False
-            before = matches(ev.namespace, ev.name, ev.prev_labels)
+            now_ = matches(ev.namespace, ev.name, ev.labels, ev) if ev.type != "DELETED" else False
+            before = matches(ev.namespace, ev.name, ev.prev_labels, ev)
             if ev.type == "DELETED":
                 return "DELETED" if before else None
             if now_ and before:
@@ -184,7 +199,8 @@ class ObjectRegistry:
         md = obj["metadata"]
         for key in _SERVER_FIELDS:
             md.pop(key, None)
-        if not md.get("name") and md.get("generateName"):
+        generated = not md.get("name") and isinstance(md.get("generateName"), str) and bool(md["generateName"])
+        if generated:
             md["name"] = m.generate_name(md["generateName"])
         if kind.status_subresource and kind is not NAMESPACE:
             obj.pop("status", None)
@@ -197,6 +213,11 @@ class ObjectRegistry:
         ns = md.get("namespace", "")
         if kind.namespaced:
             self._check_namespace_open(ns)
+        # As kube-apiserver does, a generated name that collides is drawn again (a few times) before 409.
+        for _ in range(8 if generated else 0):
+            if self.db.get(kind.key, ns, name) is None:
+                break
+            name = md["name"] = m.generate_name(md["generateName"])
         if self.db.get(kind.key, ns, name) is not None:
             raise AlreadyExists(f'{kind.qualified} "{name}" already exists', kind=kind.plural,
                                 group=kind.group, name=name)
@@ -222,7 +243,12 @@ class ObjectRegistry:
         row = self._row(kind, new["metadata"].get("namespace", ""), name)
         current = row.object()
         rv = new["metadata"].get("resourceVersion")
-        if not rv and require_rv:
+        uid = new["metadata"].get("uid")
+        if uid and uid != current["metadata"].get("uid"):
+            raise Conflict(f"Precondition failed: UID in precondition: {uid}, UID in object meta: "
+                           f"{current['metadata'].get('uid')}", kind=kind.plural, group=kind.group, name=name)
+        # Custom resources need a resourceVersion on update; core Namespaces may be updated unconditionally.
+        if not rv and require_rv and kind is not NAMESPACE:
             raise Invalid.of(kind=kind.kind, group=kind.group, name=name, causes=[
                 Cause("metadata.resourceVersion", "Invalid value: 0x0: must be specified for an update")])
         if rv and str(rv) != str(row.rv):
@@ -239,6 +265,8 @@ class ObjectRegistry:
         else:
             merged = new
             md = merged["metadata"]
+            for key in ("selfLink", "managedFields"):
+                md.pop(key, None)
             for key in ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds",
                         "generation"):
                 if key in current["metadata"]:
@@ -256,9 +284,10 @@ class ObjectRegistry:
                     raise Invalid.of(kind=kind.kind, group=kind.group, name=name, causes=[Cause(
                         "metadata.finalizers", "Forbidden: no new finalizers can be added if the object is being "
                         "deleted", "FieldValueForbidden")])
-            if _body(merged) != _body(current):
-                md["generation"] = int(current["metadata"].get("generation", 1)) + 1
         self._admit(kind, merged, current, opts)
+        # Compared after pruning and defaulting: re-sending what the server defaulted is no change.
+        if subresource is None and _body(merged) != _body(current):
+            merged["metadata"]["generation"] = int(current["metadata"].get("generation", 1)) + 1
         merged["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
         if merged == current or opts.dry_run:
             return merged
@@ -268,6 +297,7 @@ class ObjectRegistry:
 
     def patch(self, kind: Kind, namespace: str | None, name: str, content_type: str, patch: Any, *,
               subresource: str | None = None, opts: WriteOptions | None = None) -> Obj:
+        check_patch_type(content_type, builtin=kind.group == "")  # 415 comes before 404, as in kube-apiserver
         current = self.get(kind, namespace or "", name)
         patched = apply_patch(current, content_type, patch, builtin=kind.group == "")
         if not isinstance(patched.get("metadata"), dict):
@@ -333,6 +363,7 @@ class ObjectRegistry:
 
     def patch_scale(self, kind: Kind, namespace: str, name: str, content_type: str, patch: Any, *,
                     opts: WriteOptions | None = None) -> Obj:
+        check_patch_type(content_type, builtin=True)
         current = self.get_scale(kind, namespace, name)
         patched = apply_patch(current, content_type, patch, builtin=True)
         return self.update_scale(kind, namespace, name, patched, opts=opts)
@@ -358,6 +389,8 @@ class ObjectRegistry:
             md = obj["metadata"] = {}
         if not isinstance(md, dict):
             raise BadRequest("metadata must be an object")
+        if md.get("namespace") is not None and not isinstance(md["namespace"], str):
+            raise BadRequest("metadata.namespace must be a string")
         if kind.namespaced:
             ns = md.get("namespace") or namespace or "default"
             if namespace and ns != namespace:
@@ -369,7 +402,7 @@ class ObjectRegistry:
         return obj
 
     def _admit(self, kind: Kind, obj: Obj, old: Obj | None, opts: WriteOptions) -> None:
-        dropped = schema.prune(obj, kind.schema)
+        dropped = m.prune_metadata(obj["metadata"]) + schema.prune(obj, kind.schema)
         if dropped and opts.field_validation == "Strict":
             listed = ", ".join(f'unknown field "{p}"' for p in dropped)
             raise BadRequest(f"{kind.kind} in version \"{kind.version}\" cannot be handled as a {kind.kind}: "

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,8 @@ from typing import Any
 from turbok.api.status import Gone
 
 __all__ = ["Event", "WatchHub", "Watcher"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -80,10 +83,12 @@ class Watcher:
             return
         self.closed = True
         self._hub._remove(self)
-        try:
-            self._queue.put_nowait(None)
-        except asyncio.QueueFull:
-            pass
+        if self._queue.full():
+            # The end marker must fit, or the reader would wait forever. Dropping the buffered events is
+            # safe: the client resumes from the last resourceVersion it saw and the history replays them.
+            while not self._queue.empty():
+                self._queue.get_nowait()
+        self._queue.put_nowait(None)
 
     def __aiter__(self) -> Watcher:
         return self
@@ -110,7 +115,13 @@ class WatchHub:
         for watcher in list(self._watchers.get(event.resource, ())):
             watcher._offer(event)
         for listener in self.listeners:
-            listener(event)
+            # The change is committed: a failing listener must not turn it into an error for the
+            # writer (who would retry a write that happened), nor starve the listeners after it.
+            try:
+                listener(event)
+            except Exception:
+                log.exception("watch listener %r failed on %s %s %s/%s", listener, event.type, event.resource,
+                              event.namespace, event.name)
 
     def subscribe(self, resource: str, from_rv: int | None, filter_: Filter) -> Watcher:
         """Watch ``resource`` from just after ``from_rv`` (None: from now)."""
