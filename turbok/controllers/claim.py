@@ -38,6 +38,7 @@ from turbok.controllers import labels as lb
 from turbok.controllers.base import DONE, Key, Reconciler, Result, requeue
 from turbok.controllers.blueprint import sandbox_from_template
 from turbok.controllers.client import Client, Obj
+from turbok.controllers.events import EventRecorder
 from turbok.controllers.injection import (
     ClaimError,
     apply_env,
@@ -54,8 +55,10 @@ MISSING_RECHECK = 60.0
 class ClaimReconciler(Reconciler):
     concurrency = 8
 
-    def __init__(self, client: Client, metrics: CollectorRegistry | None = None) -> None:
+    def __init__(self, client: Client, metrics: CollectorRegistry | None = None,
+                 events: EventRecorder | None = None) -> None:
         super().__init__(client)
+        self.events = events or EventRecorder(client)
         self.kind = client.kinds.by_kind(lb.EXTENSIONS_API, "SandboxClaim")
         self.sandbox_kind = client.kinds.by_kind(lb.SANDBOX_API, "Sandbox")
         self.pool_kind = client.kinds.by_kind(lb.EXTENSIONS_API, "SandboxWarmPool")
@@ -113,8 +116,11 @@ class ClaimReconciler(Reconciler):
             return await self._expire(claim, status)
         pool_key = (namespace, claim["spec"]["warmPoolRef"]["name"])
         result: Result = DONE
+        news: tuple[str, str] | None = None  # an event to record once the status is written
         try:
-            sandbox = await self._bound(claim) or await self._provision(claim)
+            sandbox = await self._bound(claim)
+            if sandbox is None:
+                sandbox, news = await self._provision(claim)
             self._waiting.get(pool_key, set()).discard((namespace, name))
             self._forward(claim, sandbox, status, gen)
         except ClaimError as e:
@@ -130,6 +136,8 @@ class ClaimReconciler(Reconciler):
             fresh["status"] = status
             await self.client.update_status(self.kind, fresh)
         self._observe(claim, status)
+        if news is not None:  # after the status write: recording must not delay Ready
+            await self.events.record(claim, *news)
         return result
 
     def _forward(self, claim: Obj, sandbox: Obj, status: Obj, gen: int | None) -> None:
@@ -191,7 +199,8 @@ class ClaimReconciler(Reconciler):
                              f'"{md["name"]}". Please use a different claim name or delete the sandbox manually')
         return None
 
-    async def _provision(self, claim: Obj) -> Obj:
+    async def _provision(self, claim: Obj) -> tuple[Obj, tuple[str, str]]:
+        """A sandbox for an unbound claim, adopted or cold-started, and the event that says which."""
         md, spec = claim["metadata"], claim["spec"]
         ns, pool_name = md["namespace"], spec["warmPoolRef"]["name"]
         pool = await self.client.try_get(self.pool_kind, ns, pool_name)
@@ -201,13 +210,15 @@ class ClaimReconciler(Reconciler):
         if not spec.get("env") and not spec.get("volumeClaimTemplates"):
             warm = await self._take_candidate((ns, pool_name))
             if warm is not None:
-                return await self._adopt(claim, warm, pod_metadata)
+                adopted = await self._adopt(claim, warm, pod_metadata)
+                return adopted, ("SandboxAdopted", f'Adopted warm pool Sandbox "{adopted["metadata"]["name"]}"')
         template_name = pool["spec"]["sandboxTemplateRef"]["name"]
         template = await self.client.try_get(self.template_kind, ns, template_name)
         if template is None:
             raise ClaimError("TemplateNotFound", f'SandboxTemplate "{template_name}" not found',
                              retry_after=MISSING_RECHECK)
-        return await self._cold_start(claim, template)
+        created = await self._cold_start(claim, template)
+        return created, ("SandboxProvisioned", f'Created Sandbox "{created["metadata"]["name"]}"')
 
     async def _take_candidate(self, pool: Key) -> Obj | None:
         """The oldest Ready sandbox of the pool, else the oldest starting one; None when the pool is empty."""
@@ -284,6 +295,8 @@ class ClaimReconciler(Reconciler):
         policy = (claim["spec"].get("lifecycle") or {}).get("shutdownPolicy", "Retain")
         m.set_condition(status, "Ready", False, "ClaimExpired", "Claim expired. Sandbox cleanup initiated.",
                         observed_generation=gen)
+        target = "its sandbox" if policy == "Retain" else "the claim"
+        await self.events.record(claim, "ClaimExpired", f"Claim expired; deleting {target} (ShutdownPolicy={policy})")
         if policy in ("Delete", "DeleteForeground"):
             await self._write(claim, status)
             await self.client.delete(self.kind, md["namespace"], md["name"], uid=md["uid"],

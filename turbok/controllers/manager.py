@@ -110,8 +110,12 @@ class Manager:
                 continue
             if obj is None:
                 obj = event.object()
-            for key in q.reconciler.related(kind, obj):
-                q.add(key)
+            try:
+                for key in q.reconciler.related(kind, obj):
+                    q.add(key)
+            except Exception:  # one reconciler's bug must not keep changes from the others
+                log.exception("%s.related failed on %s %s/%s", type(q.reconciler).__name__, event.resource,
+                              event.namespace, event.name)
 
     async def _worker(self, q: _Queue) -> None:
         name = type(q.reconciler).__name__

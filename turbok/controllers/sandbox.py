@@ -35,6 +35,7 @@ from turbok.api.kinds import Kind
 from turbok.controllers import labels as lb
 from turbok.controllers.base import DONE, Reconciler, Result, requeue
 from turbok.controllers.client import Client, Obj
+from turbok.controllers.events import EventRecorder
 from turbok.controllers.podspec import InvalidPodTemplate, plan_pod
 from turbok.controllers.startqueue import REFILL, URGENT, StartQueue
 from turbok.runtime.base import Isolation, Phase, Runtime, sandbox_id
@@ -59,8 +60,10 @@ def _isolation_condition(isolation: Isolation) -> tuple[str, str]:
 class SandboxReconciler(Reconciler):
     concurrency = 16
 
-    def __init__(self, client: Client, runtime: Runtime, starts: StartQueue | None = None) -> None:
+    def __init__(self, client: Client, runtime: Runtime, starts: StartQueue | None = None,
+                 events: EventRecorder | None = None) -> None:
         super().__init__(client)
+        self.events = events or EventRecorder(client)
         self.starts = starts or StartQueue()
         self.kind: Kind = client.kinds.by_kind(lb.SANDBOX_API, "Sandbox")
         self.runtime = runtime
@@ -203,14 +206,17 @@ class SandboxReconciler(Reconciler):
                 async with self.starts.slot(REFILL if in_pool else URGENT):
                     state = await self.runtime.start(plan.spec)
             except InvalidPodTemplate as e:
+                await self._warn_once(obj, status, e.reason, str(e))
                 m.set_condition(status, "Ready", False, e.reason, str(e), observed_generation=gen)
                 return None
             except ImageError as e:
                 # The image table or the images directory may change: look again later.
+                await self._warn_once(obj, status, "InvalidConfiguration", str(e))
                 m.set_condition(status, "Ready", False, "InvalidConfiguration", str(e), observed_generation=gen)
                 return 30.0
             except RuntimeError_ as e:
                 log.warning("sandbox %s/%s failed to start: %s", md["namespace"], md["name"], e)
+                await self.events.record(obj, "FailedStart", str(e), warning=True)
                 m.set_condition(status, "Ready", False, "DependenciesNotReady", f"Pod failed to start: {e}",
                                 observed_generation=gen)
                 return 5.0
@@ -231,6 +237,12 @@ class SandboxReconciler(Reconciler):
             status.pop("service", None)
             status.pop("serviceFQDN", None)
         return None
+
+    async def _warn_once(self, obj: Obj, status: Obj, reason: str, message: str) -> None:
+        """A Warning event for a refusal, unless the Ready condition already says the same."""
+        ready = m.condition({"status": status}, "Ready") or {}
+        if (ready.get("reason"), ready.get("message")) != (reason, message):
+            await self.events.record(obj, reason, message, warning=True)
 
     async def _write_status(self, obj: Obj, status: Obj) -> None:
         if status != (obj.get("status") or {}):

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from turbok.controllers.claim import ClaimReconciler
 from turbok.controllers.client import Client
+from turbok.controllers.events import EventExpiry, EventRecorder
 from turbok.controllers.garbage import GarbageCollector
 from turbok.controllers.manager import Manager
 from turbok.controllers.namespace import NamespaceReconciler
@@ -25,10 +26,12 @@ __all__ = ["ControllerSuite"]
 
 class ControllerSuite:
     def __init__(self, client: Client, runtime: Runtime, metrics: CollectorRegistry | None = None) -> None:
-        self.sandboxes = SandboxReconciler(client, runtime)
-        self.claims = ClaimReconciler(client, metrics=metrics)
+        events = EventRecorder(client)
+        self.sandboxes = SandboxReconciler(client, runtime, events=events)
+        self.claims = ClaimReconciler(client, metrics=metrics, events=events)
         self.pools = WarmPoolReconciler(client)
         self.collector = GarbageCollector(client)
+        self.expiry = EventExpiry(client)
         self.manager = Manager(
             client,
             [NamespaceReconciler(client), self.sandboxes, TemplateReconciler(client), self.pools, self.claims],
@@ -38,7 +41,9 @@ class ControllerSuite:
     async def start(self) -> None:
         await self.collector.start()
         await self.manager.start()
+        await self.expiry.start()
 
     async def stop(self) -> None:
+        await self.expiry.stop()
         await self.manager.stop()
         await self.collector.stop()

@@ -180,3 +180,20 @@ async def test_cluster_scoped_changes_do_not_trouble_the_claim_controller(cluste
     cluster.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "other"}})
     cluster.create(claim("after-ns"))
     await cluster.wait_condition(cluster.claim, "after-ns", "Ready")
+
+
+async def test_adoption_and_cold_start_are_recorded_as_events(cluster: Cluster) -> None:
+    await _ready_pool(cluster, replicas=1)
+    cluster.create(claim("warm"))
+    cluster.create(claim("cold", env=[{"name": "A", "value": "1"}]))
+    cluster.patch(cluster.template, "tpl", {"spec": {"envVarsInjectionPolicy": "Allowed"}})
+    await cluster.wait_condition(cluster.claim, "warm", "Ready")
+    await cluster.wait_condition(cluster.claim, "cold", "Ready")
+    event_kind = cluster.kinds.by_kind("v1", "Event")
+
+    def reasons(name: str) -> set[str]:
+        return {e["reason"] for e in cluster.registry.list(event_kind, "default").items
+                if e["involvedObject"]["name"] == name and e["involvedObject"]["kind"] == "SandboxClaim"}
+
+    await cluster.wait(lambda: "SandboxAdopted" in reasons("warm"), what="adoption event")
+    await cluster.wait(lambda: "SandboxProvisioned" in reasons("cold"), what="provisioning event")
