@@ -60,6 +60,9 @@ class Reconciler(abc.ABC):
     kind: Kind
     #: Workers reconciling different keys at once.
     concurrency: int = 2
+    #: Seconds to gather changes before reconciling a key (0: at once). For reconcilers whose
+    #: pass is costly and not on anyone's critical path, so that a burst costs one pass.
+    coalesce: float = 0.0
 
     def __init__(self, client: Client) -> None:
         self.client = client

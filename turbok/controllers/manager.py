@@ -97,10 +97,18 @@ class Manager:
                 timer.cancel()
             await q.reconciler.stop()
 
+    @staticmethod
+    def _wake(q: _Queue, key: Key) -> None:
+        delay = q.reconciler.coalesce
+        if delay > 0:
+            q.add_after(key, delay)
+        else:
+            q.add(key)
+
     def _route(self, event: ObjectEvent) -> None:
         own = self._by_kind.get(event.resource)
         if own is not None:
-            own.add((event.namespace, event.name))
+            self._wake(own, (event.namespace, event.name))
         kind = self.client.kinds.by_key(event.resource)
         if kind is None:
             return
@@ -112,7 +120,7 @@ class Manager:
                 obj = event.object()
             try:
                 for key in q.reconciler.related(kind, obj):
-                    q.add(key)
+                    self._wake(q, key)
             except Exception:  # one reconciler's bug must not keep changes from the others
                 log.exception("%s.related failed on %s %s/%s", type(q.reconciler).__name__, event.resource,
                               event.namespace, event.name)

@@ -103,7 +103,9 @@ class SandboxReconciler(Reconciler):
         """Revisit running sandboxes whose main process may have exited (the runtime has no events)."""
         while True:
             await asyncio.sleep(POLL_SECONDS)
-            for key, rid in list(self._running.items()):
+            for i, (key, rid) in enumerate(list(self._running.items())):
+                if i and i % 20 == 0:
+                    await asyncio.sleep(0)  # thousands of sandboxes: let requests in between
                 try:
                     state = await self.runtime.state(rid)
                 except RuntimeError_:

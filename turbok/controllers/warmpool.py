@@ -30,6 +30,8 @@ __all__ = ["WarmPoolReconciler"]
 
 class WarmPoolReconciler(Reconciler):
     concurrency = 2
+    # A pass lists every sandbox of the pool; at 20 claims/s one pass per 100 ms refills just as well.
+    coalesce = 0.1
 
     def __init__(self, client: Client) -> None:
         super().__init__(client)
