@@ -43,12 +43,13 @@ def _format(output: str, allowed: tuple[str, ...] = ("table", "json")) -> str:
 
 
 def _guard(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run ``fn``; usage errors exit 2, other conformance errors exit 1, with one line."""
+    """Run ``fn``; usage and kubeconfig errors exit 2, other conformance errors exit 1, with one line."""
+    from turbok.client.errors import KubeconfigError
     from turbok.conformance.errors import ConformanceError, UsageError
 
     try:
         return fn(*args, **kwargs)
-    except UsageError as e:
+    except (UsageError, KubeconfigError) as e:
         fail(str(e), code=2)
     except ConformanceError as e:
         fail(str(e), code=1)
@@ -185,11 +186,11 @@ def run(
         TimeElapsedColumn,
     )
 
+    from turbok.client.kubeconfig import load_kubeconfig
     from turbok.conformance import cleanup as cleanup_mod
     from turbok.conformance import reports
     from turbok.conformance.checks import CheckOptions
     from turbok.conformance.kube import KubeClient
-    from turbok.conformance.kubeconfig import load_kubeconfig
     from turbok.conformance.runner import Runner, RunSettings
 
     fmt = _format(output)

@@ -24,7 +24,7 @@ __all__ = ["register"]
 
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 
-KubeconfigOpt = typer.Option(None, "--kubeconfig", help="Kubeconfig (default: $KUBECONFIG, then turbok's own).")
+KubeconfigOpt = typer.Option(None, "--kubeconfig", help="Kubeconfig (default: $KUBECONFIG, then turbok's own, then ~/.kube/config).")
 ContextOpt = typer.Option(None, "--context", help="Kubeconfig context.")
 NamespaceOpt = typer.Option(None, "--namespace", "-n", help="Namespace (default: the context's).")
 
@@ -33,7 +33,8 @@ def connect(kubeconfig: Path | None, context: str | None) -> RestClient:
     from turbok.client.kubeconfig import load_kubeconfig
     from turbok.client.rest import RestClient
 
-    return RestClient(load_kubeconfig(kubeconfig, context))
+    # turbok's own kubeconfig (from `turbok up`) comes before ~/.kube/config
+    return RestClient(load_kubeconfig(kubeconfig, context, turbok_home=True))
 
 
 def _documents(paths: list[Path]) -> list[dict[str, Any]]:
@@ -138,7 +139,7 @@ def get(
 
     with connect(kubeconfig, context) as api:
         res = api.resource(kind)
-        ns = None if (all_namespaces or not res.namespaced) else (namespace or api.creds.namespace)
+        ns = None if (all_namespaces or not res.namespaced) else (namespace or api.config.namespace)
         table = output == "table"
         if name:
             data = api.get(res, name, ns, table=table)
@@ -191,7 +192,7 @@ def apply(
             label = f"{doc['kind'].lower()}/{md.get('name', '?')}"
             try:
                 res = api.resource_for(doc["apiVersion"], doc["kind"])
-                ns = (md.get("namespace") or namespace or api.creds.namespace) if res.namespaced else None
+                ns = (md.get("namespace") or namespace or api.config.namespace) if res.namespaced else None
                 if namespace and md.get("namespace") and md["namespace"] != namespace:
                     raise ApiError(f"the namespace from the object ({md['namespace']}) does not match "
                                    f"--namespace ({namespace})")
@@ -236,10 +237,10 @@ def delete(
             for doc in _documents(filename):
                 res = api.resource_for(doc["apiVersion"], doc["kind"])
                 md = doc.get("metadata") or {}
-                targets.append((res, md.get("name", ""), md.get("namespace") or namespace or api.creds.namespace))
+                targets.append((res, md.get("name", ""), md.get("namespace") or namespace or api.config.namespace))
         elif kind and names:
             res = api.resource(kind)
-            targets = [(res, n, namespace or api.creds.namespace) for n in names]
+            targets = [(res, n, namespace or api.config.namespace) for n in names]
         else:
             fail("name the objects: `turbok delete KIND NAME...` or `turbok delete -f FILE`")
         for res, name, ns in targets:

@@ -30,7 +30,7 @@ def _connect(name: str, namespace: str | None, kubeconfig: Path | None, context:
     from turbok.sdk.client import SandboxConnection
 
     with connect(kubeconfig, context) as api:
-        ns = namespace or api.creds.namespace
+        ns = namespace or api.config.namespace
         sandbox = name
         try:
             claim = api.get(api.resource("sandboxclaims.extensions.agents.x-k8s.io"), name, ns)
@@ -46,10 +46,10 @@ def _connect(name: str, namespace: str | None, kubeconfig: Path | None, context:
                 api.get(api.resource("sandboxes.agents.x-k8s.io"), name, ns)
             except NotFound:
                 fail(f"no SandboxClaim or Sandbox named {name!r} in namespace {ns}")
-        creds = api.creds
-    if not creds.router:
+        config = api.config
+    if not config.router_url:
         fail("the kubeconfig names no turbok router (extension turbok.dev/router); is this a turbok control plane?")
-    return SandboxConnection(creds.router, creds.token or "", ns, sandbox, timeout=None)
+    return SandboxConnection(config.router_url, config.bearer_token() or "", ns, sandbox, timeout=None)
 
 
 @app.command("exec")

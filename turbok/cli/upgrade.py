@@ -131,8 +131,7 @@ def _paths(manifests: list[str] | None, paths: list[str] | None) -> list[str]:
 def _read_cluster(kubeconfig: Path, context: str | None, *, kubectl: Version | None, objects: bool,
                   helm: bool) -> tuple[ClusterSnapshot, list[ManifestObject]]:
     from turbok.upgrade.apis import api_catalog
-    from turbok.upgrade.cluster import ClusterReader
-    from turbok.upgrade.kubeconfig import connect
+    from turbok.upgrade.cluster import ClusterReader, connect
 
     conn = connect(kubeconfig, context=context)
     with conn.client, err_console.status(f"Reading {conn.server} ...", spinner="dots"):

@@ -3,7 +3,8 @@
 Discovery maps what users type (``sandboxclaim``, ``swp``, ``sandboxes.agents.x-k8s.io``)
 to resources; verbs map ``Status`` answers back to ``turbok.api.status``
 errors, so a 422 arrives as ``Invalid`` with its causes. Works against the
-embedded control plane and against any Kubernetes API server.
+embedded control plane and against any Kubernetes API server. The connection
+(TLS, credentials kept fresh) comes from ``kubeconfig.ClusterConfig.http_client``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from typing import Any
 import httpx
 
 from turbok.api import status as st
-from turbok.client.kubeconfig import Credentials
-from turbok.errors import TurbokError
+from turbok.client.errors import ConnectionFailed
+from turbok.client.kubeconfig import ClusterConfig
 
 __all__ = ["ApiResource", "ConnectionFailed", "RestClient"]
 
@@ -27,10 +28,6 @@ _BY_CODE: dict[int, type[st.ApiError]] = {
     400: st.BadRequest, 401: st.Unauthorized, 403: st.Forbidden, 404: st.NotFound, 405: st.MethodNotAllowed,
     410: st.Gone, 415: st.UnsupportedMediaType, 422: st.Invalid,
 }
-
-
-class ConnectionFailed(TurbokError):
-    """The API server could not be reached."""
 
 
 @dataclass(frozen=True)
@@ -76,10 +73,15 @@ def _error(response: httpx.Response) -> st.ApiError:
 
 
 class RestClient:
-    def __init__(self, creds: Credentials, *, timeout: float = 30.0) -> None:
-        self.creds = creds
-        self._http = httpx.Client(base_url=creds.server, headers=creds.headers(), verify=creds.verify(),
-                                  cert=creds.cert(), timeout=timeout)
+    """Synchronous client for the cluster of ``config``; close it (or use ``with``).
+
+    Raises ``KubeconfigError`` when the credentials cannot be produced (here, or
+    on a request when a token file or exec plugin fails later).
+    """
+
+    def __init__(self, config: ClusterConfig, *, timeout: float = 30.0) -> None:
+        self.config = config
+        self._http = config.http_client(timeout=timeout)
         self._resources: list[ApiResource] | None = None
 
     def close(self) -> None:
@@ -101,7 +103,7 @@ class RestClient:
         try:
             response = self._http.request(method, path, content=content, params=params, headers=hdrs)
         except httpx.HTTPError as e:
-            raise ConnectionFailed(f"cannot reach the API server at {self.creds.server}: {e}") from e
+            raise ConnectionFailed(f"cannot reach the API server at {self.config.server}: {e}") from e
         if response.status_code >= 400:
             raise _error(response)
         return response.json() if response.content else None
@@ -188,4 +190,4 @@ class RestClient:
                     if line.strip():
                         yield json.loads(line)
         except httpx.HTTPError as e:
-            raise ConnectionFailed(f"watch on {self.creds.server} broke: {e}") from e
+            raise ConnectionFailed(f"watch on {self.config.server} broke: {e}") from e

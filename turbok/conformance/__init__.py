@@ -1,11 +1,12 @@
 """AI conformance: check a cluster against the Certified Kubernetes AI Conformance requirements.
 
 A client of whichever cluster it checks: it talks HTTP to the Kubernetes API
-(``kube``, ``kubeconfig``) and never imports turbok's store, API server or
+(``kube``, over ``turbok.client.kubeconfig``, which finds the cluster and
+credentials as kubectl does; ``ClusterConfig`` and ``load_kubeconfig`` are
+re-exported from there) and never imports turbok's store, API server or
 controllers. Modules, by noun:
 
     catalog       the official checklists (packaged YAML) and draft requirements
-    kubeconfig    finding the cluster and credentials, as kubectl does
     kube          a small REST client: discovery, CRUD, logs, service proxy
     checks/       one automated check per requirement, a module per area
     runner        runs the checks of one checklist, always cleans up
@@ -18,6 +19,7 @@ controllers. Modules, by noun:
 Callers: ``turbok conformance`` (``turbok.cli.conformance``) and the tests.
 """
 
+from turbok.client.kubeconfig import ClusterConfig, load_kubeconfig
 from turbok.conformance.catalog import (
     Checklist,
     Requirement,
@@ -29,7 +31,6 @@ from turbok.conformance.catalog import (
 from turbok.conformance.checks import CheckOptions
 from turbok.conformance.errors import ConformanceError
 from turbok.conformance.kube import KubeClient
-from turbok.conformance.kubeconfig import ClusterConfig, load_kubeconfig
 from turbok.conformance.reports import write_reports
 from turbok.conformance.results import CheckResult, RunReport, Status
 from turbok.conformance.runner import Runner, RunSettings

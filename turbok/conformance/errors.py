@@ -1,9 +1,11 @@
 """Errors of the AI conformance checker, one tree under ``TurbokError``.
 
-Who raises what: ``catalog`` raises ``UnsupportedVersionError``; ``kubeconfig``
-raises ``KubeconfigError``; ``kube`` maps every HTTP failure to a ``ClusterError``
-subclass (``raise ... from`` the httpx error); the CLI turns ``UsageError``
-subclasses into exit code 2 and every other ``ConformanceError`` into exit code 1.
+Who raises what: ``catalog`` raises ``UnsupportedVersionError``; ``kube`` maps
+every HTTP failure to a ``ClusterError`` subclass (``raise ... from`` the httpx
+error). Kubeconfig problems (no file, no context, a failing exec plugin) are
+``turbok.client.errors.KubeconfigError``, from the shared kubeconfig reader,
+outside this tree. The CLI turns ``UsageError`` subclasses and ``KubeconfigError``
+into exit code 2 and every other ``ConformanceError`` into exit code 1.
 A check that meets an unexpected ``ClusterError`` ends ``Unknown``; it never
 crashes the run. Validation findings are data (``validator.Finding``), not errors.
 
@@ -11,7 +13,6 @@ crashes the run. Validation findings are data (``validator.Finding``), not error
     └── ConformanceError
         ├── UsageError                  the command line asks for something impossible (exit 2)
         │   ├── UnsupportedVersionError no checklist for that Kubernetes version
-        │   ├── KubeconfigError         no usable kubeconfig, context or credentials
         │   └── InvalidOptionError      a bad --focus/--skip pattern, a bad option value
         ├── ProductFileError            PRODUCT.yaml cannot be read or is not a YAML mapping
         └── ClusterError                talking to the cluster failed
@@ -41,7 +42,6 @@ __all__ = [
     "ForbiddenError",
     "InvalidError",
     "InvalidOptionError",
-    "KubeconfigError",
     "NotFoundError",
     "ProductFileError",
     "UnsupportedVersionError",
@@ -60,10 +60,6 @@ class UsageError(ConformanceError):
 
 class UnsupportedVersionError(UsageError):
     """No checklist exists for the requested or detected Kubernetes version."""
-
-
-class KubeconfigError(UsageError):
-    """No usable kubeconfig, context, cluster or credentials."""
 
 
 class InvalidOptionError(UsageError):

@@ -10,8 +10,11 @@ REST paths does all of that in one place, with one error mapping
 Objects are plain dicts (``apiVersion``, ``kind``, ``metadata``...). Kinds are
 resolved to REST paths through discovery, cached per client. Callers: the
 runner, the checks (through ``checks.base.CheckContext``) and cleanup.
-Contract: every method either returns or raises a ``ClusterError``; none
-retries except ``list`` following ``continue`` tokens.
+Contract: every method either returns or raises a ``ClusterError`` (or the
+``turbok.client`` ``KubeconfigError`` when the credentials cannot be produced,
+such as a failing exec plugin); none retries except ``list`` following
+``continue`` tokens and the credential refresh after a 401 from an exec plugin's
+cached token.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from urllib.parse import quote
 
 import httpx
 
+from turbok.client.kubeconfig import ClusterConfig
 from turbok.conformance.errors import (
     ApiError,
     ClusterError,
@@ -30,7 +34,6 @@ from turbok.conformance.errors import (
     NotFoundError,
     api_error_for,
 )
-from turbok.conformance.kubeconfig import ClusterConfig
 
 __all__ = ["ApiResource", "Discovery", "KubeClient", "split_api_version"]
 
@@ -167,20 +170,10 @@ class KubeClient:
 
     def __init__(self, config: ClusterConfig, *, timeout: float = 30.0) -> None:
         self.config = config
-        self._sni = {"sni_hostname": config.tls_server_name} if config.tls_server_name else {}
-        auth = None
-        if config.username and config.password:
-            auth = httpx.BasicAuth(config.username, config.password)
-        verify = config.ssl_context()  # may raise KubeconfigError for unusable certificates
-        self._http = httpx.Client(
-            base_url=config.server,
-            verify=verify,
-            auth=auth,
-            timeout=timeout,
-            proxy=config.proxy_url,
-            headers={"User-Agent": _USER_AGENT},
-            trust_env=False,
-        )
+        # TLS, credentials (fresh per request), proxy-url and tls-server-name come from the kubeconfig;
+        # may raise KubeconfigError (unusable certificates, a failing exec plugin). The environment's
+        # proxies are ignored: only the kubeconfig says how to reach the cluster.
+        self._http = config.http_client(timeout=timeout, headers={"User-Agent": _USER_AGENT}, trust_env=False)
         self.discovery = Discovery(self)
 
     def __enter__(self) -> KubeClient:
@@ -207,9 +200,6 @@ class KubeClient:
     ) -> httpx.Response:
         """One API call; a failure status becomes the matching ``ApiError``."""
         headers = {"Accept": accept}
-        token = self.config.bearer_token()
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
         content = None
         if body is not None:
             headers["Content-Type"] = content_type
@@ -218,9 +208,7 @@ class KubeClient:
         if timeout is not None:
             kwargs["timeout"] = timeout
         try:
-            resp = self._http.request(
-                method, path, params=params, content=content, headers=headers, extensions=self._sni or None, **kwargs
-            )
+            resp = self._http.request(method, path, params=params, content=content, headers=headers, **kwargs)
         except httpx.TimeoutException as e:
             raise ClusterUnreachableError(f"{method} {self.config.server}{path}: timed out") from e
         except httpx.TransportError as e:

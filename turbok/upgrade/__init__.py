@@ -11,7 +11,8 @@ What belongs here (one module per noun):
 * ``apis``       the deprecated/removed API data (``data/deprecated_apis.yaml``, with sources)
 * ``manifests``  objects out of YAML/JSON files, Helm output and Lists
 * ``checker``    findings (removed/deprecated APIs, skew, feature gates) and exit codes
-* ``kubeconfig`` / ``cluster``  reading a live cluster over its REST API
+* ``cluster``    reading a live cluster over its REST API (``connect`` reads the kubeconfig
+  through ``turbok.client.kubeconfig``)
 * ``report``     tables for people, dicts for JSON
 * ``errors``     this part's error tree
 

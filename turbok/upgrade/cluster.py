@@ -17,7 +17,9 @@ What is read, and what each read is for:
 
 Reads that the cluster refuses (RBAC) or does not serve become notes, never
 failures; only an unreachable or unauthenticated apiserver is an error.
-Called by the CLI with a ``kubeconfig.Connection``.
+``connect`` opens the connection from a kubeconfig (read by
+``turbok.client.kubeconfig``, whose errors become ``ClusterError`` here); the
+CLI hands its client to ``ClusterReader``.
 """
 
 from __future__ import annotations
@@ -30,11 +32,14 @@ import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from turbok.client.errors import KubeconfigError
+from turbok.client.kubeconfig import load_kubeconfig
 from turbok.upgrade.checker import FeatureGate
 from turbok.upgrade.emulation import ControlPlaneVersion
 from turbok.upgrade.errors import ClusterError, ManifestError, PlanRefusedError, VersionError
@@ -42,7 +47,7 @@ from turbok.upgrade.manifests import ManifestObject, objects_from_text
 from turbok.upgrade.skew import ClusterVersions, Component, Instance
 from turbok.upgrade.versions import Version, parse_version
 
-__all__ = ["ClusterReader", "ClusterSnapshot", "parse_feature_gates"]
+__all__ = ["ClusterReader", "ClusterSnapshot", "Connection", "connect", "parse_feature_gates"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,30 @@ _NOT_LISTED = {"Event", "Lease", "LeaseCandidate", "EndpointSlice", "IPAddress",
                "SubjectAccessReview", "SelfSubjectAccessReview", "LocalSubjectAccessReview",
                "SelfSubjectRulesReview", "SelfSubjectReview", "ControllerRevision", "CertificateSigningRequest",
                "StorageVersionMigration", "PodCertificateRequest", "ResourcePoolStatusRequest"}
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where the cluster is, which context was used, and a client for it (the caller closes it)."""
+
+    server: str
+    context: str
+    client: httpx.Client
+
+
+def connect(path: Path, *, context: str | None = None, timeout_s: float = 30.0) -> Connection:
+    """An ``httpx.Client`` authenticated as the kubeconfig's user for ``context`` (default: current).
+
+    Token files and exec plugins are read or run once here, so credential
+    problems are a ``ClusterError`` now rather than on the first request.
+    """
+    try:
+        config = load_kubeconfig(path, context)
+        client = config.http_client(timeout=timeout_s, follow_redirects=False,
+                                    headers={"Accept": "application/json", "User-Agent": "turbok-upgrade"})
+    except KubeconfigError as e:
+        raise ClusterError(str(e)) from e
+    return Connection(server=config.server, context=config.context, client=client)
 
 
 @dataclass
@@ -125,6 +154,8 @@ class ClusterReader:
             r = self.client.get(path, params=params, headers=headers)
         except httpx.HTTPError as e:
             raise ClusterError(f"cannot reach the apiserver at {self.server}: {e}") from e
+        except KubeconfigError as e:  # a token file or exec plugin that failed since connect()
+            raise ClusterError(str(e)) from e
         if r.status_code == 401:
             raise ClusterError(f"the apiserver at {self.server} refused the kubeconfig's credentials (401 Unauthorized)")
         if r.status_code >= 400:

@@ -75,7 +75,7 @@ def test_apply_get_delete_and_bad_input(control_plane: ControlPlaneProcess, tmp_
     bad = tmp_path / "bad.yaml"
     bad.write_text(manifest.read_text().replace("replicas: 0", "replicas: lots").replace("name: p", "name: q"))
     result = turbok("apply", "-n", ns, "-f", str(bad), env=env)
-    assert result.returncode == 1 and "spec.replicas" in result.stdout
+    assert result.returncode == 1 and "spec.replicas" in result.stdout + result.stderr
     assert turbok("get", "swp", "q", "-n", ns, env=env).returncode == 1, "nothing was stored"
     assert "not found" in _one_error_line(turbok("get", "swp", "q", "-n", ns, env=env))
     assert "no such file" in _one_error_line(turbok("apply", "-f", str(tmp_path / "missing.yaml"), env=env))

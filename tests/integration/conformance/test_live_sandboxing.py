@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from turbok.client.kubeconfig import load_kubeconfig
 from turbok.conformance.kube import KubeClient
-from turbok.conformance.kubeconfig import load_kubeconfig
 
 pytestmark = pytest.mark.integration
 

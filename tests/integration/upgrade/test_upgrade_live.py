@@ -18,8 +18,7 @@ from typer.testing import CliRunner
 from tests.doubles import KubeApiDouble, Reject
 from turbok.cli.main import app
 from turbok.upgrade.apis import api_catalog
-from turbok.upgrade.cluster import ClusterReader
-from turbok.upgrade.kubeconfig import connect
+from turbok.upgrade.cluster import ClusterReader, connect
 from turbok.upgrade.skew import Component
 
 pytestmark = pytest.mark.integration

@@ -14,9 +14,9 @@ from typing import Any
 
 from tests.doubles import KubeApiDouble
 from tests.doubles.ai_cluster import AiClusterDouble
+from turbok.client.kubeconfig import load_kubeconfig
 from turbok.conformance.checks import CheckOptions
 from turbok.conformance.kube import KubeClient
-from turbok.conformance.kubeconfig import load_kubeconfig
 from turbok.conformance.results import RunReport
 from turbok.conformance.runner import Runner, RunSettings
 

@@ -13,10 +13,10 @@ from aiohttp import web
 from tests.doubles import KubeApiDouble, Reject
 from tests.doubles.kube_store import Event
 from tests.unit.conformance.support import Cluster, fast_options
+from turbok.client.kubeconfig import load_kubeconfig
 from turbok.conformance.checks import REGISTRY
 from turbok.conformance.errors import InvalidOptionError
 from turbok.conformance.kube import KubeClient
-from turbok.conformance.kubeconfig import load_kubeconfig
 from turbok.conformance.results import CheckResult, Status
 from turbok.conformance.runner import Runner, RunSettings
 

@@ -1,4 +1,7 @@
-"""The kubeconfig loader and the REST client, against the API double on loopback (HTTP and mutual TLS)."""
+"""The REST client, against the API double on loopback (HTTP and mutual TLS).
+
+Reading kubeconfigs (merging, contexts, tokens, exec plugins, TLS material) is tested once, in tests/unit/client.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ import datetime as dt
 import ipaddress
 import json
 import ssl
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +17,14 @@ import pytest
 import yaml
 
 from tests.doubles import KubeApiDouble
+from turbok.client.kubeconfig import load_kubeconfig
 from turbok.conformance.errors import (
     AlreadyExistsError,
     ClusterUnreachableError,
     ForbiddenError,
-    KubeconfigError,
     NotFoundError,
 )
 from turbok.conformance.kube import KubeClient
-from turbok.conformance.kubeconfig import load_kubeconfig
 
 FIXTURE: dict[str, Any] = {
     "version": {"major": "1", "minor": "35", "gitVersion": "v1.35.1"},
@@ -51,82 +52,6 @@ def _kc(server: str, user: dict[str, Any], cluster_extra: dict[str, Any] | None 
     return {"apiVersion": "v1", "kind": "Config", "current-context": name,
             "clusters": [{"name": name, "cluster": {"server": server, **(cluster_extra or {})}}],
             "users": [{"name": name, "user": user}], "contexts": [{"name": name, "context": {"cluster": name, "user": name}}]}
-
-
-# -- kubeconfig -----------------------------------------------------------------------------------
-
-
-def test_kubeconfig_merge_and_context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    a = _config(tmp_path / "a", {**_kc("https://a.example", {"token": "ta"}, name="a"), "current-context": "a"})
-    b = _config(tmp_path / "b", {**_kc("https://b.example", {"token": "tb"}, name="b"), "current-context": "b"})
-    monkeypatch.setenv("KUBECONFIG", f"{a}:{tmp_path / 'missing'}:{b}")
-    cfg = load_kubeconfig()
-    assert (cfg.context, cfg.server, cfg.bearer_token()) == ("a", "https://a.example", "ta")
-    cfg = load_kubeconfig(context="b")
-    assert (cfg.context, cfg.server, cfg.bearer_token(), cfg.source) == ("b", "https://b.example", "tb", f"{a}:{b}")
-    with pytest.raises(KubeconfigError, match=r"context 'c' not found in the kubeconfig \(contexts: a, b\)"):
-        load_kubeconfig(context="c")
-
-
-def test_kubeconfig_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("KUBECONFIG", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    with pytest.raises(KubeconfigError, match="no kubeconfig found"):
-        load_kubeconfig()
-    with pytest.raises(KubeconfigError, match="does not exist"):
-        load_kubeconfig(tmp_path / "nope")
-    bad = tmp_path / "bad"
-    bad.write_text("clusters: [\n")
-    with pytest.raises(KubeconfigError, match="not valid YAML"):
-        load_kubeconfig(bad)
-    no_ctx = _config(tmp_path / "noctx", {**_kc("https://x", {}), "current-context": ""})
-    with pytest.raises(KubeconfigError, match="has no current-context: pass --context"):
-        load_kubeconfig(no_ctx)
-    legacy = _config(tmp_path / "legacy", _kc("https://x", {"auth-provider": {"name": "gcp"}}))
-    with pytest.raises(KubeconfigError, match="removed auth-provider 'gcp'.*gke-gcloud-auth-plugin"):
-        load_kubeconfig(legacy)
-    dangling = _kc("https://x", {})
-    dangling["contexts"][0]["context"]["cluster"] = "elsewhere"
-    with pytest.raises(KubeconfigError, match="names cluster 'elsewhere'"):
-        load_kubeconfig(_config(tmp_path / "dangling", dangling))
-
-
-def test_token_file_and_relative_paths(tmp_path: Path) -> None:
-    (tmp_path / "creds").mkdir()
-    (tmp_path / "creds" / "token").write_text("from-file\n")
-    (tmp_path / "ca.crt").write_bytes(b"---CA---")
-    cfg = load_kubeconfig(_config(tmp_path / "kc", _kc("https://x", {"tokenFile": "creds/token"}, {"certificate-authority": "ca.crt"})))
-    assert cfg.bearer_token() == "from-file" and cfg.ca_pem == b"---CA---"
-
-
-def test_router_extension(tmp_path: Path) -> None:
-    ext = {"extensions": [{"name": "turbok.dev/router", "extension": {"url": "http://127.0.0.1:7777/"}}]}
-    assert load_kubeconfig(_config(tmp_path / "kc", _kc("http://127.0.0.1:7000", {}, ext))).router_url == "http://127.0.0.1:7777"
-    assert load_kubeconfig(_config(tmp_path / "kc2", _kc("http://127.0.0.1:7000", {}))).router_url is None
-
-
-def test_exec_plugin(tmp_path: Path) -> None:
-    api = KubeApiDouble(FIXTURE, token="exec-token")
-    plugin = tmp_path / "plugin.py"
-    plugin.write_text(
-        "import json, os, sys\n"
-        "info = json.loads(os.environ['KUBERNETES_EXEC_INFO'])\n"
-        "assert info['kind'] == 'ExecCredential'\n"
-        "open(os.environ['COUNT'], 'a').write('x')\n"
-        "print(json.dumps({'apiVersion': info['apiVersion'], 'kind': 'ExecCredential', "
-        "'status': {'token': sys.argv[1], 'expirationTimestamp': '2999-01-01T00:00:00Z'}}))\n")
-    with api.running():
-        exec_ = {"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": sys.executable,
-                          "args": [str(plugin), "exec-token"], "env": [{"name": "COUNT", "value": str(tmp_path / "count")}]}}
-        cfg = load_kubeconfig(_config(tmp_path / "kc", _kc(api.url, exec_)))
-        with KubeClient(cfg) as client:
-            assert client.version()["gitVersion"] == "v1.35.1"
-            client.version()
-        assert (tmp_path / "count").read_text() == "x"  # cached until it expires
-    broken = _kc("http://127.0.0.1:9", {"exec": {"command": "turbok-no-such-plugin"}})
-    with pytest.raises(KubeconfigError, match="'turbok-no-such-plugin' is not installed"):
-        load_kubeconfig(_config(tmp_path / "kc2", broken)).bearer_token()
 
 
 # -- REST client ---------------------------------------------------------------------------------

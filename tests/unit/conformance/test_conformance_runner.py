@@ -9,10 +9,10 @@ import pytest
 
 from tests.doubles import KubeApiDouble
 from tests.unit.conformance.support import Cluster, fast_options
+from turbok.client.kubeconfig import load_kubeconfig
 from turbok.conformance.cleanup import MANAGED_BY_SELECTOR, sweep
 from turbok.conformance.errors import InvalidOptionError, UnsupportedVersionError
 from turbok.conformance.kube import KubeClient
-from turbok.conformance.kubeconfig import load_kubeconfig
 from turbok.conformance.results import Status
 from turbok.conformance.runner import Runner, RunSettings, select
 
