@@ -28,6 +28,7 @@ import datetime as dt
 import logging
 import socket
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from turbok.api import meta as m
@@ -38,7 +39,7 @@ from turbok.controllers.client import Client, Obj
 from turbok.controllers.events import EventRecorder
 from turbok.controllers.podspec import InvalidPodTemplate, plan_pod
 from turbok.controllers.startqueue import REFILL, URGENT, StartQueue
-from turbok.runtime.base import Isolation, Phase, Runtime, sandbox_id
+from turbok.runtime.base import Isolation, Phase, Runtime, SandboxSpec, sandbox_id
 from turbok.runtime.errors import ImageError, RuntimeError_
 
 __all__ = ["SandboxReconciler"]
@@ -70,6 +71,7 @@ class SandboxReconciler(Reconciler):
         self.node_name = socket.gethostname()
         self._ids: dict[tuple[str, str], str] = {}
         self._running: dict[tuple[str, str], str] = {}
+        self._boots: dict[tuple[str, str], _Boot] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._poller: asyncio.Task[None] | None = None
 
@@ -91,6 +93,8 @@ class SandboxReconciler(Reconciler):
     async def stop(self) -> None:
         if self._poller:
             self._poller.cancel()
+        for boot in self._boots.values():
+            boot.task.cancel()
         if self._background:
             await asyncio.wait(self._background, timeout=30)
 
@@ -128,6 +132,9 @@ class SandboxReconciler(Reconciler):
         key = (namespace, name)
         obj = await self.client.try_get(self.kind, namespace, name)
         if obj is None or obj["metadata"].get("deletionTimestamp"):
+            boot = self._boots.pop(key, None)
+            if boot is not None:
+                boot.task.cancel()  # still waiting for a slot, most likely; the teardown below cleans up
             if key in self._ids:
                 self._spawn(self._teardown(key, keep_disk=False))
                 if obj is None:
@@ -201,29 +208,46 @@ class SandboxReconciler(Reconciler):
                 m.set_condition(status, "Finished", True, reason, message, observed_generation=gen)
                 m.set_condition(status, "Ready", False, reason, message, observed_generation=gen)
                 return None
-            try:
-                plan = plan_pod(sandbox_id=rid, name=md["name"], pod_template=spec.get("podTemplate") or {})
+            boot = self._boots.get(key)
+            if boot is None:
+                try:
+                    plan = plan_pod(sandbox_id=rid, name=md["name"], pod_template=spec.get("podTemplate") or {})
+                except InvalidPodTemplate as e:
+                    await self._warn_once(obj, status, e.reason, str(e))
+                    m.set_condition(status, "Ready", False, e.reason, str(e), observed_generation=gen)
+                    return None
+                if plan.notes:
+                    log.info("sandbox %s/%s: %s", md["namespace"], md["name"], "; ".join(plan.notes))
                 # A warm pool's refill waits for claims and users: their sandboxes boot first.
                 in_pool = lb.WARM_POOL_SANDBOX in (md.get("labels") or {})
-                async with self.starts.slot(REFILL if in_pool else URGENT):
-                    state = await self.runtime.start(plan.spec)
-            except InvalidPodTemplate as e:
-                await self._warn_once(obj, status, e.reason, str(e))
-                m.set_condition(status, "Ready", False, e.reason, str(e), observed_generation=gen)
-                return None
-            except ImageError as e:
-                # The image table or the images directory may change: look again later.
-                await self._warn_once(obj, status, "InvalidConfiguration", str(e))
-                m.set_condition(status, "Ready", False, "InvalidConfiguration", str(e), observed_generation=gen)
-                return 30.0
-            except RuntimeError_ as e:
-                log.warning("sandbox %s/%s failed to start: %s", md["namespace"], md["name"], e)
-                await self.events.record(obj, "FailedStart", str(e), warning=True)
-                m.set_condition(status, "Ready", False, "DependenciesNotReady", f"Pod failed to start: {e}",
+                self._boots[key] = _Boot(asyncio.create_task(
+                    self._boot(key, plan.spec, REFILL if in_pool else URGENT)))
+                m.set_condition(status, "Ready", False, "DependenciesNotReady", "Pod exists with phase: Pending",
                                 observed_generation=gen)
-                return 5.0
-            if plan.notes:
-                log.info("sandbox %s/%s: %s", md["namespace"], md["name"], "; ".join(plan.notes))
+                return None
+            if not boot.task.done():
+                return None  # the boot re-queues this sandbox when it ends
+            error = boot.task.result()
+            if error is not None:
+                now = asyncio.get_running_loop().time()
+                image = isinstance(error, ImageError)
+                reason = "InvalidConfiguration" if image else "DependenciesNotReady"
+                message = str(error) if image else f"Pod failed to start: {error}"
+                if boot.retry_at is None:
+                    # The image table or images directory may change; a failed start may be transient.
+                    boot.retry_at = now + (30.0 if image else 5.0)
+                    log.warning("sandbox %s/%s failed to start: %s", md["namespace"], md["name"], error)
+                    await self.events.record(obj, "InvalidConfiguration" if image else "FailedStart", str(error),
+                                             warning=True)
+                m.set_condition(status, "Ready", False, reason, message, observed_generation=gen)
+                if now < boot.retry_at:
+                    return boot.retry_at - now
+            del self._boots[key]
+            if error is not None:
+                return 0.0  # retry now: the next pass starts a new boot
+            state = await self.runtime.state(rid)
+            if state.phase != Phase.RUNNING:
+                return 0.1  # it started and stopped already: look again, per restartPolicy
         self._running[key] = rid
         _drop_condition(status, "Finished")
         reason, message = _isolation_condition(state.isolation)
@@ -240,6 +264,21 @@ class SandboxReconciler(Reconciler):
             status.pop("serviceFQDN", None)
         return None
 
+    async def _boot(self, key: tuple[str, str], spec: SandboxSpec, priority: int) -> RuntimeError_ | None:
+        """Start a sandbox in the background, when the start queue lets it; then reconcile it again.
+
+        Boots wait in the start queue without holding a reconcile worker, so a cold claim's
+        sandbox is never stuck behind a warm pool's refill for want of a worker.
+        """
+        try:
+            async with self.starts.slot(priority):
+                await self.runtime.start(spec)
+            return None
+        except RuntimeError_ as e:
+            return e
+        finally:
+            self.enqueue(key, 0.0)
+
     async def _warn_once(self, obj: Obj, status: Obj, reason: str, message: str) -> None:
         """A Warning event for a refusal, unless the Ready condition already says the same."""
         ready = m.condition({"status": status}, "Ready") or {}
@@ -251,6 +290,14 @@ class SandboxReconciler(Reconciler):
             fresh = copy.deepcopy(obj)
             fresh["status"] = status
             await self.client.update_status(self.kind, fresh)
+
+
+@dataclass
+class _Boot:
+    """A start in the background; when it failed, the time a new attempt may begin."""
+
+    task: asyncio.Task[RuntimeError_ | None]
+    retry_at: float | None = None
 
 
 def _drop_condition(status: Obj, type_: str) -> None:

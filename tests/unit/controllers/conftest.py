@@ -33,8 +33,10 @@ class ControllerRuntime(FakeRuntime):
         self.started: dict[str, SandboxSpec] = {}
         self.exit_codes: dict[str, int] = {}
         self.fail_start: Exception | None = None
+        self.attempts: dict[str, int] = {}
 
     async def start(self, spec: SandboxSpec) -> RuntimeState:
+        self.attempts[spec.id] = self.attempts.get(spec.id, 0) + 1
         if self.fail_start is not None:
             raise self.fail_start
         self.started[spec.id] = spec

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 from turbok.api import meta as m
@@ -140,3 +141,44 @@ async def test_network_annotation_on_the_pod_template_asks_for_a_private_loopbac
     cluster.create(bad)
     obj = await cluster.wait_condition(cluster.sandbox, "badnet", "Ready", "False", reason="InvalidConfiguration")
     assert "turbok.dev/network" in m.condition(obj, "Ready")["message"]
+
+
+async def test_a_failed_start_is_retried_later_not_in_a_loop(cluster: Cluster) -> None:
+    from turbok.runtime.errors import SandboxStartFailed
+
+    cluster.runtime.fail_start = SandboxStartFailed("runsc run failed (exit 1): boom")
+    rid = _rid(cluster.create(sandbox("flaky")))
+    obj = await cluster.wait_condition(cluster.sandbox, "flaky", "Ready", "False", reason="DependenciesNotReady")
+    await asyncio.sleep(0.5)
+    assert cluster.runtime.attempts[rid] == 1, "the next attempt waits for its retry time"
+    assert "boom" in m.condition(cluster.get(cluster.sandbox, "flaky"), "Ready")["message"]
+    assert obj is not None
+    cluster.runtime.fail_start = None
+    await cluster.wait_condition(cluster.sandbox, "flaky", "Ready", reason="DependenciesReady", timeout=10)
+    assert cluster.runtime.attempts[rid] == 2
+
+
+async def test_claims_start_before_a_pools_refill(cluster: Cluster) -> None:
+    from .conftest import claim, pool, template
+
+    cluster.suite.sandboxes.starts.slots = 1
+    gate = asyncio.Event()
+    original = cluster.runtime.start
+    order: list[str] = []
+
+    async def slow_start(spec):  # type: ignore[no-untyped-def]
+        order.append(spec.hostname)
+        await gate.wait()
+        return await original(spec)
+
+    cluster.runtime.start = slow_start  # type: ignore[method-assign]
+    cluster.create(template())
+    cluster.create(pool(replicas=3))
+    await cluster.wait(lambda: len(order) == 1, what="first refill booting")
+    cluster.create(claim("urgent", env=[{"name": "A", "value": "1"}]))
+    cluster.patch(cluster.template, "tpl", {"spec": {"envVarsInjectionPolicy": "Allowed"}})
+    await cluster.wait(lambda: cluster.get(cluster.sandbox, "urgent") is not None, what="cold sandbox created")
+    await asyncio.sleep(0.1)
+    gate.set()
+    await cluster.wait_condition(cluster.claim, "urgent", "Ready", timeout=10)
+    assert order[1] == "urgent", f"the claim's sandbox booted right after the one in progress: {order}"
