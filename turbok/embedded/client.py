@@ -7,6 +7,7 @@ could not. Subscriptions are the registry's commit listeners.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable
 
@@ -17,6 +18,9 @@ from turbok.controllers.client import Client, Obj, ObjectEvent
 from turbok.store.registry import ObjectRegistry
 
 __all__ = ["EmbeddedClient"]
+
+#: Objects parsed per slice of a list before other work gets the event loop.
+LIST_PAGE = 100
 
 
 class EmbeddedClient(Client):
@@ -32,7 +36,18 @@ class EmbeddedClient(Client):
 
     async def list(self, kind: Kind, namespace: str | None = None, *,
                    selector: LabelSelector | None = None) -> list[Obj]:
-        return self.registry.list(kind, namespace, label_selector=selector).items
+        # In pages, yielding between them: a controller listing a pool of hundreds of sandboxes
+        # must not hold the event loop (and every request behind it) for the whole list.
+        items: list[Obj] = []
+        token = ""
+        while True:
+            page = self.registry.list(kind, namespace, label_selector=selector, limit=LIST_PAGE,
+                                      continue_token=token)
+            items += page.items
+            token = page.continue_token
+            if not token:
+                return items
+            await asyncio.sleep(0)
 
     async def create(self, kind: Kind, obj: Obj) -> Obj:
         return self.registry.create(kind, obj, namespace=obj.get("metadata", {}).get("namespace"))
