@@ -1,0 +1,86 @@
+"""Every local tier passes the Tier contract; tier-specific promises."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from turbok.checkpoint.errors import CapacityError, StagingBusyError
+from turbok.checkpoint.manifest import PartKey
+from turbok.checkpoint.testing import check_tier, make_part
+from turbok.checkpoint.tiers.disk import DiskTier
+from turbok.checkpoint.tiers.memory import MemoryTier
+from turbok.checkpoint.tiers.object import ObjectTier
+
+
+def test_memory_tier_conforms(shm_dir: Path) -> None:
+    check_tier(lambda: MemoryTier(shm_dir, capacity=64 << 20))
+
+
+def test_disk_tier_conforms(tmp_path: Path) -> None:
+    check_tier(lambda: DiskTier(tmp_path / "disk"))
+
+
+def test_object_tier_on_a_local_path_conforms(tmp_path: Path) -> None:
+    check_tier(lambda: ObjectTier(f"file://{tmp_path}/bucket"))
+
+
+def test_memory_tier_reuses_buffers_across_parts(shm_dir: Path) -> None:
+    tier = MemoryTier(shm_dir, capacity=1 << 20)
+    k1, k2 = PartKey("j", 1, 0), PartKey("j", 2, 0)
+    m1, d1 = make_part(k1, sizes=(300_000,))
+    tier.put(k1, d1)
+    tier.commit(m1)
+    inode = os.stat(tier.data_path(k1)).st_ino
+    tier.delete(k1)
+    tier.reserve(k2, len(d1))
+    assert os.stat(tier.data_path(k2)).st_ino == inode, "the pooled buffer was not reused"
+
+
+def test_memory_tier_refuses_a_part_larger_than_itself_and_keeps_the_previous(shm_dir: Path) -> None:
+    tier = MemoryTier(shm_dir, capacity=256 << 10)
+    k1 = PartKey("j", 1, 0)
+    m1, d1 = make_part(k1, sizes=(100_000,))
+    tier.put(k1, d1)
+    tier.commit(m1)
+    with pytest.raises(CapacityError, match="inMemoryVolumeSize"):
+        tier.reserve(PartKey("j", 2, 0), 1 << 20, evictable=[k1])
+    assert tier.exists(k1) and bytes(tier.get(k1)) == d1
+
+
+def test_memory_tier_evicts_only_what_it_is_allowed(shm_dir: Path) -> None:
+    tier = MemoryTier(shm_dir, capacity=256 << 10)
+    k1, k2 = PartKey("j", 1, 0), PartKey("j", 2, 0)
+    m1, d1 = make_part(k1, sizes=(200_000,))
+    tier.put(k1, d1)
+    tier.commit(m1)
+    with pytest.raises(StagingBusyError):
+        tier.reserve(k2, 200_000)  # k1 not evictable: no room
+    assert tier.exists(k1)
+    tier.reserve(k2, 200_000, evictable=[k1])
+    assert not tier.exists(k1)
+
+
+def test_disk_tier_partial_write_is_never_committed(tmp_path: Path) -> None:
+    tier = DiskTier(tmp_path)
+    key = PartKey("j", 3, 0)
+    manifest, data = make_part(key)
+    tier.put(key, data)
+    with open(tier.data_path(key), "r+b") as f:
+        f.truncate(len(data) // 2)  # a crash half-way through the write
+    with pytest.raises(Exception, match="manifest says"):
+        tier.commit(manifest)
+    assert not tier.exists(key)
+
+
+def test_a_marker_that_does_not_match_the_manifest_is_not_a_commit(tmp_path: Path) -> None:
+    tier = DiskTier(tmp_path)
+    key = PartKey("j", 4, 0)
+    manifest, data = make_part(key)
+    tier.put(key, data)
+    tier.commit(manifest)
+    tier.paths(key)[2].write_text("0" * 64)
+    assert not tier.exists(key)
+    assert [s.committed for s in tier.list("j")] == [False]

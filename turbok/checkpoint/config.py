@@ -1,0 +1,230 @@
+"""Agent settings, and how a CheckpointConfiguration becomes them.
+
+Sources, later ones overriding earlier ones: defaults; a YAML/JSON file or a
+dict, either a ``CheckpointConfiguration`` object (``kind`` set, fields under
+``spec``) or flat settings (the ``Settings`` field names); the
+``CheckpointConfiguration`` named NAME read from a Kubernetes-compatible API
+(``GET /apis/checkpointing.turbok.dev/v1/checkpointconfigurations/NAME`` with
+the bearer token of a kubeconfig); command-line flags.
+
+Mapping from the resource's spec (GKE's field names where they make sense):
+
+==========================  ==========================================
+spec                        Settings
+==========================  ==========================================
+storageURL                  storage_url (s3://, gs://, az://, file://)
+cloudStorageBucketName      storage_url = gs://NAME (GKE's field)
+storageOptions              storage_options (endpoint, region, ...)
+inMemoryVolumeSize          memory_size (a Kubernetes quantity)
+replicationFactor           replication_factor
+backupInterval              backup_interval_s (a duration: 90s, 5m, 1h)
+backupEverySteps            backup_every_steps
+retention.inMemory          keep_memory
+retention.localDisk         keep_disk
+retention.objectStorage     keep_object_last
+retention.objectStorageKeepEvery  keep_object_every
+localDiskPath, inMemoryPath disk_dir, memory_dir
+nodeSelector, tolerations   kept for the scheduler; agents ignore them
+==========================  ==========================================
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import socket
+import ssl
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from turbok.checkpoint.errors import ConfigError
+
+__all__ = ["GROUP", "KIND", "PLURAL", "Settings", "fetch_configuration", "parse_duration", "parse_quantity"]
+
+GROUP = "checkpointing.turbok.dev"
+KIND = "CheckpointConfiguration"
+PLURAL = "checkpointconfigurations"
+
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([KMGTPE]i?|k|m)?$")
+_FACTORS = {
+    None: 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+}
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_quantity(value: Any, *, what: str = "quantity") -> int:
+    """Bytes from a Kubernetes quantity ("512Mi", "10Gi", "1G") or an integer."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    m = _QUANTITY.match(str(value).strip())
+    if not m or m.group(2) == "m":
+        raise ConfigError(f"{what}: {value!r} is not a byte quantity (use e.g. 512Mi, 10Gi)")
+    return int(float(m.group(1)) * _FACTORS[m.group(2)])
+
+
+def parse_duration(value: Any, *, what: str = "duration") -> float:
+    """Seconds from "90s", "5m", "1h30m", or a number of seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    text = str(value).strip()
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ConfigError(f"{what}: {value!r} is not a duration (use e.g. 30s, 5m, 1h)")
+    return sum(float(n) * _UNITS[u] for n, u in parts)
+
+
+@dataclass
+class Settings:
+    """Everything a node agent needs; see the module docstring for the sources."""
+
+    memory_dir: str = "/dev/shm/turbok-checkpoint"
+    disk_dir: str = field(default_factory=lambda: str(Path(os.environ.get("TURBOK_HOME") or Path.home() / ".turbok") / "checkpoints"))
+    memory_size: int = 4 << 30
+    listen: str = "127.0.0.1:7480"
+    metrics_listen: str = ""  # "127.0.0.1:9480" to serve Prometheus metrics; "" for none
+    advertise: str = ""  # the address peers know this agent by (default: listen)
+    peers: list[str] = field(default_factory=list)
+    replication_factor: int = 1
+    storage_url: str = ""
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    backup_every_steps: int = 0
+    backup_interval_s: float = 0.0
+    keep_memory: int = 1
+    keep_disk: int = 2
+    keep_object_last: int = 2
+    keep_object_every: int = 0
+    staging_timeout_s: float = 120.0
+    object_retry_timeout_s: float = 60.0
+    object_max_retries: int = 10
+    backup_retry_max_s: float = 300.0
+    token: str = ""
+    node_name: str = field(default_factory=socket.gethostname)
+    #: fault injection for tests: stage name -> seconds to sleep there (see agent.py)
+    fault_delays: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.memory_size = parse_quantity(self.memory_size, what="memory_size")
+        self.backup_interval_s = parse_duration(self.backup_interval_s, what="backup_interval")
+        if self.replication_factor < 0 or self.backup_every_steps < 0:
+            raise ConfigError("replicationFactor and backupEverySteps must not be negative")
+        if min(self.keep_memory, self.keep_disk, self.keep_object_last) < 1:
+            raise ConfigError("retention must keep at least one step on every tier")
+
+    @property
+    def self_address(self) -> str:
+        """The address peers know this agent by: ``advertise``, else ``listen``."""
+        return self.advertise or self.listen
+
+    # -- sources --------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any], base: Settings | None = None) -> Settings:
+        """Settings from a CheckpointConfiguration object or a flat mapping, over ``base``."""
+        if not isinstance(doc, dict):
+            raise ConfigError(f"checkpoint configuration must be a mapping, got {type(doc).__name__}")
+        values = asdict(base) if base is not None else {}
+        if "kind" in doc:
+            if doc.get("kind") != KIND:
+                raise ConfigError(f"expected kind {KIND}, got {doc.get('kind')!r}")
+            values.update(_from_spec(doc.get("spec") or {}))
+        else:
+            known = {f.name for f in fields(cls)}
+            unknown = sorted(set(doc) - known)
+            if unknown:
+                raise ConfigError(f"unknown checkpoint settings: {', '.join(unknown)}")
+            values.update(doc)
+        try:
+            return cls(**values)
+        except TypeError as e:
+            raise ConfigError(f"checkpoint settings: {e}") from e
+
+    @classmethod
+    def from_file(cls, path: Path | str, base: Settings | None = None) -> Settings:
+        try:
+            doc = yaml.safe_load(Path(path).read_text())
+        except OSError as e:
+            raise ConfigError(f"cannot read checkpoint configuration {path}: {e.strerror}") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
+        return cls.from_dict(doc or {}, base)
+
+
+def _from_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if spec.get("cloudStorageBucketName"):
+        out["storage_url"] = f"gs://{spec['cloudStorageBucketName']}"
+    simple = {
+        "storageURL": "storage_url",
+        "storageOptions": "storage_options",
+        "inMemoryVolumeSize": "memory_size",
+        "replicationFactor": "replication_factor",
+        "backupEverySteps": "backup_every_steps",
+        "backupInterval": "backup_interval_s",
+        "localDiskPath": "disk_dir",
+        "inMemoryPath": "memory_dir",
+        "peers": "peers",
+    }
+    for src, dst in simple.items():
+        if spec.get(src) not in (None, ""):
+            out[dst] = spec[src]
+    retention = spec.get("retention") or {}
+    for src, dst in {"inMemory": "keep_memory", "localDisk": "keep_disk", "objectStorage": "keep_object_last", "objectStorageKeepEvery": "keep_object_every"}.items():
+        if retention.get(src) is not None:
+            out[dst] = retention[src]
+    return out
+
+
+def fetch_configuration(name: str, *, kubeconfig: Path | str, timeout: float = 10.0) -> dict[str, Any]:
+    """GET a CheckpointConfiguration from the API server a kubeconfig points at."""
+    import httpx
+
+    server, token, verify = _load_kubeconfig(Path(kubeconfig))
+    url = f"{server.rstrip('/')}/apis/{GROUP}/v1/{PLURAL}/{name}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = httpx.get(url, headers=headers, verify=verify, timeout=timeout)
+    except httpx.HTTPError as e:
+        raise ConfigError(f"cannot reach the API server at {server}: {e}") from e
+    if response.status_code == 404:
+        raise ConfigError(f"{KIND} {name!r} not found at {server}")
+    if response.status_code >= 400:
+        raise ConfigError(f"reading {KIND} {name!r} from {server}: HTTP {response.status_code} {response.text[:200]}")
+    doc = response.json()
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{KIND} {name!r}: the API server sent a non-object")
+    return doc
+
+
+def _load_kubeconfig(path: Path) -> tuple[str, str, bool | ssl.SSLContext]:
+    """(server, bearer token, TLS verification) of the current context; a deliberately small loader."""
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read kubeconfig {path}: {e}") from e
+    try:
+        ctx_name = cfg.get("current-context") or cfg["contexts"][0]["name"]
+        ctx = next(c["context"] for c in cfg["contexts"] if c["name"] == ctx_name)
+        cluster = next(c["cluster"] for c in cfg["clusters"] if c["name"] == ctx["cluster"])
+        user: dict[str, Any] = next((u["user"] for u in cfg.get("users", []) if u["name"] == ctx.get("user")), {})
+    except (KeyError, IndexError, StopIteration, TypeError) as e:
+        raise ConfigError(f"kubeconfig {path}: no usable current context ({e!r})") from e
+    token = str(user.get("token", ""))
+    if not token and user.get("tokenFile"):
+        token = Path(user["tokenFile"]).read_text().strip()
+    verify: bool | ssl.SSLContext = True
+    if cluster.get("insecure-skip-tls-verify"):
+        verify = False
+    elif cluster.get("certificate-authority-data") or cluster.get("certificate-authority"):
+        ca = cluster.get("certificate-authority")
+        if not ca:
+            with tempfile.NamedTemporaryFile("wb", suffix=".crt", delete=False) as f:
+                f.write(base64.b64decode(cluster["certificate-authority-data"]))
+                ca = f.name
+        verify = ssl.create_default_context(cafile=ca)
+    return str(cluster["server"]), token, verify
