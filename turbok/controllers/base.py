@@ -69,8 +69,12 @@ class Reconciler(abc.ABC):
         #: Set by the manager: queue one of this reconciler's keys, optionally after a delay.
         self.enqueue: Callable[[Key, float], None] = _not_started
 
-    def related(self, kind: Kind, obj: Obj) -> Iterable[Key]:
-        """Keys of this reconciler's objects to revisit when ``obj`` (of another kind) changes."""
+    def related(self, kind: Kind, obj: Obj, deleted: bool) -> Iterable[Key]:
+        """Keys of this reconciler's objects to revisit when ``obj`` (of another kind) changes.
+
+        ``deleted``: the change was the object's deletion (``obj`` is its last state). Called for
+        every change in commit order, so a reconciler may keep an index of what it watches here.
+        """
         return ()
 
     @abc.abstractmethod

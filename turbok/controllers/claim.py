@@ -67,7 +67,9 @@ class ClaimReconciler(Reconciler):
         self._candidates: dict[Key, dict[str, None]] = {}
         self._candidate_pool: dict[Key, Key] = {}
         self._waiting: dict[Key, set[Key]] = {}  # pool -> claims waiting for it or its template
-        self._counted: set[str] = set()
+        self._counted: set[Key] = set()  # claims whose first Ready the metrics have seen
+        # claim -> (its uid, the sandbox this process bound it to; "" once looked up and found none).
+        self._bindings: dict[Key, tuple[str, str]] = {}
         registry = metrics or CollectorRegistry()
         self._created = Counter("agent_sandbox_claim_creation_total", "Claims that became Ready, by launch type",
                                 ["namespace", "sandbox_template", "launch_type", "warmpool_name"], registry=registry)
@@ -77,7 +79,7 @@ class ClaimReconciler(Reconciler):
 
     # ------------------------------------------------------------ routing
 
-    def related(self, kind: Kind, obj: Obj) -> Iterable[Key]:
+    def related(self, kind: Kind, obj: Obj, deleted: bool) -> Iterable[Key]:
         md = obj["metadata"]
         ns = md.get("namespace", "")
         if kind is self.sandbox_kind:
@@ -108,6 +110,8 @@ class ClaimReconciler(Reconciler):
         if claim is None or claim["metadata"].get("deletionTimestamp"):
             for claims in self._waiting.values():
                 claims.discard((namespace, name))
+            self._bindings.pop((namespace, name), None)
+            self._counted.discard((namespace, name))
             return DONE
         status = copy.deepcopy(claim.get("status") or {})
         gen = claim["metadata"].get("generation")
@@ -121,6 +125,7 @@ class ClaimReconciler(Reconciler):
             sandbox = await self._bound(claim)
             if sandbox is None:
                 sandbox, news = await self._provision(claim)
+                self._bindings[(namespace, name)] = (claim["metadata"]["uid"], sandbox["metadata"]["name"])
             self._waiting.get(pool_key, set()).discard((namespace, name))
             self._forward(claim, sandbox, status, gen)
         except ClaimError as e:
@@ -163,10 +168,10 @@ class ClaimReconciler(Reconciler):
         status["conditions"] = conditions
 
     def _observe(self, claim: Obj, status: Obj) -> None:
-        uid = claim["metadata"]["uid"]
-        if uid in self._counted or not m.is_true({"status": status}, "Ready"):
+        key = (claim["metadata"]["namespace"], claim["metadata"]["name"])
+        if key in self._counted or not m.is_true({"status": status}, "Ready"):
             return
-        self._counted.add(uid)
+        self._counted.add(key)
         launch = "warm" if status.get("sandbox", {}).get("name") != claim["metadata"]["name"] else "cold"
         created = m.parse_time(claim["metadata"]["creationTimestamp"]).timestamp()
         self._latency.labels(launch).observe(max(time.time() - created, 0) * 1000)
@@ -182,15 +187,23 @@ class ClaimReconciler(Reconciler):
     async def _bound(self, claim: Obj) -> Obj | None:
         md = claim["metadata"]
         ns = md["namespace"]
-        recorded = (claim.get("status") or {}).get("sandbox", {}).get("name")
+        key = (ns, md["name"])
+        known = self._bindings.get(key)
+        known_name = known[1] if known and known[0] == md["uid"] else None
+        recorded = (claim.get("status") or {}).get("sandbox", {}).get("name") or known_name
         if recorded:
             sb = await self.client.try_get(self.sandbox_kind, ns, recorded)
             if self._controls(claim, sb):
                 return sb
-        by_uid = m.LabelSelector.parse(f"{lb.CLAIM_UID}={md['uid']}")
-        for sb in await self.client.list(self.sandbox_kind, ns, selector=by_uid):
-            if self._controls(claim, sb):
-                return sb
+        if known_name is None:
+            # Not bound by this process: a binding made before a crash may not have reached the
+            # claim's status. The claim-uid label finds it (a scan, so only once per claim).
+            by_uid = m.LabelSelector.parse(f"{lb.CLAIM_UID}={md['uid']}")
+            for sb in await self.client.list(self.sandbox_kind, ns, selector=by_uid):
+                if self._controls(claim, sb):
+                    self._bindings[key] = (md["uid"], sb["metadata"]["name"])
+                    return sb
+            self._bindings[key] = (md["uid"], "")
         same_name = await self.client.try_get(self.sandbox_kind, ns, md["name"])
         if same_name is not None:
             if self._controls(claim, same_name):

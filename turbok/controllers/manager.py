@@ -74,11 +74,12 @@ class Manager:
                                   registry=registry, buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 5, 30))
 
     async def start(self) -> None:
+        # Subscribe first: a change made while reconcilers start is routed, not lost.
+        self.client.subscribe(self._route)
         for q in self.queues:
             q.reconciler.enqueue = (lambda queue: lambda key, after=0.0: (
                 queue.add_after(key, after) if after > 0 else queue.add(key)))(q)
             await q.reconciler.start()
-        self.client.subscribe(self._route)
         for q in self.queues:
             for obj in await self.client.list(q.reconciler.kind):
                 md = obj["metadata"]
@@ -119,7 +120,7 @@ class Manager:
             if obj is None:
                 obj = event.object()
             try:
-                for key in q.reconciler.related(kind, obj):
+                for key in q.reconciler.related(kind, obj, event.type == "DELETED"):
                     self._wake(q, key)
             except Exception:  # one reconciler's bug must not keep changes from the others
                 log.exception("%s.related failed on %s %s/%s", type(q.reconciler).__name__, event.resource,

@@ -29,7 +29,7 @@ class NamespaceReconciler(Reconciler):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self._terminating: set[str] = set()
 
-    def related(self, kind: Kind, obj: Obj) -> Iterable[Key]:
+    def related(self, kind: Kind, obj: Obj, deleted: bool) -> Iterable[Key]:
         ns = obj.get("metadata", {}).get("namespace", "")
         if kind.namespaced and ns in self._terminating:
             yield ("", ns)
