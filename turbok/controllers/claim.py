@@ -70,6 +70,8 @@ class ClaimReconciler(Reconciler):
         self._counted: set[Key] = set()  # claims whose first Ready the metrics have seen
         # claim -> (its uid, the sandbox this process bound it to; "" once looked up and found none).
         self._bindings: dict[Key, tuple[str, str]] = {}
+        # creationTimestamp has whole seconds: a claim from the second before start counts as older.
+        self._started_at = time.time() - 1.0
         registry = metrics or CollectorRegistry()
         self._created = Counter("agent_sandbox_claim_creation_total", "Claims that became Ready, by launch type",
                                 ["namespace", "sandbox_template", "launch_type", "warmpool_name"], registry=registry)
@@ -195,8 +197,8 @@ class ClaimReconciler(Reconciler):
             sb = await self.client.try_get(self.sandbox_kind, ns, recorded)
             if self._controls(claim, sb):
                 return sb
-        if known_name is None:
-            # Not bound by this process: a binding made before a crash may not have reached the
+        if known_name is None and m.parse_time(md["creationTimestamp"]).timestamp() < self._started_at:
+            # Older than this process: a binding made before a crash may not have reached the
             # claim's status. The claim-uid label finds it (a scan, so only once per claim).
             by_uid = m.LabelSelector.parse(f"{lb.CLAIM_UID}={md['uid']}")
             for sb in await self.client.list(self.sandbox_kind, ns, selector=by_uid):

@@ -284,7 +284,11 @@ class ObjectRegistry:
                     raise Invalid.of(kind=kind.kind, group=kind.group, name=name, causes=[Cause(
                         "metadata.finalizers", "Forbidden: no new finalizers can be added if the object is being "
                         "deleted", "FieldValueForbidden")])
-        self._admit(kind, merged, current, opts)
+        if subresource == "status" and "status" in (kind.schema.get("properties") or {}):
+            # Only status changed, and the rest was valid when stored: check what changed.
+            self._admit(kind, merged, current, opts, only={"status"})
+        else:
+            self._admit(kind, merged, current, opts)
         # Compared after pruning and defaulting: re-sending what the server defaulted is no change.
         if subresource is None and _body(merged) != _body(current):
             merged["metadata"]["generation"] = int(current["metadata"].get("generation", 1)) + 1
@@ -401,8 +405,28 @@ class ObjectRegistry:
             md.pop("namespace", None)
         return obj
 
-    def _admit(self, kind: Kind, obj: Obj, old: Obj | None, opts: WriteOptions) -> None:
-        dropped = m.prune_metadata(obj["metadata"]) + schema.prune(obj, kind.schema)
+    def _admit(self, kind: Kind, obj: Obj, old: Obj | None, opts: WriteOptions,
+               only: set[str] | None = None) -> None:
+        """Prune, default and validate; ``only`` limits the work to those top-level fields."""
+        if only is not None:
+            props = kind.schema.get("properties") or {}
+            part_schema = {"type": "object", "properties": {k: props[k] for k in only}}
+            part = {k: obj[k] for k in only if k in obj}
+            old_part = {k: old[k] for k in only if k in old} if old is not None else None
+            causes = self._admit_part(kind, obj, part, part_schema, old_part, opts)
+            obj.update(part)
+        else:
+            causes = m.validate_metadata(obj["metadata"], label_name=kind is NAMESPACE)
+            causes += self._admit_part(kind, obj, obj, kind.schema, old, opts)
+        if causes:
+            raise Invalid.of(kind=kind.kind, group=kind.group, name=obj["metadata"].get("name", ""), causes=causes)
+
+    def _admit_part(self, kind: Kind, obj: Obj, part: Obj, part_schema: dict[str, Any], old: Obj | None,
+                    opts: WriteOptions) -> builtins.list[Cause]:
+        """Prune and default ``part`` in place; its validation causes."""
+        dropped = schema.prune(part, part_schema)
+        if part is obj:
+            dropped = m.prune_metadata(obj["metadata"]) + dropped
         if dropped and opts.field_validation == "Strict":
             listed = ", ".join(f'unknown field "{p}"' for p in dropped)
             raise BadRequest(f"{kind.kind} in version \"{kind.version}\" cannot be handled as a {kind.kind}: "
@@ -410,11 +434,8 @@ class ObjectRegistry:
                              name=obj["metadata"].get("name", ""))
         if dropped and opts.field_validation != "Ignore":
             opts.warnings.extend(f'unknown field "{p}"' for p in dropped)
-        schema.default(obj, kind.schema)
-        causes = m.validate_metadata(obj["metadata"], label_name=kind is NAMESPACE)
-        causes += schema.validate(obj, kind.schema, old) if old is not None else schema.validate(obj, kind.schema)
-        if causes:
-            raise Invalid.of(kind=kind.kind, group=kind.group, name=obj["metadata"].get("name", ""), causes=causes)
+        schema.default(part, part_schema)
+        return schema.validate(part, part_schema, old) if old is not None else schema.validate(part, part_schema)
 
     def _check_namespace_open(self, namespace: str) -> None:
         row = self.db.get(NAMESPACE.key, "", namespace)
