@@ -14,13 +14,17 @@ This class is not thread-safe: the control plane calls it from its event loop.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 __all__ = ["Row", "SqliteStore"]
+
+log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 
@@ -56,6 +60,10 @@ class SqliteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        # Commits never fsync in WAL+NORMAL; checkpoints do, and can take tens of milliseconds on a
+        # busy disk. They run on a thread of their own, so no write waits for one.
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
+        self._checkpointer = _Checkpointer(str(path)) if str(path) != ":memory:" else None
         self.revision: int = self._db.execute("SELECT value FROM meta WHERE key='revision'").fetchone()[0]
         # resource -> namespace -> name -> Row
         self._index: dict[str, dict[str, dict[str, Row]]] = {}
@@ -64,6 +72,8 @@ class SqliteStore:
             self._index.setdefault(resource, {}).setdefault(ns, {})[name] = Row(rv, data, labels)
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         self._db.close()
 
     # ------------------------------------------------------------ reads
@@ -121,3 +131,29 @@ class SqliteStore:
         # sqlite3's connection context manager commits or rolls back; BEGIN makes it one transaction.
         self._db.execute("BEGIN IMMEDIATE")
         return self._db
+
+
+class _Checkpointer(threading.Thread):
+    """Copies the WAL into the database once a second (PASSIVE: it never blocks the writer)."""
+
+    def __init__(self, path: str, every: float = 1.0) -> None:
+        super().__init__(name="sqlite-checkpointer", daemon=True)
+        self.path = path
+        self.every = every
+        self._stopping = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            while not self._stopping.wait(self.every):
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as e:  # a checkpoint that fails is retried by the next one, or at open
+            log.warning("sqlite checkpoint of %s failed: %s", self.path, e)
+        finally:
+            db.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join(timeout=10)
