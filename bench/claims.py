@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -71,6 +72,26 @@ class Api:
     def ready_replicas(self, ns: str) -> int:
         status = self.http.get(f"{EXT}/{ns}/sandboxwarmpools/pool").json().get("status") or {}
         return int(status.get("readyReplicas") or 0)
+
+    def stalls(self) -> dict[str, list[float]]:
+        """[count, total seconds, count over 50 ms] of the control plane's event-loop lag and GC pauses."""
+        out: dict[str, list[float]] = {}
+        for family in text_string_to_metric_families(self.http.get("/metrics").text):
+            if family.name not in ("turbok_event_loop_lag_seconds", "turbok_gc_pause_seconds"):
+                continue
+            for sample in family.samples:
+                key = family.name.removeprefix("turbok_").removesuffix("_seconds")
+                if "generation" in sample.labels:
+                    key += f" gen{sample.labels['generation']}"
+                row = out.setdefault(key, [0.0, 0.0, 0.0])
+                if sample.name.endswith("_count"):
+                    row[0] += sample.value
+                    row[2] += sample.value
+                elif sample.name.endswith("_sum"):
+                    row[1] += sample.value
+                elif sample.name.endswith("_bucket") and sample.labels["le"] == "0.05":
+                    row[2] -= sample.value
+        return out
 
     def claim(self, ns: str, name: str) -> None:
         self.post(f"{EXT}/{ns}/sandboxclaims", {
@@ -130,7 +151,9 @@ def warm(api: Api, rate: float, seconds: float, pool: int) -> dict[str, Any]:
     watch.start()
     watch.started.wait(10)
     sent: dict[str, float] = {}
+    created: dict[str, float] = {}  # when the create request returned
     count = int(rate * seconds)
+    before = api.stalls()
     start = time.perf_counter()
     for i in range(count):
         target = start + i / rate
@@ -140,18 +163,24 @@ def warm(api: Api, rate: float, seconds: float, pool: int) -> dict[str, Any]:
         name = f"w{i:05d}"
         sent[name] = time.perf_counter()
         api.claim(ns, name)
+        created[name] = time.perf_counter()
     achieved = count / (time.perf_counter() - start)
     deadline = time.perf_counter() + 60
     while len(watch.ready) < count and time.perf_counter() < deadline:
         time.sleep(0.1)
+    after = api.stalls()
+    stalls = {k: [a - b for a, b in zip(v, before.get(k, [0.0] * 3), strict=True)] for k, v in after.items()}
     lat = [(watch.ready[n] - t) * 1e3 for n, t in sent.items() if n in watch.ready]
+    post = [(created[n] - t) * 1e3 for n, t in sent.items()]
     windows = []
     per_window = int(rate * 5)
     for i in range(0, len(lat), per_window):
         chunk = lat[i:i + per_window]
         windows.append((statistics.median(chunk), pct(chunk, 0.99)))
     return {"claims": count, "ready": len(lat), "rate": achieved, "p50": statistics.median(lat),
-            "p99": pct(lat, 0.99), "max": max(lat), "pool_ready_after": api.ready_replicas(ns), "windows": windows}
+            "p99": pct(lat, 0.99), "max": max(lat),
+            "post_p50": statistics.median(post), "post_p99": pct(post, 0.99), "pool_ready_after": api.ready_replicas(ns), "windows": windows,
+            "stalls": stalls}
 
 
 async def cold(api: Api, n: int, work: Path) -> dict[str, Any]:
@@ -220,6 +249,9 @@ def main() -> None:
                   f"| pool ready after: {w['pool_ready_after']} |", flush=True)
             for window, (p50, p99) in enumerate(w["windows"]):
                 print(f"|   seconds {window * 5}-{window * 5 + 5}: p50 {p50:.1f} ms, p99 {p99:.1f} ms |")
+            print(f"|   of which the create request: p50 {w['post_p50']:.1f} ms, p99 {w['post_p99']:.1f} ms |")
+            for what, (n, total, slow) in sorted(w["stalls"].items()):
+                print(f"|   control plane {what}: {n:.0f} observed, {total * 1e3:.0f} ms in all, {slow:.0f} over 50 ms |")
     finally:
         cp.stop()
         print("cleaning up sandboxes ...", flush=True)

@@ -232,8 +232,9 @@ async def main() -> None:
           f"{med(starts['host_start']) * 1e3:.0f} ms, stop {med(starts['host_stop']) * 1e3:.0f} ms; "
           f"load average {os.getloadavg()[0]:.2f}")
     per_claim = med(starts["cpu_start"]) + med(starts["cpu_stop"])
-    print(f"=> start+stop costs {per_claim * 1e3:.0f} ms of CPU: at most {os.cpu_count() / per_claim:.1f} "
-          f"sandboxes/s refilled on {os.cpu_count()} cores if nothing else ran")
+    cores = os.cpu_count() or 1
+    print(f"=> start+stop costs {per_claim * 1e3:.0f} ms of CPU: at most {cores / per_claim:.1f} "
+          f"sandboxes/s refilled on {cores} cores if nothing else ran")
 
 
 if __name__ == "__main__":

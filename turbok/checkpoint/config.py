@@ -30,18 +30,16 @@ nodeSelector, tolerations   kept for the scheduler; agents ignore them
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 import socket
-import ssl
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from turbok.api import quantity
 from turbok.checkpoint.errors import ConfigError
 
 __all__ = ["GROUP", "KIND", "PLURAL", "Settings", "fetch_configuration", "parse_duration", "parse_quantity"]
@@ -50,11 +48,6 @@ GROUP = "checkpointing.turbok.dev"
 KIND = "CheckpointConfiguration"
 PLURAL = "checkpointconfigurations"
 
-_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([KMGTPE]i?|k|m)?$")
-_FACTORS = {
-    None: 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
-}
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -63,10 +56,13 @@ def parse_quantity(value: Any, *, what: str = "quantity") -> int:
     """Bytes from a Kubernetes quantity ("512Mi", "10Gi", "1G") or an integer."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    m = _QUANTITY.match(str(value).strip())
-    if not m or m.group(2) == "m":
+    try:
+        amount = quantity.parse_quantity(str(value))
+    except quantity.QuantityError:
+        amount = None
+    if amount is None or amount < 0 or amount != amount.to_integral_value():
         raise ConfigError(f"{what}: {value!r} is not a byte quantity (use e.g. 512Mi, 10Gi)")
-    return int(float(m.group(1)) * _FACTORS[m.group(2)])
+    return int(amount)
 
 
 def parse_duration(value: Any, *, what: str = "duration") -> float:
@@ -184,11 +180,18 @@ def fetch_configuration(name: str, *, kubeconfig: Path | str, timeout: float = 1
     """GET a CheckpointConfiguration from the API server a kubeconfig points at."""
     import httpx
 
-    server, token, verify = _load_kubeconfig(Path(kubeconfig))
-    url = f"{server.rstrip('/')}/apis/{GROUP}/v1/{PLURAL}/{name}"
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    from turbok.client.errors import KubeconfigError
+    from turbok.client.kubeconfig import load_kubeconfig
+
     try:
-        response = httpx.get(url, headers=headers, verify=verify, timeout=timeout)
+        cluster = load_kubeconfig(kubeconfig)
+        client = cluster.http_client(timeout=timeout, trust_env=False)
+    except KubeconfigError as e:
+        raise ConfigError(f"kubeconfig {kubeconfig}: {e}") from e
+    server = cluster.server
+    try:
+        with client:
+            response = client.get(f"/apis/{GROUP}/v1/{PLURAL}/{name}")
     except httpx.HTTPError as e:
         raise ConfigError(f"cannot reach the API server at {server}: {e}") from e
     if response.status_code == 404:
@@ -199,32 +202,3 @@ def fetch_configuration(name: str, *, kubeconfig: Path | str, timeout: float = 1
     if not isinstance(doc, dict):
         raise ConfigError(f"{KIND} {name!r}: the API server sent a non-object")
     return doc
-
-
-def _load_kubeconfig(path: Path) -> tuple[str, str, bool | ssl.SSLContext]:
-    """(server, bearer token, TLS verification) of the current context; a deliberately small loader."""
-    try:
-        cfg = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot read kubeconfig {path}: {e}") from e
-    try:
-        ctx_name = cfg.get("current-context") or cfg["contexts"][0]["name"]
-        ctx = next(c["context"] for c in cfg["contexts"] if c["name"] == ctx_name)
-        cluster = next(c["cluster"] for c in cfg["clusters"] if c["name"] == ctx["cluster"])
-        user: dict[str, Any] = next((u["user"] for u in cfg.get("users", []) if u["name"] == ctx.get("user")), {})
-    except (KeyError, IndexError, StopIteration, TypeError) as e:
-        raise ConfigError(f"kubeconfig {path}: no usable current context ({e!r})") from e
-    token = str(user.get("token", ""))
-    if not token and user.get("tokenFile"):
-        token = Path(user["tokenFile"]).read_text().strip()
-    verify: bool | ssl.SSLContext = True
-    if cluster.get("insecure-skip-tls-verify"):
-        verify = False
-    elif cluster.get("certificate-authority-data") or cluster.get("certificate-authority"):
-        ca = cluster.get("certificate-authority")
-        if not ca:
-            with tempfile.NamedTemporaryFile("wb", suffix=".crt", delete=False) as f:
-                f.write(base64.b64decode(cluster["certificate-authority-data"]))
-                ca = f.name
-        verify = ssl.create_default_context(cafile=ca)
-    return str(cluster["server"]), token, verify

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 #: How often running sandboxes are checked for a main process that exited on its own
 #: (a read of runsc's state file and /proc per sandbox: with hundreds, not free).
 POLL_SECONDS = 5.0
+POLL_BATCH = 100  # sandboxes whose state is read in one trip to a worker thread
 CLUSTER_DOMAIN = "cluster.local"
 
 
@@ -108,15 +109,14 @@ class SandboxReconciler(Reconciler):
         """Revisit running sandboxes whose main process may have exited (the runtime has no events)."""
         while True:
             await asyncio.sleep(POLL_SECONDS)
-            for i, (key, rid) in enumerate(list(self._running.items())):
-                if i and i % 20 == 0:
-                    await asyncio.sleep(0)  # thousands of sandboxes: let requests in between
-                try:
-                    state = await self.runtime.state(rid)
-                except RuntimeError_:
-                    continue
-                if state.phase != Phase.RUNNING:
-                    self.enqueue(key, 0.0)
+            running = list(self._running.items())
+            for i in range(0, len(running), POLL_BATCH):
+                batch = running[i:i + POLL_BATCH]
+                states = await self.runtime.states([rid for _, rid in batch])
+                for key, rid in batch:
+                    state = states.get(rid)
+                    if state is not None and state.phase != Phase.RUNNING:
+                        self.enqueue(key, 0.0)
 
     async def _teardown(self, key: tuple[str, str], *, keep_disk: bool) -> None:
         rid = self._running.pop(key, None) or self._ids.get(key)

@@ -106,15 +106,16 @@ class WarmPoolReconciler(Reconciler):
 
         active: list[tuple[str, _Member]] = []
         terminating = 0
+        pool_uid, template_ref_hash = pool["metadata"]["uid"], lb.name_hash(template_name)
         for sb_name, member in list(self._members.get((namespace, name), {}).items()):
-            if member.pool_uid != pool["metadata"]["uid"]:
+            if member.pool_uid != pool_uid:
                 continue
             if member.deleting:
                 terminating += 1
                 continue
             # A pool now pointing at another template never hands out the old one; a changed
             # template replaces old sandboxes only under Recreate.
-            other_template = member.template_ref_hash != lb.name_hash(template_name)
+            other_template = member.template_ref_hash != template_ref_hash
             outdated = recreate and template is not None and member.template_hash != bp_hash
             if other_template or outdated:
                 await self.client.delete(self.sandbox_kind, namespace, sb_name)

@@ -28,6 +28,7 @@ from turbok.api.kinds import KindRegistry, default_registry
 from turbok.apiserver.app import create_app
 from turbok.apiserver.certs import ensure_pki
 from turbok.apiserver.kubeconfig import write_kubeconfig
+from turbok.embedded.loopwatch import LoopWatch
 from turbok.home import Home
 from turbok.runtime.base import Runtime
 from turbok.store.registry import ObjectRegistry
@@ -102,6 +103,9 @@ class ControlPlane:
         # stored objects would otherwise stall every request for tens of milliseconds.
         gc.freeze()
         gc.set_threshold(50_000, 20, 50)
+        watch = LoopWatch(self.metrics)
+        watch.start()
+        self._stoppers.append(watch.stop)
         log.info("turbok control plane serving: api %s, router %s, kubeconfig %s", api_url, router_url,
                  self.home.kubeconfig)
         return self.endpoints

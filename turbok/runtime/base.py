@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import enum
 import hashlib
 import re
@@ -197,6 +198,14 @@ class Runtime(abc.ABC):
 
     @abc.abstractmethod
     async def state(self, id: str) -> RuntimeState: ...
+
+    async def states(self, ids: Sequence[str]) -> dict[str, RuntimeState]:
+        """States of many sandboxes at once (a periodic check of all of them); ids that fail are left out."""
+        found: dict[str, RuntimeState] = {}
+        for id in ids:
+            with contextlib.suppress(RuntimeError_):
+                found[id] = await self.state(id)
+        return found
 
     @abc.abstractmethod
     async def list(self) -> list[str]:

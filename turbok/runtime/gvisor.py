@@ -218,19 +218,25 @@ class RunscRuntime(LocalRuntime):
             image = self.images.resolve(spec.image)
             network = network_mode(spec)
             config = oci_config(spec, image, sdir, pids_limit=self.pids_limit, cgroup_parent=self.cgroup_parent)
-            sdir.create(spec)
-            self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             if self._read_runsc_state(spec.id) is not None:
                 # A container that died on its own (or before a crash of ours) is still
                 # registered: forget it, or runsc refuses the id.
                 await self._runsc("delete", "--force", spec.id)
-            sdir.clear_run()
-            overlay.mount_overlay(lower=image.rootfs, upper=sdir.upper, work=sdir.ovwork, target=sdir.rootfs)
-            sdir.write_json(sdir.config, config)
-            sdir.save_spec(spec)
-            with contextlib.suppress(FileNotFoundError):
-                sdir.boot_log.unlink()
-            out, err = sdir.open_logs()
+
+            def prepare() -> tuple[int, int]:
+                sdir.create(spec)
+                self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                sdir.clear_run()
+                overlay.mount_overlay(lower=image.rootfs, upper=sdir.upper, work=sdir.ovwork, target=sdir.rootfs)
+                sdir.write_json(sdir.config, config)
+                sdir.save_spec(spec)
+                with contextlib.suppress(FileNotFoundError):
+                    sdir.boot_log.unlink()
+                return sdir.open_logs()
+
+            # Directories, the overlay mount and files: blocking calls that a busy disk or a
+            # mount lock can make slow, so off the event loop that serves every request.
+            out, err = await asyncio.to_thread(prepare)
             err_at = os.fstat(err).st_size
             try:
                 proc = await asyncio.create_subprocess_exec(

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from turbok.runtime import cgroups, overlay
@@ -80,6 +82,17 @@ class LocalRuntime(Runtime):
 
     async def state(self, id: str) -> RuntimeState:
         return self._state(SandboxDir(self.root, id))
+
+    async def states(self, ids: Sequence[str]) -> dict[str, RuntimeState]:
+        # Hundreds of state files and /proc reads: in a worker thread, so requests are not kept waiting.
+        def read() -> dict[str, RuntimeState]:
+            found: dict[str, RuntimeState] = {}
+            for id in ids:
+                with contextlib.suppress(RuntimeError_):
+                    found[id] = self._state(SandboxDir(self.root, id))
+            return found
+
+        return await asyncio.to_thread(read)
 
     async def list(self) -> list[str]:
         return list_ids(self.root)

@@ -153,3 +153,12 @@ def test_configuration_is_read_from_an_api_server_with_the_kubeconfig_token(api_
     assert s.replication_factor == 2 and s.storage_url == "s3://checkpoints/llm"
     with pytest.raises(ConfigError, match="not found"):
         fetch_configuration("nope", kubeconfig=kubeconfig)
+
+
+def test_an_unusable_kubeconfig_is_a_config_error(tmp_path: Path) -> None:
+    broken = tmp_path / "kubeconfig"
+    broken.write_text("apiVersion: v1\nkind: Config\ncurrent-context: nowhere\ncontexts: []\nclusters: []\n")
+    with pytest.raises(ConfigError, match="kubeconfig"):
+        fetch_configuration("training", kubeconfig=broken)
+    with pytest.raises(ConfigError, match="kubeconfig"):
+        fetch_configuration("training", kubeconfig=tmp_path / "missing")
