@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from turbok.api.status import BadRequest, Invalid, UnsupportedMediaType
+from turbok.api.status import BadRequest, Cause, Invalid, UnsupportedMediaType
 
 __all__ = ["APPLY", "JSON_PATCH", "MERGE", "STRATEGIC", "apply_patch", "check_patch_type", "json_patch",
            "merge_patch"]
@@ -70,16 +70,21 @@ def _pointer(path: str) -> list[str]:
     return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
 
 
+def _invalid(path: str, problem: str) -> Invalid:
+    """A patch that does not apply: 422, the JSON pointer as the field (kubectl prints causes, not messages)."""
+    return Invalid(f"json patch: {path!r}: {problem}", causes=[Cause(field=path or "/", message=f"json patch: {problem}")])
+
+
 def _walk(doc: Any, parts: list[str], path: str) -> Any:
     for part in parts:
         if isinstance(doc, dict):
             if part not in doc:
-                raise Invalid(f"json patch: path {path!r} does not exist")
+                raise _invalid(path, "does not exist")
             doc = doc[part]
         elif isinstance(doc, list):
             doc = doc[_index(part, len(doc), path)]
         else:
-            raise Invalid(f"json patch: path {path!r} does not exist")
+            raise _invalid(path, "does not exist")
     return doc
 
 
@@ -87,10 +92,10 @@ def _index(part: str, length: int, path: str, *, allow_end: bool = False) -> int
     if part == "-" and allow_end:
         return length
     if not part.isdigit() or (len(part) > 1 and part.startswith("0")):
-        raise Invalid(f"json patch: invalid array index {part!r} in {path!r}")
+        raise _invalid(path, f"invalid array index {part!r}")
     i = int(part)
     if i > length or (i == length and not allow_end):
-        raise Invalid(f"json patch: array index {i} out of range in {path!r}")
+        raise _invalid(path, f"array index {i} out of range")
     return i
 
 
@@ -105,23 +110,23 @@ def _add(doc: Any, path: str, value: Any) -> Any:
     elif isinstance(parent, list):
         parent.insert(_index(last, len(parent), path, allow_end=True), copy.deepcopy(value))
     else:
-        raise Invalid(f"json patch: cannot add at {path!r}")
+        raise _invalid(path, "cannot add here: the parent is neither an object nor an array")
     return doc
 
 
 def _remove(doc: Any, path: str) -> tuple[Any, Any]:
     parts = _pointer(path)
     if not parts:
-        raise Invalid("json patch: cannot remove the whole document")
+        raise _invalid(path, "cannot remove the whole document")
     parent = _walk(doc, parts[:-1], path)
     last = parts[-1]
     if isinstance(parent, dict):
         if last not in parent:
-            raise Invalid(f"json patch: path {path!r} does not exist")
+            raise _invalid(path, "does not exist")
         return doc, parent.pop(last)
     if isinstance(parent, list):
         return doc, parent.pop(_index(last, len(parent), path))
-    raise Invalid(f"json patch: path {path!r} does not exist")
+    raise _invalid(path, "does not exist")
 
 
 def _json_equal(a: Any, b: Any) -> bool:
@@ -160,14 +165,14 @@ def json_patch(target: Any, ops: Any) -> Any:
                 raise BadRequest(f"json patch: operation {kind} needs 'from'")
             if kind == "move":
                 if path.startswith(op["from"] + "/"):
-                    raise Invalid(f"json patch: cannot move {op['from']!r} into its own child {path!r}")
+                    raise _invalid(path, f"cannot move {op['from']!r} into its own child")
                 doc, value = _remove(doc, op["from"])
             else:
                 value = copy.deepcopy(_walk(doc, _pointer(op["from"]), op["from"]))
             doc = _add(doc, path, value)
         elif kind == "test":
             if not _json_equal(_walk(doc, _pointer(path), path), op["value"]):
-                raise Invalid(f"json patch: test failed at {path!r}")
+                raise _invalid(path, "test failed: the value differs")
         else:
             raise BadRequest(f"json patch: unknown operation {kind!r}")
     return doc

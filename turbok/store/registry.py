@@ -303,7 +303,7 @@ class ObjectRegistry:
               subresource: str | None = None, opts: WriteOptions | None = None) -> Obj:
         check_patch_type(content_type, builtin=kind.group == "")  # 415 comes before 404, as in kube-apiserver
         current = self.get(kind, namespace or "", name)
-        patched = apply_patch(current, content_type, patch, builtin=kind.group == "")
+        patched = _apply_patch(kind, name, current, content_type, patch, builtin=kind.group == "")
         if not isinstance(patched.get("metadata"), dict):
             raise BadRequest("metadata must be an object")
         patched["metadata"].setdefault("resourceVersion", current["metadata"]["resourceVersion"])
@@ -369,7 +369,7 @@ class ObjectRegistry:
                     opts: WriteOptions | None = None) -> Obj:
         check_patch_type(content_type, builtin=True)
         current = self.get_scale(kind, namespace, name)
-        patched = apply_patch(current, content_type, patch, builtin=True)
+        patched = _apply_patch(kind, name, current, content_type, patch, builtin=True)
         return self.update_scale(kind, namespace, name, patched, opts=opts)
 
     # ------------------------------------------------------------ internals
@@ -522,3 +522,11 @@ def _decode_continue(token: str) -> tuple[str, str]:
         return str(ns), str(name)
     except (ValueError, TypeError) as e:
         raise BadRequest(f"invalid continue token {token!r}") from e
+
+
+def _apply_patch(kind: Kind, name: str, current: Obj, content_type: str, patch: Any, *, builtin: bool) -> Obj:
+    try:
+        return apply_patch(current, content_type, patch, builtin=builtin)
+    except Invalid as e:  # name the object, as kubectl's message does: `The Kind "name" is invalid: ...`
+        e.kind, e.group, e.name = kind.kind, kind.group, name
+        raise

@@ -175,6 +175,17 @@ def test_bad_patches_change_nothing(registry: ObjectRegistry, p1: dict[str, Any]
     assert snapshot(registry) == before
 
 
+def test_a_json_patch_that_does_not_apply_names_the_object_and_the_path(registry: ObjectRegistry,
+                                                                       p1: dict[str, Any]) -> None:
+    with pytest.raises(Invalid) as caught:
+        registry.patch(POOL, "default", "p1", JSON_PATCH, [{"op": "remove", "path": "/spec/nothing"}])
+    status = caught.value.to_status()
+    assert status["code"] == 422 and status["reason"] == "Invalid"
+    assert status["details"]["kind"] == "SandboxWarmPool" and status["details"]["name"] == "p1"
+    assert status["details"]["causes"] == [{"reason": "FieldValueInvalid", "field": "/spec/nothing",
+                                            "message": "json patch: does not exist"}]
+
+
 def test_status_patch_touches_status_only(registry: ObjectRegistry, p1: dict[str, Any]) -> None:
     out = registry.patch(POOL, "default", "p1", MERGE, {"status": {"replicas": 2}, "spec": {"replicas": 9}},
                          subresource="status")
