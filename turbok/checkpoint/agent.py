@@ -22,7 +22,7 @@ The life of a part saved on this node (pipeline.py does steps 3-7):
 4. disk commit: once the write's fsync and the hashes are done: manifest,
    marker, directory fsync.
 5. replication to ``replication_factor`` peers chosen by placement.py, one
-   ``replicate`` round trip each: the peer receives into a pooled memory
+   ``replicate`` round trip each: the peer (replica.py) receives into a pooled memory
    buffer, checks each chunk as it lands, and commits only if every shard
    matches.
 6. backup to object storage every ``backup_every_steps`` steps or
@@ -57,18 +57,18 @@ from pathlib import Path
 from typing import Any
 
 from turbok.checkpoint.config import Settings
-from turbok.checkpoint.copying import ShardHasher
 from turbok.checkpoint.errors import CheckpointError, ManifestError, StagingBusyError, StepNotFoundError
 from turbok.checkpoint.manifest import Manifest, PartKey, Shard, verify_shards
 from turbok.checkpoint.metrics import Metrics
 from turbok.checkpoint.pipeline import Pipeline
+from turbok.checkpoint.replica import Replicas
 from turbok.checkpoint.restore import Catalog, fetch
 from turbok.checkpoint.tiers.base import PartState, Tier
 from turbok.checkpoint.tiers.disk import DiskTier
 from turbok.checkpoint.tiers.memory import MemoryTier
 from turbok.checkpoint.tiers.object import ObjectTier
 from turbok.checkpoint.tiers.peer import PeerTier, state_to_wire
-from turbok.checkpoint.wire import parse_address, recv_header, recv_into, send_frame, sendfile
+from turbok.checkpoint.wire import parse_address, recv_header, send_frame, sendfile
 
 __all__ = ["Agent"]
 
@@ -98,6 +98,7 @@ class Agent:
         self.receiving: dict[PartKey, str] = {}
         self._peers: dict[str, PeerTier] = {}
         self.pipeline = Pipeline(self)
+        self.replicas = Replicas(self)
         self._server: socketserver.ThreadingTCPServer | None = None
         self.address = ""
         self.metrics_port = 0
@@ -440,137 +441,19 @@ class Agent:
 
     def _op_put(self, sock: socket.socket, h: dict[str, Any]) -> None:
         """The Tier contract's ``put``: receive a blob uncommitted; ``commit`` verifies it later."""
-        key, size = self._key(h), int(h["size"])
-        target, _ = self._receive(sock, key, size, None)
+        target = self.replicas.put(sock, self._key(h), int(h["size"]))
         send_frame(sock, {"ok": True, "tier": target})
 
     def _op_commit(self, sock: socket.socket, h: dict[str, Any]) -> None:
-        manifest = Manifest.from_dict(h["manifest"], where="replica manifest")
-        self._commit_replica(manifest, None)
+        self.replicas.commit(Manifest.from_dict(h["manifest"], where="replica manifest"))
         send_frame(sock, {"ok": True})
 
     def _op_replicate(self, sock: socket.socket, h: dict[str, Any]) -> None:
-        """A peer's replica in one round trip: blob and manifest, hashed while it arrives, then committed."""
-        try:
-            manifest = Manifest.from_dict(h["manifest"], where="replica manifest")
-            if int(h.get("size", -1)) != manifest.data_size:
-                raise CheckpointError(f"{manifest.key}: body of {h.get('size')} bytes for a part of {manifest.data_size}")
-        except (CheckpointError, KeyError, ValueError, TypeError):
-            _discard(sock, int(h.get("size") or 0))
-            raise
-        _, hasher = self._receive(sock, manifest.key, manifest.data_size, manifest)
-        self._commit_replica(manifest, hasher)
+        self.replicas.replicate(sock, h)
         send_frame(sock, {"ok": True})
-
-    def _receive(self, sock: socket.socket, key: PartKey, size: int, layout: Manifest | None) -> tuple[str, ShardHasher | None]:
-        """Receive a body into a pooled memory buffer (else the disk tier), uncommitted.
-
-        With ``layout``, the shards are hashed while the bytes arrive; the hasher is returned.
-        """
-        with self.cond:
-            busy = key in self.filling or key in self.receiving
-        if busy:
-            _discard(sock, size)
-            raise CheckpointError(f"{key} is already being written on {self.settings.self_address}")
-        self.disk.delete(key)  # an overwrite uncommits every local copy first
-        try:
-            self.reserve(key, size, timeout=0.0)
-            target = "memory"
-        except (StagingBusyError, CheckpointError):
-            target = "disk"
-        with self.cond:
-            self.receiving[key] = target
-        # In memory the bytes stay put: hash them on a worker while the next ones arrive. On the
-        # disk path the receive buffer is reused at once, so hash each chunk before writing it.
-        hasher = ShardHasher(layout.shards, checks=layout.checked, background=target == "memory" and not layout.checked) if layout is not None else None
-        try:
-            t0 = time.perf_counter()
-            if target == "memory":
-                recv_into(sock, self.memory.view(key, size), on_chunk=hasher.feed if hasher else None)
-            else:
-                self._receive_to_disk(sock, key, size, hasher)
-            self.metrics.moved(target, "receive", size, time.perf_counter() - t0)
-        except BaseException:
-            if hasher is not None:
-                hasher.close()
-            with self.cond:
-                self.receiving.pop(key, None)
-            (self.memory if target == "memory" else self.disk).delete(key)
-            self.unpin(key)
-            raise
-        return target, hasher
-
-    def _receive_to_disk(self, sock: socket.socket, key: PartKey, size: int, sync: ShardHasher | None) -> None:
-        import mmap
-
-        chunk = 16 << 20
-        buf = mmap.mmap(-1, chunk)
-        try:
-            view = memoryview(buf)
-            with self.disk.writer(key, size) as w:
-                for off in range(0, size, chunk):
-                    n = min(chunk, size - off)
-                    recv_into(sock, view[:n])
-                    if sync is not None:
-                        sync.feed(off, view[:n])  # before the buffer is reused
-                    w.write(view[:n])
-            view.release()
-        finally:
-            buf.close()
-
-    def _commit_replica(self, manifest: Manifest, hasher: ShardHasher | None) -> None:
-        """Verify a received replica (hashes computed while receiving, or a pass now) and commit it."""
-        key = manifest.key
-        with self.cond:
-            target = self.receiving.get(key)
-        if target is None:
-            raise CheckpointError(f"{key}: commit without a put on {self.settings.self_address}")
-        try:
-            self.fault("replicate.before_commit")
-            tier: MemoryTier | DiskTier = self.memory if target == "memory" else self.disk
-            if hasher is not None:
-                bad = hasher.bad()
-            else:
-                view = self.memory.view(key, manifest.data_size) if target == "memory" else memoryview(self.disk.read_uncommitted(key))
-                bad = verify_shards(view, manifest)
-            if bad:
-                tier.delete(key)
-                self.metrics.failed(target, "verify")
-                raise CheckpointError(f"{key}: replica shards {[s.name for s in bad][:5]} do not match their hashes; not committed")
-            tier.commit(manifest)
-            self.metrics.committed(tier.name, key.job, key.step)
-        except BaseException:
-            if hasher is not None:
-                hasher.close()
-            raise
-        finally:
-            with self.cond:
-                self.receiving.pop(key, None)
-            self.unpin(key)
-        if target == "memory":
-            self.pipeline.submit(manifest, hashed=True, replicate=False, backup=False)
 
     def _op_delete(self, sock: socket.socket, h: dict[str, Any]) -> None:
         key = self._key(h)
         self.memory.delete(key)
         self.disk.delete(key)
         send_frame(sock, {"ok": True})
-
-
-def _discard(sock: socket.socket, size: int) -> None:
-    """Read and drop a request body that will not be used, so the connection stays in step."""
-    import mmap
-
-    if size <= 0:
-        return
-    buf = mmap.mmap(-1, min(size, 16 << 20))
-    try:
-        view = memoryview(buf)
-        left = size
-        while left:
-            n = min(left, len(buf))
-            recv_into(sock, view[:n])
-            left -= n
-        view.release()
-    finally:
-        buf.close()
