@@ -4,7 +4,10 @@ Upstream semantics (kubernetes-sigs/agent-sandbox ``sandbox_controller.go``)
 with the runtime sandbox in the role of the Pod:
 
 - ``operatingMode: Running`` starts it (``runtime.start``: the pod template's
-  first container under gVisor); ``Suspended`` stops it and keeps its disk.
+  first container under gVisor); ``Suspended`` hibernates it (its memory,
+  processes and disk are kept; resuming restores them) where the runtime can,
+  else, or with the annotation ``turbok.dev/suspend: disk``, stops it and
+  keeps its disk.
 - ``shutdownTime`` passed: ``Delete`` deletes the Sandbox, ``Retain`` stops
   it and keeps the object with Ready=False/``SandboxExpired``.
 - A main process that exits is restarted per ``restartPolicy`` (Always,
@@ -50,6 +53,8 @@ log = logging.getLogger(__name__)
 #: (a read of runsc's state file and /proc per sandbox: with hundreds, not free).
 POLL_SECONDS = 5.0
 POLL_BATCH = 100  # sandboxes whose state is read in one trip to a worker thread
+#: ``disk`` on a Sandbox: suspend without keeping memory (the default keeps it where the runtime can).
+SUSPEND_ANNOTATION = "turbok.dev/suspend"
 CLUSTER_DOMAIN = "cluster.local"
 
 
@@ -175,7 +180,8 @@ class SandboxReconciler(Reconciler):
         return DONE
 
     async def _suspend(self, obj: Obj, key: tuple[str, str], rid: str, status: Obj, gen: int | None) -> Obj:
-        """Stop the runtime sandbox, keeping its disk; returns the object as last written."""
+        """Stop the runtime sandbox, keeping its disk and, where the runtime can, its memory;
+        returns the object as last written."""
         state = await self.runtime.state(rid)
         if state.phase == Phase.RUNNING:
             m.set_condition(status, "Suspended", False, "PodTerminating", "Pod is terminating. Sandbox is suspending",
@@ -183,15 +189,30 @@ class SandboxReconciler(Reconciler):
             m.set_condition(status, "Ready", False, "SandboxSuspended", "Sandbox is suspending",
                             observed_generation=gen)
             await self._write_status(obj, status)
-            await self._teardown(key, keep_disk=True)
+            await self._hibernate_or_stop(obj, key, rid)
             obj = await self.client.get(self.kind, *key)
-        m.set_condition(status, "Suspended", True, "PodTerminated", "Pod has been terminated. Sandbox is suspended",
-                        observed_generation=gen)
+            state = await self.runtime.state(rid)
+        message = "Pod has been terminated. Sandbox is suspended"
+        if state.reason == "Hibernated":
+            message += " with its memory; resuming restores it"
+        m.set_condition(status, "Suspended", True, "PodTerminated", message, observed_generation=gen)
         m.set_condition(status, "Ready", False, "SandboxSuspended", "Sandbox is suspended", observed_generation=gen)
         _drop_condition(status, "PodScheduled")
         status.pop("podIPs", None)
         status.pop("nodeName", None)
         return obj
+
+    async def _hibernate_or_stop(self, obj: Obj, key: tuple[str, str], rid: str) -> None:
+        annotations = obj["metadata"].get("annotations") or {}
+        if self.runtime.supports_hibernation and annotations.get(SUSPEND_ANNOTATION, "memory") != "disk":
+            try:
+                await self.runtime.hibernate(rid)
+                self._running.pop(key, None)
+                return
+            except RuntimeError_ as e:
+                log.warning("sandbox %s/%s: hibernation failed, stopping it (disk kept): %s", *key, e)
+                await self.events.record(obj, "HibernationFailed", str(e), warning=True)
+        await self._teardown(key, keep_disk=True)
 
     async def _run(self, obj: Obj, key: tuple[str, str], rid: str, status: Obj, gen: int | None) -> float | None:
         """Make the runtime sandbox run; returns seconds until a retry is worth it, if one is."""

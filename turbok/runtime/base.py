@@ -12,7 +12,9 @@ Call order, for one sandbox id:
    everything it started inside the sandbox; a signal N reads as exit 128+N.
 3. ``stop(id)``: end every process, keep the disk (Suspended). ``start`` again
    resumes on the same disk. May take seconds (gVisor: ~1.5 s): callers run it
-   off their hot path.
+   off their hot path. Or ``hibernate(id)`` where ``supports_hibernation``:
+   stop, keeping the memory too; the next ``start`` of the same spec restores
+   the processes where they were.
 4. ``remove(id)``: end every process and delete the disk. Idempotent.
 
 ``state(id)`` and ``list()`` may be called at any time, also by a control plane
@@ -147,7 +149,8 @@ class RuntimeState:
     message: str = ""
     #: Why a sandbox is not running, CamelCase for a condition's reason: ``Exited``
     #: (main process ended), ``OOMKilled`` (memory limit), ``PidsLimit`` (task limit),
-    #: ``Stopped`` (``stop`` or never started), ``Crashed`` (ended, cause unknown).
+    #: ``Stopped`` (``stop`` or never started), ``Hibernated`` (stopped with its memory saved),
+    #: ``Crashed`` (ended, cause unknown).
     #: Empty while running.
     reason: str = ""
 
@@ -186,9 +189,16 @@ class Runtime(abc.ABC):
     """One machine's way of running sandboxes. See the module docstring."""
 
     isolation: Isolation
+    #: Whether ``hibernate`` keeps a sandbox's memory for the next ``start``.
+    supports_hibernation: bool = False
 
     @abc.abstractmethod
     async def start(self, spec: SandboxSpec) -> RuntimeState: ...
+
+    async def hibernate(self, id: str) -> None:
+        """Stop a running sandbox, saving its memory: the next ``start`` of the same spec resumes it
+        (processes, open files, tmpfs) instead of booting. Runtimes that cannot raise."""
+        raise RuntimeError_(f"sandbox {id}: this runtime ({self.isolation.value}) cannot hibernate")
 
     @abc.abstractmethod
     async def stop(self, id: str) -> None: ...

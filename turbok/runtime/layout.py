@@ -63,6 +63,15 @@ class SandboxDir:
         return self.path / "spec.json"
 
     @property
+    def memory_image(self) -> Path:
+        """A hibernated sandbox's memory (``runsc checkpoint``); complete once ``memory.json`` exists."""
+        return self.path / "memory"
+
+    @property
+    def memory_marker(self) -> Path:
+        return self.path / "memory.json"
+
+    @property
     def upper(self) -> Path:
         return self.path / "upper"
 

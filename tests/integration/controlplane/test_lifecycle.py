@@ -57,20 +57,43 @@ def test_claim_shutdown_time_deletes_claim_and_sandbox(kube: Kube) -> None:
     kube.wait(lambda: not _runtime_dir(kube, sb).exists(), timeout=30, what="runtime sandbox removed")
 
 
-def test_suspend_and_resume_keep_the_disk(kube: Kube) -> None:
-    kube.create(sandbox("keeper"))
-    kube.wait_condition(kube.sandbox, "keeper", timeout=30)
-    with kube.connect("keeper") as conn:
+# State a sandbox holds in memory only (its tmpfs, a running process), and on its disk.
+REMEMBER = ("echo in-memory > /dev/shm/note; echo layer > /root/in-layer.txt; "
+            "(python3 -c 'import time; time.sleep(100000)' >/dev/null 2>&1 &); sleep 0.3")
+RECALL = "cat /dev/shm/note /root/in-layer.txt 2>/dev/null; ps -eo args | grep -q '[t]ime.sleep(100000)' && echo alive"
+
+
+def _suspend_and_resume(kube: Kube, name: str) -> tuple[str, str]:
+    """Suspend and resume a sandbox; the Suspended condition's message and what it recalls after."""
+    kube.wait_condition(kube.sandbox, name, timeout=30)
+    with kube.connect(name) as conn:
         conn.files.write("state.txt", b"v1")
-        assert conn.commands.run("echo layer > /root/in-layer.txt").exit_code == 0
-    kube.api.patch(kube.sandbox, "keeper", {"spec": {"operatingMode": "Suspended"}}, kube.ns)
-    kube.wait_condition(kube.sandbox, "keeper", "Suspended", reason="PodTerminated", timeout=30)
-    assert kube.condition(kube.sandbox, "keeper")["reason"] == "SandboxSuspended"
-    kube.api.patch(kube.sandbox, "keeper", {"spec": {"operatingMode": "Running"}}, kube.ns)
-    kube.wait_condition(kube.sandbox, "keeper", reason="DependenciesReady", timeout=30)
-    with kube.connect("keeper") as conn:
+        assert conn.commands.run(REMEMBER).exit_code == 0
+    kube.api.patch(kube.sandbox, name, {"spec": {"operatingMode": "Suspended"}}, kube.ns)
+    suspended = kube.wait_condition(kube.sandbox, name, "Suspended", reason="PodTerminated", timeout=30)
+    assert kube.condition(kube.sandbox, name)["reason"] == "SandboxSuspended"
+    message = next(c for c in suspended["status"]["conditions"] if c["type"] == "Suspended")["message"]
+    kube.api.patch(kube.sandbox, name, {"spec": {"operatingMode": "Running"}}, kube.ns)
+    kube.wait_condition(kube.sandbox, name, reason="DependenciesReady", timeout=30)
+    with kube.connect(name) as conn:
         assert conn.files.read("state.txt") == b"v1"
-        assert conn.commands.run("cat /root/in-layer.txt").stdout.strip() == "layer"
+        return message, conn.commands.run(RECALL).stdout
+
+
+def test_suspend_and_resume_keep_memory_processes_and_disk(kube: Kube) -> None:
+    kube.create(sandbox("keeper"))
+    message, recalled = _suspend_and_resume(kube, "keeper")
+    assert "with its memory" in message
+    assert recalled.split() == ["in-memory", "layer", "alive"]
+
+
+def test_suspend_to_disk_only_keeps_the_disk(kube: Kube) -> None:
+    body = sandbox("disk-only")
+    body["metadata"]["annotations"] = {"turbok.dev/suspend": "disk"}
+    kube.create(body)
+    message, recalled = _suspend_and_resume(kube, "disk-only")
+    assert "memory" not in message
+    assert recalled.split() == ["layer"]
 
 
 def test_unknown_image_is_reported_on_the_sandbox(kube: Kube) -> None:

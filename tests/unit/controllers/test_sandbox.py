@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
+import pytest
+
 from turbok.api import meta as m
 from turbok.controllers import labels as lb
-from turbok.runtime.base import sandbox_id
-from turbok.runtime.errors import ImageNotFound
+from turbok.runtime.base import Phase, RuntimeState, sandbox_id
+from turbok.runtime.errors import ImageNotFound, RuntimeError_
 
 from .conftest import Cluster, sandbox
 
@@ -55,6 +57,44 @@ async def test_suspend_stops_the_runtime_and_resume_starts_it_again(cluster: Clu
     cluster.patch(cluster.sandbox, "s", {"spec": {"operatingMode": "Running"}})
     await cluster.wait_condition(cluster.sandbox, "s", "Ready", reason="DependenciesReady")
     assert rid in cluster.runtime.running()
+
+
+async def test_suspend_hibernates_where_the_runtime_can_and_stops_when_that_fails(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    rt = cluster.runtime
+    hibernated: set[str] = set()
+    broken: set[str] = set()
+    plain_state = rt.state
+
+    async def hibernate(id: str) -> None:
+        if id in broken:
+            raise RuntimeError_(f"sandbox {id}: runsc checkpoint failed: no space left")
+        await rt.stop(id)
+        hibernated.add(id)
+
+    async def state(id: str) -> RuntimeState:
+        if id in hibernated and id not in rt.running():
+            return RuntimeState(id, Phase.STOPPED, rt.isolation, reason="Hibernated")
+        return await plain_state(id)
+
+    monkeypatch.setattr(rt, "supports_hibernation", True)
+    monkeypatch.setattr(rt, "hibernate", hibernate)
+    monkeypatch.setattr(rt, "state", state)
+    keep, fail = _rid(cluster.create(sandbox("keep"))), _rid(cluster.create(sandbox("fail")))
+    broken.add(fail)
+    for name in ("keep", "fail"):
+        await cluster.wait_condition(cluster.sandbox, name, "Ready")
+        cluster.patch(cluster.sandbox, name, {"spec": {"operatingMode": "Suspended"}})
+    kept = m.condition(await cluster.wait_condition(cluster.sandbox, "keep", "Suspended", reason="PodTerminated"),
+                       "Suspended")
+    assert keep in hibernated and "with its memory" in kept["message"]
+    failed = m.condition(await cluster.wait_condition(cluster.sandbox, "fail", "Suspended", reason="PodTerminated"),
+                         "Suspended")
+    assert fail not in rt.running() and fail not in hibernated and "memory" not in failed["message"]
+    event_kind = cluster.kinds.by_kind("v1", "Event")
+    await cluster.wait(lambda: any(e["reason"] == "HibernationFailed" and "no space left" in e["message"]
+                                   for e in cluster.registry.list(event_kind, "default").items),
+                       what="a warning event for the failed hibernation")
 
 
 async def test_shutdown_time_retain_stops_and_keeps_the_object(cluster: Cluster) -> None:
