@@ -113,6 +113,8 @@ def down(home: Home, *, timeout: float = 30.0) -> bool:
 def stop_sandboxes(home: Home, *, remove: bool = False) -> int:
     """Stop every runtime sandbox of this home (keeping disks unless ``remove``); returns how many.
 
+    Hibernated sandboxes are left as they are (their memory stays saved) unless ``remove``.
+
     For ``turbok down --stop-sandboxes`` and test teardown: with the control plane down
     nothing else will, and a detached gVisor sandbox runs until told to stop.
     """
@@ -127,16 +129,22 @@ def stop_sandboxes(home: Home, *, remove: bool = False) -> int:
     # A stop is ~2 s of waiting and ~0.2 s of CPU: a few at a time keep the machine usable.
     limit = asyncio.Semaphore(8)
 
-    async def one(rid: str) -> None:
+    async def one(rid: str) -> bool:
         async with limit:
-            await (runtime.remove(rid) if remove else runtime.stop(rid))
+            if remove:
+                await runtime.remove(rid)
+            elif (await runtime.state(rid)).reason == "Hibernated":
+                return False  # nothing runs, and a stop would throw its saved memory away
+            else:
+                await runtime.stop(rid)
+            return True
 
     async def run() -> int:
         ids = await runtime.list()
         results = await asyncio.gather(*(one(i) for i in ids), return_exceptions=True)
         for rid, result in zip(ids, results, strict=True):
-            if isinstance(result, Exception):
+            if isinstance(result, BaseException):
                 raise DaemonError(f"could not stop sandbox {rid}: {result}")
-        return len(ids)
+        return sum(1 for result in results if result is True)
 
     return asyncio.run(run())

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
+from turbok.embedded.daemon import stop_sandboxes
+from turbok.home import Home
 from turbok.runtime import overlay
 from turbok.runtime.base import Phase
 from turbok.runtime.errors import SandboxNotRunning
 from turbok.runtime.gvisor import RunscRuntime
+from turbok.runtime.images import ImageStore
 from turbok.runtime.layout import SandboxDir
 
 if TYPE_CHECKING:
@@ -86,3 +91,22 @@ async def test_a_broken_memory_image_falls_back_to_a_fresh_boot(runtime: RunscRu
     assert r.stdout.decode().split() == ["on-disk"]
     assert not sdir.memory_image.exists()
     await runtime.remove(spec.id)
+
+
+async def test_stopping_every_sandbox_of_a_home_leaves_hibernated_ones_hibernated(tmp_path: Path,
+                                                                                   images: ImageStore,
+                                                                                   make_spec: SpecFactory) -> None:
+    home = Home(tmp_path / "home").ensure()
+    rt = RunscRuntime(home.sandboxes, images)
+    sleeping, running = make_spec("home-hibernated"), make_spec("home-running")
+    for spec in (sleeping, running):
+        await rt.start(spec)
+    await rt.exec(sleeping.id, ["sh", "-c", REMEMBER])
+    await rt.hibernate(sleeping.id)
+    assert await asyncio.to_thread(stop_sandboxes, home) == 1  # `turbok down --stop-sandboxes`
+    assert (await rt.state(running.id)).reason == "Stopped"
+    assert (await rt.state(sleeping.id)).reason == "Hibernated"
+    await rt.start(sleeping)
+    r = await rt.exec(sleeping.id, ["sh", "-c", RECALL])
+    assert r.stdout.decode().split() == ["only-in-memory", "on-disk", "process-alive"]
+    assert await asyncio.to_thread(stop_sandboxes, home, remove=True) == 2
