@@ -38,18 +38,6 @@ REMEMBER = ("echo in-memory > /dev/shm/note; (python3 -c 'import time; time.slee
 RECALL = "cat /dev/shm/note; ps -eo args | grep -q '[t]ime.sleep(100000)' && echo alive"
 
 
-async def runsc(rt: RunscRuntime, log: Path, *args: str) -> float:
-    """One raw runsc command; output to a file (a detached sandbox keeps what it is given)."""
-    with open(log, "ab") as out:
-        t = time.perf_counter()
-        proc = await asyncio.create_subprocess_exec(*rt._cmd(*args), stdin=asyncio.subprocess.DEVNULL,
-                                                    stdout=out, stderr=out, start_new_session=True)
-        code = await proc.wait()
-    if code != 0:
-        raise SystemExit(f"runsc {args[0]} failed ({code}); see {log}")
-    return time.perf_counter() - t
-
-
 async def check(rt: RunscRuntime, id: str) -> None:
     r = await rt.exec(id, ["sh", "-c", RECALL])
     if r.stdout.decode().split() != ["in-memory", "alive"]:
@@ -82,14 +70,13 @@ async def main(rounds: int) -> None:
             img = work / "raw-image"
             shutil.rmtree(img, ignore_errors=True)
             img.mkdir()
-            ckpt = await runsc(rt, sdir.stdout_log, "checkpoint", f"--image-path={img}", raw.id)
-            ckpt += await runsc(rt, sdir.stdout_log, "delete", "--force", raw.id)
+            ckpt = await rt_bench.raw_run(rt._cmd("checkpoint", f"--image-path={img}", raw.id), sdir)
+            ckpt += await rt_bench.raw_run(rt._cmd("delete", "--force", raw.id), sdir)
             res["raw_ckpt"].append(ckpt)
             overlay.unmount(sdir.rootfs)
             overlay.mount_overlay(lower=image.rootfs, upper=sdir.upper, work=sdir.ovwork, target=sdir.rootfs)
-            res["raw_restore"].append(await runsc(
-                rt, sdir.stdout_log, "--network=none", "--cpu-num-from-quota", f"--debug-log={sdir.boot_log}", "--debug-command=boot",
-                "restore", f"--image-path={img}", "--detach", f"--bundle={sdir.path}", raw.id))
+            restore = rt_bench.run_flags(rt, sdir, "restore", f"--image-path={img}")
+            res["raw_restore"].append(await rt_bench.raw_run(restore, sdir))
             await check(rt, raw.id)
 
         for i in range(rounds):

@@ -82,14 +82,14 @@ def spec(name: str) -> SandboxSpec:
     return SandboxSpec(id=sandbox_id(name), hostname=name, image=IMAGE)
 
 
-def run_flags(rt: RunscRuntime, sdir: SandboxDir) -> list[str]:
-    """The exact command line RunscRuntime.start uses (see gvisor.py)."""
+def run_flags(rt: RunscRuntime, sdir: SandboxDir, *verb: str) -> list[str]:
+    """The exact command line RunscRuntime.start uses (see gvisor.py); ``verb`` defaults to ``run``."""
     return rt._cmd(
         "--network=none",
         "--cpu-num-from-quota",
         f"--debug-log={sdir.boot_log}",
         "--debug-command=boot",
-        "run",
+        *(verb or ("run",)),
         "--detach",
         f"--bundle={sdir.path}",
         sdir.id,
@@ -97,6 +97,8 @@ def run_flags(rt: RunscRuntime, sdir: SandboxDir) -> list[str]:
 
 
 async def raw_run(argv: list[str], sdir: SandboxDir) -> float:
+    """Seconds one raw runsc command took; output to the sandbox's stdout.log (a detached
+    sandbox keeps what it is given, so never a pipe)."""
     out = os.open(sdir.stdout_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
     t = time.perf_counter()
     proc = await asyncio.create_subprocess_exec(
@@ -106,7 +108,7 @@ async def raw_run(argv: list[str], sdir: SandboxDir) -> float:
     code = await proc.wait()
     dt = time.perf_counter() - t
     if code != 0:
-        raise SystemExit(f"raw runsc run failed ({code}); see {sdir.stdout_log}")
+        raise SystemExit(f"raw {' '.join(argv[1:])} failed ({code}); see {sdir.stdout_log}")
     return dt
 
 
