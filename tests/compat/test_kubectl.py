@@ -464,9 +464,17 @@ def test_a_crash_loses_nothing_and_old_watches_get_410(make_control_plane: Calla
     run = make_kubectl(cp, tmp_path / "cache", KUBECTL or "kubectl")
     run("create", "namespace", "durable")
     for name in ("a", "b"):
-        run("apply", "-n", "durable", "-f", "-", stdin=pool_yaml(name, 0, labels={"n": name}))
+        run("apply", "-n", "durable", "-f", "-", stdin=pool_yaml(name, 0, labels={"tier": name}))
     run("scale", "-n", "durable", "swp", "b", "--replicas=0")
-    before = items(run, "swp", "-n", "durable")
+    # The warm-pool controller writes status shortly after each change: wait for it, so that
+    # "before" is the settled state and a write after the restart is a real difference.
+    deadline = time.monotonic() + 30
+    while True:
+        before = items(run, "swp", "-n", "durable")
+        if all(p.get("status", {}).get("observedGeneration") == p["metadata"]["generation"] for p in before):
+            break
+        assert time.monotonic() < deadline, f"warm pools never observed: {before}"
+        time.sleep(0.1)
     rv = json.loads(run("get", "--raw", f"/apis/{EXT}/namespaces/durable/sandboxwarmpools").stdout)[
         "metadata"]["resourceVersion"]
     cp.stop(signal.SIGKILL)  # a crash, not a clean shutdown
