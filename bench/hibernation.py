@@ -32,6 +32,7 @@ from turbok.runtime import overlay  # noqa: E402
 from turbok.runtime.gvisor import RunscRuntime  # noqa: E402
 from turbok.runtime.images import ImageStore  # noqa: E402
 from turbok.runtime.layout import SandboxDir  # noqa: E402
+from turbok.runtime.local import release_root  # noqa: E402
 
 REMEMBER = ("echo in-memory > /dev/shm/note; (python3 -c 'import time; time.sleep(100000)' >/dev/null 2>&1 &); "
             "sleep 0.3")
@@ -93,6 +94,7 @@ async def main(rounds: int) -> None:
     finally:
         for s in (ours, raw):
             await rt.remove(s.id)
+        release_root(rt.root)
         shutil.rmtree(work, ignore_errors=True)
 
     def row(what: str, key: str, ref: str | None = None) -> None:

@@ -76,14 +76,14 @@ def measure(rounds: int, info: dict[str, str]) -> dict[str, list[float]]:
     from k8s_agent_sandbox.models import SandboxDirectConnectionConfig
     from k8s_agent_sandbox.sandbox import Sandbox
 
-    from turbok.sdk import SandboxConnection, capability_url
+    from turbok.sdk import SandboxConnection, auth_headers
 
     raw_cmd = [info["runsc"], f"--root={info['state_dir']}", "exec", info["id"], "true"]
     conn = SandboxConnection(info["url"], TOKEN, "default", NAME)
     official = Sandbox(
         claim_name="bench",
         sandbox_id=NAME,
-        connection_config=SandboxDirectConnectionConfig(api_url=capability_url(info["url"], TOKEN)),
+        connection_config=SandboxDirectConnectionConfig(api_url=info["url"], extra_headers=auth_headers(TOKEN)),
         k8s_helper=_NoKubernetes(),  # type: ignore[arg-type]
     )
     assert official.commands is not None

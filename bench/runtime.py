@@ -1,8 +1,9 @@
 """Benchmark of the gVisor runtime against raw runsc, measured in the same run.
 
 1. Cold start: ``RunscRuntime.start`` of a fresh sandbox (new directory, image
-   resolution, overlay mount, config.json, ``runsc run --detach``) against a raw
-   ``runsc run --detach`` of an already prepared bundle with the same flags,
+   resolution, its own disk made and mounted, overlay mount, config.json,
+   ``runsc run --detach``) against a raw ``runsc run --detach`` of an already
+   prepared bundle (disk and overlay mounted, untimed) with the same flags,
    alternating. Teardown is untimed and sequential (it would steal CPU).
 2. Exec: ``RunscRuntime.exec(id, ["true"])`` against a raw ``runsc exec ID true``
    spawned from the same event loop with the same pipes, alternating.
@@ -32,9 +33,11 @@ from pathlib import Path
 
 from turbok.runtime import overlay
 from turbok.runtime.base import SandboxSpec, sandbox_id
+from turbok.runtime.disk import bounds
 from turbok.runtime.gvisor import RunscRuntime
 from turbok.runtime.images import ImageStore
 from turbok.runtime.layout import SandboxDir
+from turbok.runtime.local import release_root
 
 IMAGE = "python-runtime-sandbox"
 
@@ -138,6 +141,7 @@ async def bench_start(rt: RunscRuntime, n: int) -> dict[str, list[float]]:
         await rt.remove(s.id)
 
     async def raw() -> None:
+        rt._prepare_disk(raw_dir, raw_spec, bounds(None))
         overlay.mount_overlay(lower=image.rootfs, upper=raw_dir.upper, work=raw_dir.ovwork, target=raw_dir.rootfs)
         res["raw"].append(await raw_run(run_flags(rt, raw_dir), raw_dir))
         await rt.stop(raw_spec.id)
@@ -217,6 +221,7 @@ async def main() -> None:
     finally:
         for id in await rt.list():
             await rt.remove(id)
+        release_root(root)
         if args.root is None:
             shutil.rmtree(root, ignore_errors=True)
         remove_parent_cgroup()

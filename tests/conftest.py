@@ -30,9 +30,15 @@ class ControlPlaneProcess:
     home: Path
     api_url: str = ""
     router_url: str = ""
-    token: str = ""
+    token: str = ""  # the API's bearer token
+    router_token: str = ""  # the router's own, sent as Authorization: Bearer (never in a URL)
     kubeconfig: Path = field(default_factory=Path)
     proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def router_headers(self) -> dict[str, str]:
+        """The official client's ``extra_headers`` for this control plane's router."""
+        return {"Authorization": f"Bearer {self.router_token}"}
 
     @property
     def env(self) -> dict[str, str]:
@@ -60,6 +66,7 @@ class ControlPlaneProcess:
                 self.api_url, self.router_url = data["api"], data["router"]
                 self.kubeconfig = Path(data["kubeconfig"])
                 self.token = (self.home / "token").read_text().strip()
+                self.router_token = (self.home / "router-token").read_text().strip()
                 return self
             time.sleep(0.05)
         raise RuntimeError("turbok serve did not come up")
@@ -78,9 +85,11 @@ class ControlPlaneProcess:
         """Stop the control plane and remove every sandbox it left running."""
         from turbok.embedded.daemon import stop_sandboxes
         from turbok.home import Home
+        from turbok.runtime.local import release_root
 
         self.stop()
         stop_sandboxes(Home(self.home), remove=True)
+        release_root(self.home / "sandboxes")  # the runtime's nosuid bind, if a last unmount found it busy
 
     def log(self) -> str:
         return (self.home / "turbok.log").read_text()

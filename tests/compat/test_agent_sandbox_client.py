@@ -38,7 +38,9 @@ def api(control_plane: ControlPlaneProcess) -> Iterator[kclient.ApiClient]:
 
 
 def _client(cp: ControlPlaneProcess, api: kclient.ApiClient) -> SandboxClient:
-    return SandboxClient(connection_config=SandboxDirectConnectionConfig(api_url=cp.router_url), api_client=api)
+    # Direct mode, unchanged: the router URL and its own token in a header (extra_headers), never in the URL.
+    config = SandboxDirectConnectionConfig(api_url=cp.router_url, extra_headers=cp.router_headers)
+    return SandboxClient(connection_config=config, api_client=api)
 
 
 def test_create_run_and_files_with_the_official_client(control_plane: ControlPlaneProcess,

@@ -5,7 +5,9 @@ Kinds come from the CustomResourceDefinitions packaged in ``turbok/api/crds``
 kinds defined here (``v1`` Namespace). For each CRD the storage version is
 served; other versions would need conversion and are not. Events (core/v1)
 are served so that ``kubectl describe`` and ``kubectl get events`` work and
-controllers may record what they did.
+controllers may record what they did. ``LimitRange`` and ``ResourceQuota``
+(core/v1, schemas copied from kube-apiserver into ``api/schemas``) bound what
+a namespace's sandboxes may use; ``turbok.store.admission`` enforces them.
 
 Who calls: the apiserver (routing, discovery, OpenAPI), the registry in
 ``turbok.store`` (validation), the CLI (resolving ``sandboxclaim`` to a kind).
@@ -14,6 +16,7 @@ Who calls: the apiserver (routing, discovery, OpenAPI), the registry in
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
@@ -23,7 +26,7 @@ import yaml
 
 from turbok.api.status import NotFound
 
-__all__ = ["EVENT", "NAMESPACE", "Kind", "KindRegistry", "Scale", "default_registry", "kind_from_crd"]
+__all__ = ["EVENT", "LIMIT_RANGE", "NAMESPACE", "RESOURCE_QUOTA", "Kind", "KindRegistry", "Scale", "default_registry", "kind_from_crd"]
 
 
 @dataclass(frozen=True)
@@ -200,6 +203,39 @@ EVENT = Kind(
 )
 
 
+def _policy_schema(kind: str) -> dict[str, Any]:
+    text = (resources.files("turbok.api") / "schemas" / "core-v1-policy.json").read_text()
+    schema: dict[str, Any] = json.loads(text)[kind]
+    return schema
+
+
+#: core/v1 LimitRange: per-namespace defaults and bounds of each container's resources (LimitRanger).
+LIMIT_RANGE = Kind(
+    group="",
+    version="v1",
+    kind="LimitRange",
+    plural="limitranges",
+    singular="limitrange",
+    namespaced=True,
+    short_names=("limits",),
+    schema=_policy_schema("LimitRange"),
+    printer_columns=({"name": "Created At", "type": "string", "jsonPath": ".metadata.creationTimestamp"},),
+)
+
+#: core/v1 ResourceQuota: per-namespace caps on object counts and cpu/memory, ``status.used`` kept current.
+RESOURCE_QUOTA = Kind(
+    group="",
+    version="v1",
+    kind="ResourceQuota",
+    plural="resourcequotas",
+    singular="resourcequota",
+    namespaced=True,
+    short_names=("quota",),
+    status_subresource=True,
+    schema=_policy_schema("ResourceQuota"),
+)
+
+
 class KindRegistry:
     """Every kind served, found by resource path, by apiVersion+kind or by a name a user types."""
 
@@ -260,5 +296,5 @@ def _packaged_crds() -> Iterator[dict[str, Any]]:
 
 @functools.cache
 def default_registry() -> KindRegistry:
-    """Namespace and Event plus every packaged CRD, loaded once per process."""
-    return KindRegistry([NAMESPACE, EVENT, *(kind_from_crd(c) for c in _packaged_crds())])
+    """Namespace, Event, LimitRange and ResourceQuota plus every packaged CRD, loaded once per process."""
+    return KindRegistry([NAMESPACE, EVENT, LIMIT_RANGE, RESOURCE_QUOTA, *(kind_from_crd(c) for c in _packaged_crds())])

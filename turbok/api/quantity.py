@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 
-__all__ = ["QuantityError", "cpu_millis", "parse_quantity", "to_bytes"]
+__all__ = ["QuantityError", "cpu_millis", "format_quantity", "parse_quantity", "to_bytes"]
 
 _SUFFIXES = {
     "Ki": Decimal(2) ** 10, "Mi": Decimal(2) ** 20, "Gi": Decimal(2) ** 30, "Ti": Decimal(2) ** 40,
@@ -45,3 +45,30 @@ def cpu_millis(value: str | int | float) -> int:
 
 def to_bytes(value: str | int | float) -> int:
     return int(parse_quantity(value).to_integral_value(rounding="ROUND_CEILING"))
+
+
+_BINARY = (("Ei", 60), ("Pi", 50), ("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10))
+_DECIMAL = (("E", 18), ("P", 15), ("T", 12), ("G", 9), ("M", 6), ("k", 3))
+
+
+def format_quantity(value: Decimal, *, binary: bool = False) -> str:
+    """A canonical form as kube-apiserver writes it (``1Gi``, ``800m``, ``2``): binary suffixes for byte
+    quantities where exact, else the largest decimal suffix that keeps the number whole."""
+    if value == 0:
+        return "0"
+    sign, value = ("-", -value) if value < 0 else ("", value)
+    if value == value.to_integral_value():
+        whole = int(value)
+        for suffix, shift in _BINARY if binary else ():
+            if whole % (1 << shift) == 0:
+                return f"{sign}{whole >> shift}{suffix}"
+        for suffix, power in _DECIMAL:
+            if whole % 10**power == 0:
+                return f"{sign}{whole // 10**power}{suffix}"
+        return f"{sign}{whole}"
+    for suffix, scale in (("m", Decimal(1000)), ("u", Decimal(10**6)), ("n", Decimal(10**9))):
+        scaled = value * scale
+        if scaled == scaled.to_integral_value():
+            return f"{sign}{int(scaled)}{suffix}"
+    # Finer than a nano-unit: kube rounds up to the next nano-unit.
+    return f"{sign}{int((value * Decimal(10**9)).to_integral_value(rounding='ROUND_CEILING'))}n"

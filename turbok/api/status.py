@@ -11,8 +11,11 @@ The tree (HTTP code, ``Status.reason``)::
     ├── AlreadyExists              (409 AlreadyExists)
     ├── Conflict                   (409 Conflict)
     ├── Gone                       (410 Expired)
+    ├── RequestEntityTooLarge      (413 RequestEntityTooLarge)
     ├── UnsupportedMediaType       (415 UnsupportedMediaType)
-    └── Invalid                    (422 Invalid, with field causes)
+    ├── Invalid                    (422 Invalid, with field causes)
+    ├── TooManyRequests            (429 TooManyRequests, with Retry-After)
+    └── InsufficientStorage        (507 InsufficientStorage: the disk under the store is full)
 
 The store, the registry and the apiserver raise these; the apiserver turns
 them into responses with ``to_status()``; controllers read ``code``.
@@ -33,9 +36,12 @@ __all__ = [
     "Conflict",
     "Forbidden",
     "Gone",
+    "InsufficientStorage",
     "Invalid",
     "MethodNotAllowed",
     "NotFound",
+    "RequestEntityTooLarge",
+    "TooManyRequests",
     "Unauthorized",
     "UnsupportedMediaType",
     "status_success",
@@ -134,6 +140,10 @@ class Gone(ApiError):
     code, reason = 410, "Expired"
 
 
+class RequestEntityTooLarge(ApiError):
+    code, reason = 413, "RequestEntityTooLarge"
+
+
 class UnsupportedMediaType(ApiError):
     code, reason = 415, "UnsupportedMediaType"
 
@@ -149,6 +159,16 @@ class Invalid(ApiError):
         return cls(
             f'{resource} "{name}" is invalid: {listed}', kind=kind, group=group, name=name, causes=causes
         )
+
+
+class TooManyRequests(ApiError):
+    code, reason = 429, "TooManyRequests"
+
+
+class InsufficientStorage(ApiError):
+    # Kubernetes has no reason for this (an etcd out of space answers 500): 507 says what happened and
+    # that a retry once space is back will do.
+    code, reason = 507, "InsufficientStorage"
 
 
 def status_success(*, name: str = "", kind: str = "", group: str = "", uid: str = "") -> dict[str, Any]:

@@ -7,8 +7,10 @@ resource handlers for CRUD, list, watch, patch and the status and scale
 subresources (``resources``), the read-only CustomResourceDefinitions
 (``crds``), protobuf request bodies (``protobuf``), server-side tables for
 ``kubectl get`` (``table``, with the JSONPath subset printer columns use), the
-serving certificate (``certs``) and kubeconfig writing (``kubeconfig``).
-What it serves and how it differs from kube-apiserver: docs/api.md.
+serving certificate (``certs``), kubeconfig writing (``kubeconfig``), the
+request bounds (``limits``: body size, nesting) and per-client in-flight limits
+(``flowcontrol``, a small API Priority and Fairness).
+What it serves, its limits and how it differs from kube-apiserver: docs/api.md.
 
 Speaks HTTP over ``turbok.store.registry``; knows nothing of controllers or
 runtimes. Listens on 127.0.0.1 by default.

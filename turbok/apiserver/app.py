@@ -2,25 +2,33 @@
 
 Middlewares, in order: a request log and metrics, bearer-token
 authentication (constant-time; health endpoints are open, as kube-apiserver
-leaves them to anonymous users), and the error mapping that turns any
-``ApiError`` into a ``Status`` body with its HTTP code (an unexpected
-exception becomes a 500 ``Status`` and a log line with the traceback).
+leaves them to anonymous users), per-client in-flight limits
+(``flowcontrol``), and the error mapping that turns any ``ApiError`` into a
+``Status`` body with its HTTP code (an unexpected exception becomes a 500
+``Status`` and a log line with the traceback; no internal text reaches the
+client). Request bodies are capped at ``ApiLimits.max_body_bytes`` (413).
+A background task deletes expired Events (``ObjectRegistry.expire_events``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from turbok.api.kinds import KindRegistry
-from turbok.api.status import ApiError, MethodNotAllowed, NotFound, Unauthorized
+from turbok.api.status import ApiError, MethodNotAllowed, NotFound, RequestEntityTooLarge, Unauthorized
 from turbok.apiserver import crds, discovery, openapi, openapi_pb
+from turbok.apiserver.flowcontrol import FlowControl
+from turbok.apiserver.limits import LIMITS, ApiLimits
 from turbok.apiserver.resources import handle_resource, parse_target
+from turbok.printable import printable
 from turbok.store.registry import ObjectRegistry
 
 __all__ = ["ApiMetrics", "create_app"]
@@ -66,8 +74,11 @@ def _resource_label(kinds: KindRegistry, path: str) -> str:
 
 
 def create_app(registry: ObjectRegistry, *, token: str, metrics_registry: CollectorRegistry,
-               server_address: str = "127.0.0.1") -> web.Application:
+               server_address: str = "127.0.0.1", limits: ApiLimits | None = None) -> web.Application:
     metrics = ApiMetrics(metrics_registry)
+    limits = limits or ApiLimits.from_env()
+    flows = FlowControl(per_client=limits.inflight_per_client, total=limits.inflight_total,
+                        retry_after=limits.retry_after_seconds)
     expected = f"Bearer {token}".encode()
 
     @web.middleware
@@ -86,21 +97,23 @@ def create_app(registry: ObjectRegistry, *, token: str, metrics_registry: Collec
         except web.HTTPException as e:
             code = e.status
             # aiohttp's own answers (no route, wrong method) become Status bodies like every other error.
-            error_class = {404: NotFound, 405: MethodNotAllowed}.get(e.status)
+            error_class = {404: NotFound, 405: MethodNotAllowed, 413: RequestEntityTooLarge}.get(e.status)
             if error_class is None:
                 raise
-            message = "the server could not find the requested resource" if e.status == 404 else \
-                f"the server does not allow this method on the requested resource: {request.method}"
+            message = {404: "the server could not find the requested resource",
+                       405: f"the server does not allow this method on the requested resource: {request.method}",
+                       413: f"Request entity too large: limit is {limits.max_body_bytes}"}[e.status]
             return _status_response(error_class(message))
         except Exception:
-            log.exception("internal error serving %s %s", request.method, request.path_qs)
+            log.exception("internal error serving %s %s", request.method, printable(request.path_qs))
             return _status_response(ApiError("an internal error occurred; see the turbok log"))
         finally:
             elapsed = time.perf_counter() - start
             if verb != "WATCH":
                 metrics.latency.labels(verb, resource).observe(elapsed)
             metrics.requests.labels(verb, resource, str(code)).inc()
-            log.debug("%s %s -> %s in %.1f ms", request.method, request.path_qs, code, elapsed * 1000)
+            # path_qs is decoded: %0A would be a newline, forging a log line.
+            log.debug("%s %s -> %s in %.1f ms", request.method, printable(request.path_qs), code, elapsed * 1000)
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -110,7 +123,26 @@ def create_app(registry: ObjectRegistry, *, token: str, metrics_registry: Collec
                 raise Unauthorized("Unauthorized: a bearer token from the turbok kubeconfig is required")
         return await handler(request)
 
-    app = web.Application(middlewares=[observe, authenticate], client_max_size=16 * 1024 * 1024)
+    app = web.Application(middlewares=[observe, authenticate, flows.middleware],
+                          client_max_size=limits.max_body_bytes)
+    app[LIMITS] = limits
+
+    async def expire_events(_: web.Application) -> AsyncIterator[None]:
+        async def sweep() -> None:
+            while True:
+                await asyncio.sleep(limits.event_sweep_seconds)
+                try:
+                    registry.expire_events()
+                except ApiError as e:  # a full disk: the next sweep tries again
+                    log.warning("could not delete expired events: %s", e)
+
+        task = asyncio.create_task(sweep(), name="event-ttl")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    app.cleanup_ctx.append(expire_events)
     kinds = registry.kinds
     listed = discovery.served(kinds)
 

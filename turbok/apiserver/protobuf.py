@@ -3,8 +3,8 @@
 kubectl's typed clients send core objects as ``application/vnd.kubernetes.protobuf``
 (``kubectl create namespace`` does). turbok answers in JSON, which kubectl
 accepts, and decodes the few request messages it can receive: the
-``runtime.Unknown`` envelope, ``v1.Namespace`` (ObjectMeta fields users set)
-and ``v1.DeleteOptions``. Field numbers are those of k8s.io/api generated.proto.
+``runtime.Unknown`` envelope, ``v1.Namespace`` (ObjectMeta fields users set),
+``v1.ResourceQuota`` (``kubectl create quota``) and ``v1.DeleteOptions``. Field numbers are those of k8s.io/api generated.proto.
 """
 
 from __future__ import annotations
@@ -103,7 +103,41 @@ def _delete_options(raw: bytes) -> dict[str, Any]:
     return opts
 
 
+def _scope_requirement(raw: bytes) -> dict[str, Any]:
+    req: dict[str, Any] = {}
+    for number, value in _fields(raw):
+        if number in (1, 2):
+            req["scopeName" if number == 1 else "operator"] = _str(value)
+        elif number == 3:
+            req.setdefault("values", []).append(_str(value))
+    return req
+
+
+def _resource_quota(raw: bytes) -> dict[str, Any]:
+    """``kubectl create quota``: metadata and spec (hard: map of Quantity messages; scopes)."""
+    obj: dict[str, Any] = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {}}
+    for number, value in _fields(raw):
+        if number == 1 and isinstance(value, bytes):
+            obj["metadata"] = _object_meta(value)
+        elif number == 2 and isinstance(value, bytes):
+            spec: dict[str, Any] = {}
+            for n, v in _fields(value):
+                if n == 1 and isinstance(v, bytes):
+                    entry = dict(_fields(v))
+                    value_ = entry.get(2)
+                    quantity = dict(_fields(value_)) if isinstance(value_, bytes) else {}
+                    spec.setdefault("hard", {})[_str(entry.get(1, b""))] = _str(quantity.get(1, b"0"))
+                elif n == 2:
+                    spec.setdefault("scopes", []).append(_str(v))
+                elif n == 3 and isinstance(v, bytes):
+                    spec["scopeSelector"] = {"matchExpressions": [_scope_requirement(r) for rn, r in _fields(v)
+                                                                  if rn == 1 and isinstance(r, bytes)]}
+            obj["spec"] = spec
+    return obj
+
+
 _DECODERS = {("v1", "Namespace"): _namespace, ("v1", "DeleteOptions"): _delete_options,
+             ("v1", "ResourceQuota"): _resource_quota,
              ("meta.k8s.io/v1", "DeleteOptions"): _delete_options}
 
 
@@ -120,6 +154,6 @@ def decode(body: bytes) -> dict[str, Any]:
     key = (type_meta.get(1, ""), type_meta.get(2, ""))
     decoder = _DECODERS.get(key)
     if decoder is None:
-        raise UnsupportedMediaType(f"turbok decodes protobuf only for Namespace and DeleteOptions, not {key[1]!r}; "
-                                   "send JSON")
+        raise UnsupportedMediaType(f"turbok decodes protobuf only for Namespace, ResourceQuota and DeleteOptions, "
+                                   f"not {key[1]!r}; send JSON")
     return decoder(raw)

@@ -4,6 +4,12 @@ One dispatcher parses every resource URL (``/api/v1/...`` and
 ``/apis/<group>/<version>/...``, namespaced or not) into a ``Target`` and
 calls the registry. Errors are ``turbok.api.status`` exceptions; the app's
 middleware turns them into ``Status`` responses.
+
+Bodies are checked before anything else sees them (``limits.check_body_shape``:
+nesting and value count, 400). A body over ``StoreLimits.offload_bytes`` is
+decoded, written and its answer encoded on a registry worker thread
+(``ObjectRegistry.offload``), so a large write never stalls the event loop; a
+GET sends the stored JSON as it is.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +28,9 @@ from turbok.api import meta as m
 from turbok.api.kinds import Kind, KindRegistry
 from turbok.api.status import ApiError, BadRequest, Cause, Invalid, MethodNotAllowed, NotFound, status_success
 from turbok.apiserver import protobuf
+from turbok.apiserver.limits import LIMITS, check_body_shape
 from turbok.apiserver.table import to_table, wants_table
-from turbok.store.registry import ObjectRegistry, WriteOptions
+from turbok.store.registry import ObjectRegistry, WriteOptions, parse_resource_version
 
 __all__ = ["Target", "handle_resource", "parse_target"]
 
@@ -88,31 +96,57 @@ def _subresources(kind: Kind) -> set[str]:
 
 
 def _json(data: Any, status: int = 200, warnings: list[str] | None = None) -> web.Response:
+    return _json_bytes(json.dumps(data, separators=(",", ":")).encode(), status, warnings)
+
+
+def _json_bytes(body: bytes, status: int = 200, warnings: list[str] | None = None) -> web.Response:
     headers: CIMultiDict[str] = CIMultiDict()
-    for warning in (warnings or [])[:20]:
+    for warning in list(dict.fromkeys(warnings or []))[:20]:  # a write done again adds its warnings again
         # One header per warning; RFC 7234 warn-text is a quoted-string: escape backslashes and quotes.
         text = warning.replace("\\", "\\\\").replace('"', '\\"')
         headers.add("Warning", f'299 - "{text}"')
-    return web.Response(body=json.dumps(data, separators=(",", ":")).encode(), status=status,
-                        content_type="application/json", headers=headers)
+    return web.Response(body=body, status=status, content_type="application/json", headers=headers)
 
 
-async def _body(request: web.Request) -> Any:
-    raw = await request.read()
+def _decode(request: web.Request, raw: bytes) -> Any:
+    """The body as data: protobuf, JSON or YAML, within the limits' nesting and value count."""
     if not raw:
         raise BadRequest("the request body is empty")
+    limits = request.app[LIMITS]
     if request.content_type == protobuf.MEDIA_TYPE:
         return protobuf.decode(raw)
+    body: Any = None
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
+    except RecursionError:
+        raise BadRequest(f"the request body is nested more than {limits.max_depth} levels deep") from None
     except ValueError:
-        pass
-    try:
-        import yaml
+        try:
+            import yaml
 
-        return yaml.safe_load(raw)
-    except Exception as e:  # a malformed body is the client's problem, not a crash
-        raise BadRequest(f"the request body is neither JSON nor YAML: {e}") from e
+            body = yaml.safe_load(raw)
+        except RecursionError:
+            raise BadRequest(f"the request body is nested more than {limits.max_depth} levels deep") from None
+        except Exception as e:  # a malformed body is the client's problem, not a crash
+            raise BadRequest(f"the request body is neither JSON nor YAML: {e}") from e
+    check_body_shape(body, max_depth=limits.max_depth, max_values=limits.max_body_bytes // 2)
+    return body
+
+
+async def _write(request: web.Request, registry: ObjectRegistry, call: Callable[[Any], Any],
+                 status: int = 200, warnings: list[str] | None = None) -> web.Response:
+    """Read the body, hand it to ``call`` (a registry write) and answer with its result as JSON.
+
+    Small bodies are done here, on the event loop; large ones on a registry worker thread.
+    """
+    raw = await request.read()
+
+    def work() -> bytes:
+        return json.dumps(call(_decode(request, raw)), separators=(",", ":")).encode()
+
+    if len(raw) <= registry.db.limits.offload_bytes:
+        return _json_bytes(work(), status, warnings)
+    return _json_bytes(await registry.offload(work), status, warnings)
 
 
 def _write_options(request: web.Request) -> WriteOptions:
@@ -140,8 +174,9 @@ async def handle_resource(request: web.Request, registry: ObjectRegistry, target
             return _list(request, registry, target)
         if method == "POST":
             opts = _write_options(request)
-            obj = registry.create(kind, await _body(request), namespace=target.namespace, opts=opts)
-            return _json(obj, 201 if not opts.dry_run else 200, opts.warnings)
+            return await _write(request, registry,
+                                lambda body: registry.create(kind, body, namespace=target.namespace, opts=opts),
+                                201 if not opts.dry_run else 200, opts.warnings)
         if method == "DELETE":
             return await _delete_collection(request, registry, target)
         raise MethodNotAllowed(f"{method} is not supported on {kind.qualified}")
@@ -151,30 +186,33 @@ async def handle_resource(request: web.Request, registry: ObjectRegistry, target
         if method == "GET":
             return _json(registry.get_scale(kind, ns, target.name))
         opts = _write_options(request)
+        name = target.name
         if method == "PUT":
-            return _json(registry.update_scale(kind, ns, target.name, await _body(request), opts=opts))
+            return await _write(request, registry,
+                                lambda body: registry.update_scale(kind, ns, name, body, opts=opts))
         if method == "PATCH":
-            return _json(registry.patch_scale(kind, ns, target.name, request.content_type, await _body(request),
-                                              opts=opts))
+            return await _write(request, registry, lambda body: registry.patch_scale(
+                kind, ns, name, request.content_type, body, opts=opts))
         raise MethodNotAllowed(f"{method} is not supported on {kind.plural}/scale")
 
     sub = "status" if target.subresource == "status" else None
     if method == "GET":
-        obj = registry.get(kind, ns, target.name)
+        _check_resource_version(request)
         if wants_table(request.headers.get("Accept", "")):
+            obj = registry.get(kind, ns, target.name)
             return _json(to_table(kind, [obj], obj["metadata"].get("resourceVersion", ""),
                                   request.query.get("includeObject", "Metadata")))
-        return _json(obj)
+        return _json_bytes(registry.get_json(kind, ns, target.name).encode())
+    name = target.name
     if method == "PUT":
         opts = _write_options(request)
-        obj = registry.update(kind, await _body(request), namespace=target.namespace, name=target.name,
-                              subresource=sub, opts=opts)
-        return _json(obj, warnings=opts.warnings)
+        return await _write(request, registry, lambda body: registry.update(
+            kind, body, namespace=target.namespace, name=name, subresource=sub, opts=opts), warnings=opts.warnings)
     if method == "PATCH":
         opts = _write_options(request)
-        obj = registry.patch(kind, target.namespace, target.name, request.content_type, await _body(request),
-                             subresource=sub, opts=opts)
-        return _json(obj, warnings=opts.warnings)
+        return await _write(request, registry, lambda body: registry.patch(
+            kind, target.namespace, name, request.content_type, body, subresource=sub, opts=opts),
+            warnings=opts.warnings)
     if method == "DELETE" and target.subresource is None:
         return await _delete(request, registry, target)
     raise MethodNotAllowed(f"{method} is not supported here")
@@ -189,8 +227,10 @@ async def _delete_options(request: web.Request) -> dict[str, Any]:
         elif raw.strip():
             try:
                 options = json.loads(raw)
-            except ValueError as e:
+            except (ValueError, RecursionError) as e:
                 raise BadRequest(f"DeleteOptions must be JSON: {e}") from e
+            limits = request.app[LIMITS]
+            check_body_shape(options, max_depth=limits.max_depth, max_values=limits.max_body_bytes // 2)
     if "propagationPolicy" in request.query:
         options["propagationPolicy"] = request.query["propagationPolicy"]
     if request.query.get("dryRun"):
@@ -230,7 +270,15 @@ async def _delete_collection(request: web.Request, registry: ObjectRegistry, tar
     return _json(status_success(kind=target.kind.plural, group=target.kind.group))
 
 
+def _check_resource_version(request: web.Request) -> None:
+    """A ``resourceVersion`` parameter must be one (400 otherwise); a read always serves the latest state."""
+    value = request.query.get("resourceVersion")
+    if value:
+        parse_resource_version(value)
+
+
 def _list(request: web.Request, registry: ObjectRegistry, target: Target) -> web.Response:
+    _check_resource_version(request)
     labels, fields = _selectors(request, target.kind)
     try:
         limit = int(request.query.get("limit", "0") or 0)

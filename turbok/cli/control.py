@@ -1,18 +1,25 @@
-"""``turbok serve``, ``up``, ``down``, ``status``: the embedded control plane's lifecycle."""
+"""``turbok serve``, ``up``, ``down``, ``status``: the embedded control plane's lifecycle.
+
+One control plane per home (an flock held for its life): a second ``serve`` or
+``up`` on the same home exits 1 with one line naming the pid that serves it.
+Ports are chosen once and kept in the home; ``--port``/``--router-port`` move them.
+"""
 
 from __future__ import annotations
 
 import typer
 
-from turbok.cli.output import console, fail, print_data
+from turbok.cli.output import fail, print_data, say
 
 __all__ = ["register"]
 
 
-def serve(
-    port: int = typer.Option(0, help="API port on 127.0.0.1 (0: any free port)."),
-    router_port: int = typer.Option(0, help="Router port on 127.0.0.1 (0: any free port)."),
-) -> None:
+_PORT_HELP = "{} port on 127.0.0.1, kept for later starts (default: the home's kept port; 0: a new free one)."
+PortOpt = typer.Option(None, "--port", help=_PORT_HELP.format("API"))
+RouterPortOpt = typer.Option(None, "--router-port", help=_PORT_HELP.format("Router"))
+
+
+def serve(port: int | None = PortOpt, router_port: int | None = RouterPortOpt) -> None:
     """Run the control plane in the foreground until Ctrl-C or SIGTERM."""
     import asyncio
     import logging
@@ -34,15 +41,19 @@ def serve(
     asyncio.run(main())
 
 
-def up(timeout: float = typer.Option(60.0, help="Seconds to wait for the control plane to serve.")) -> None:
+def up(
+    timeout: float = typer.Option(60.0, help="Seconds to wait for the control plane to serve."),
+    port: int | None = PortOpt,
+    router_port: int | None = RouterPortOpt,
+) -> None:
     """Start the control plane in the background and print where its kubeconfig is."""
     from turbok.embedded import daemon
     from turbok.home import home
 
-    endpoints = daemon.up(home(), timeout=timeout)
-    console.print(f"turbok is up: api {endpoints['api']}, router {endpoints['router']}")
-    console.print(f"kubeconfig: {endpoints['kubeconfig']}")
-    console.print(f"  export KUBECONFIG={endpoints['kubeconfig']}", style="dim")
+    endpoints = daemon.up(home(), timeout=timeout, port=port, router_port=router_port)
+    say(f"turbok is up: api {endpoints['api']}, router {endpoints['router']}")
+    say(f"kubeconfig: {endpoints['kubeconfig']}")
+    say(f"  export KUBECONFIG={endpoints['kubeconfig']}", style="dim")
 
 
 def down(
@@ -54,12 +65,12 @@ def down(
     from turbok.home import home
 
     if daemon.down(home(), timeout=timeout):
-        console.print("turbok is down")
+        say("turbok is down")
     else:
-        console.print("turbok was not running")
+        say("turbok was not running")
     if stop_sandboxes:
-        count = daemon.stop_sandboxes(home())
-        console.print(f"stopped {count} sandbox{'es' if count != 1 else ''}")
+        count = daemon.stop_sandboxes(home())  # under the home's lock: refuses if a control plane is back
+        say(f"stopped {count} sandbox{'es' if count != 1 else ''}")
 
 
 def status(output: str = typer.Option("text", "--output", "-o", help="text or json")) -> None:
@@ -72,10 +83,10 @@ def status(output: str = typer.Option("text", "--output", "-o", help="text or js
         print_data(info, "json")
     elif output == "text":
         if not info["running"]:
-            console.print(f"turbok is not running (home {info['home']})")
+            say(f"turbok is not running (home {info['home']})")
         else:
             for key in ("api", "router", "kubeconfig", "pid", "home"):
-                console.print(f"{key:>10}: {info[key]}")
+                say(f"{key:>10}: {info[key]}")
     else:
         fail(f"unknown output format {output!r}: use text or json")
     if not info["running"]:

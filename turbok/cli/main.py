@@ -16,6 +16,7 @@ import typer
 from turbok import __version__
 from turbok.cli.output import say_error
 from turbok.errors import TurbokError
+from turbok.printable import OneLineFormatter
 
 __all__ = ["app", "main"]
 
@@ -33,6 +34,7 @@ _PARTS: list[tuple[str, str | None, str]] = [
     ("turbok.cli.objects", None, ""),
     ("turbok.cli.sandbox", "sandbox", "Run commands in sandboxes and copy files."),
     ("turbok.cli.image", "image", "Local images: the image table and the built-in base image."),
+    ("turbok.cli.store", "store", "Check and repair this home's store (store.db) without losing good objects."),
     ("turbok.cli.checkpoint", "checkpoint", "Multi-tier checkpoints: agent, ls, verify, restore."),
     ("turbok.cli.conformance", "conformance", "Certified Kubernetes AI Conformance checker."),
     ("turbok.cli.upgrade", "upgrade", "Plan safe control-plane upgrades and find removed APIs."),
@@ -58,7 +60,10 @@ def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at debug level."),
 ) -> None:
     level = logging.DEBUG if verbose else getattr(logging, os.environ.get("TURBOK_LOG", "WARNING").upper(), logging.WARNING)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One record, one line: messages quote paths, names and fields that clients and sandboxes choose.
+    handler = logging.StreamHandler()
+    handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 @app.command("version")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from turbok.cli.output import console, fail, print_data, say_error
+from turbok.cli.output import cell, console, fail, print_data, say, say_error
 
 if TYPE_CHECKING:
     from turbok.client.rest import RestClient
@@ -151,13 +151,13 @@ def get(
     if output == "name":
         items = [data] if name else data.get("items", [])
         for item in items:
-            console.print(f"{res.plural}.{res.group}/{item['metadata']['name']}" if res.group
-                          else f"{res.plural}/{item['metadata']['name']}", highlight=False)
+            say(f"{res.plural}.{res.group}/{item['metadata']['name']}" if res.group
+                else f"{res.plural}/{item['metadata']['name']}")
         return
     if output != "table":
         fail(f"unknown output format {output!r}: use table, yaml, json or name")
     if not data.get("rows"):
-        console.print(f"No {res.plural} found" + (f" in namespace {ns}." if ns else "."))
+        say(f"No {res.plural} found" + (f" in namespace {ns}." if ns else "."))
         return
     view = Table(box=None, header_style="bold", pad_edge=False)
     show_ns = all_namespaces and res.namespaced
@@ -171,7 +171,7 @@ def get(
                  if col.get("priority", 0) == 0]
         if show_ns:
             cells.insert(0, row.get("object", {}).get("metadata", {}).get("namespace", ""))
-        view.add_row(*cells)
+        view.add_row(*(cell(c) for c in cells))  # cells carry status text a sandbox may have chosen
     console.print(view)
 
 
@@ -203,15 +203,15 @@ def apply(
                     current = api.get(res, md["name"], ns)
                 except NotFound:
                     api.create(res, doc, ns, fieldValidation="Strict")
-                    console.print(f"{label} created", highlight=False)
+                    say(f"{label} created")
                     continue
                 original = json.loads(current["metadata"].get("annotations", {}).get(LAST_APPLIED, "{}"))
                 patch = three_way_patch(original, doc, current)
                 if patch:
                     api.patch(res, md["name"], patch, ns, fieldValidation="Strict")
-                    console.print(f"{label} configured", highlight=False)
+                    say(f"{label} configured")
                 else:
-                    console.print(f"{label} unchanged", highlight=False)
+                    say(f"{label} unchanged")
             except ApiError as e:
                 failed += 1
                 say_error(f"{label}: {e}")  # stderr, and no rich markup: messages hold [0]-style paths
@@ -246,7 +246,7 @@ def delete(
         for res, name, ns in targets:
             try:
                 api.delete(res, name, ns if res.namespaced else None, propagation="Background")
-                console.print(f'{res.kind.lower()} "{name}" deleted', highlight=False)
+                say(f'{res.kind.lower()} "{name}" deleted')
             except NotFound:
                 if not ignore_not_found:
                     fail(f'{res.plural}.{res.group} "{name}" not found' if res.group else f'{res.plural} "{name}" not found')

@@ -1,4 +1,11 @@
-"""How the CLI speaks: one console for results, one line on stderr for errors."""
+"""How the CLI speaks: one console for results, one line on stderr for errors.
+
+Text that a server or a sandbox chose (file names, messages, table cells) is
+shown literally: ``say`` and ``say_error`` interpret no rich markup or emoji
+codes (a file named ``[blink]X`` prints as ``[blink]X``) and escape control
+characters (``turbok.printable``), so nothing a sandbox names can drive the
+terminal. ``cell`` does the same for a table cell.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +15,30 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
-__all__ = ["console", "err_console", "fail", "print_data", "say_error"]
+from turbok.printable import printable
+
+__all__ = ["cell", "console", "err_console", "fail", "print_data", "say", "say_error"]
 
 console = Console()
 err_console = Console(stderr=True)
 
 
+def say(text: str, *, style: str | None = None) -> None:
+    """Print ``text`` on stdout as it is: no markup, no emoji codes, control characters escaped."""
+    console.print(printable(text), style=style, markup=False, emoji=False, highlight=False, soft_wrap=True)
+
+
+def cell(text: str) -> Text:
+    """A table cell that shows ``text`` literally (rich would interpret markup in a plain string)."""
+    return Text(printable(text))
+
+
 def say_error(message: str) -> None:
-    """Print one clear line on stderr (rich markup in ``message`` is not interpreted)."""
+    """Print one clear line on stderr (``message`` is shown literally, as ``say`` does)."""
     err_console.print("[bold red]error:[/] ", end="", highlight=False)
-    err_console.print(message, markup=False, highlight=False, soft_wrap=True)
+    err_console.print(printable(message), markup=False, emoji=False, highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -1,9 +1,13 @@
 """``turbok sandbox exec``/``cp``/``ls``: work inside a sandbox from the shell.
 
 NAME is a SandboxClaim (its bound sandbox is used) or a Sandbox. The router
-URL and token come from the kubeconfig (the ``turbok.dev/router`` extension
-that ``turbok serve`` writes); ``exec`` streams output as it comes and exits
-with the command's exit code (124 on timeout).
+URL and the router's token come from the kubeconfig (the ``turbok.dev/router``
+extension that ``turbok serve`` writes); ``exec`` streams output as it comes and
+exits with the command's exit code (124 on timeout).
+
+Names in a sandbox are chosen by the code running there: ``ls`` prints them
+escaped (no markup, no control characters), and ``cp`` from a sandbox refuses an
+entry name that is not a single path component.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from turbok.cli.objects import ContextOpt, KubeconfigOpt, NamespaceOpt, connect
-from turbok.cli.output import console, fail
+from turbok.cli.output import fail, say
 
 if TYPE_CHECKING:
     from turbok.sdk.client import SandboxConnection
@@ -49,7 +53,10 @@ def _connect(name: str, namespace: str | None, kubeconfig: Path | None, context:
         config = api.config
     if not config.router_url:
         fail("the kubeconfig names no turbok router (extension turbok.dev/router); is this a turbok control plane?")
-    return SandboxConnection(config.router_url, config.bearer_token() or "", ns, sandbox, timeout=None)
+    if not config.router_token:
+        fail("the kubeconfig's turbok.dev/router extension carries no router token (written by an older turbok?); "
+             "restart the control plane to rewrite it: turbok down && turbok up")
+    return SandboxConnection(config.router_url, config.router_token, ns, sandbox, timeout=None)
 
 
 @app.command("exec")
@@ -107,7 +114,7 @@ def cp(
             fail(f"{local}: no such file or directory")
         with _connect(dst_box, namespace, kubeconfig, context) as conn:
             count = _upload(conn, local, dst)
-    console.print(f"copied {count} file{'s' if count != 1 else ''}", highlight=False)
+    say(f"copied {count} file{'s' if count != 1 else ''}")
 
 
 def _upload(conn: SandboxConnection, local: Path, remote: str) -> int:
@@ -141,6 +148,9 @@ def _download(conn: SandboxConnection, remote: str, local: Path) -> int:
     local.mkdir(parents=True, exist_ok=True)
     count = 0
     for entry in entries:
+        if entry.name in ("", ".", "..") or "/" in entry.name or "\0" in entry.name:
+            fail(f"the sandbox listed an entry named {entry.name!r} under {remote or '/app'}: "
+                 "not a file name, not copied")
         child = f"{remote.rstrip('/')}/{entry.name}" if remote else entry.name
         if entry.type == "directory":
             count += _download(conn, child, local / entry.name)
@@ -163,4 +173,4 @@ def ls(
     with _connect(name, namespace, kubeconfig, context) as conn:
         for entry in sorted(conn.files.list(path), key=lambda e: e.name):
             suffix = "/" if entry.type == "directory" else ""
-            console.print(f"{entry.size:>10}  {entry.name}{suffix}", highlight=False)
+            say(f"{entry.size:>10}  {entry.name}{suffix}")

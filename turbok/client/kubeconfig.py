@@ -22,8 +22,9 @@ what to use instead. Cluster trust: ``certificate-authority``, inline
 it; ``insecure-skip-tls-verify``; ``tls-server-name``; ``proxy-url``.
 
 turbok's control plane publishes its sandbox router in the cluster extension
-``turbok.dev/router`` (``extension: {url: ...}``), exposed as
-``ClusterConfig.router_url``. For httpx, ``ClusterConfig.http_client()`` gives
+``turbok.dev/router`` (``extension: {url: ..., token: ...}``), exposed as
+``ClusterConfig.router_url`` and ``ClusterConfig.router_token`` (the router's own
+bearer token, not the API's). For httpx, ``ClusterConfig.http_client()`` gives
 a ready client; ``ssl_context()``, ``auth()`` and ``headers()`` are its parts.
 Every failure is a ``turbok.client.errors.KubeconfigError``.
 """
@@ -101,6 +102,14 @@ class ClusterConfig:
         ext = self.extensions.get(ROUTER_EXTENSION)
         if isinstance(ext, dict) and isinstance(ext.get("url"), str):
             return str(ext["url"]).rstrip("/")
+        return None
+
+    @property
+    def router_token(self) -> str | None:
+        """The router's bearer token (``Authorization: Bearer``), when the extension carries one."""
+        ext = self.extensions.get(ROUTER_EXTENSION)
+        if isinstance(ext, dict) and isinstance(ext.get("token"), str) and ext["token"]:
+            return str(ext["token"])
         return None
 
     def bearer_token(self) -> str | None:

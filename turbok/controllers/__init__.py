@@ -7,7 +7,8 @@ towards the first and writes status with conditions and reasons. They see a
 
 Modules: ``base`` (Result, errors, the Reconciler contract), ``manager``
 (queues, workers, backoff, event routing), ``sandbox``, ``template``,
-``warmpool``, ``claim``, ``namespace``, ``garbage`` (ownerReference
-garbage collection), ``podspec`` (pod template -> SandboxSpec), ``labels``
-(the upstream label and annotation keys).
+``warmpool``, ``claim``, ``namespace``, ``quota`` (ResourceQuota status),
+``garbage`` (ownerReference garbage collection), ``podspec`` (pod template ->
+SandboxSpec), ``restarts`` (how a sandbox ended, restart counts, back-off),
+``labels`` (the upstream label and annotation keys).
 """

@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from turbok.api import meta as m
 from turbok.api.kinds import Kind
+from turbok.api.status import Forbidden, Invalid
 from turbok.controllers import labels as lb
 from turbok.controllers.base import DONE, Key, Reconciler, Result, requeue
 from turbok.controllers.blueprint import sandbox_from_template
@@ -50,6 +51,8 @@ __all__ = ["ClaimReconciler"]
 
 #: How soon to look again for a pool or template that does not exist yet (their creation also wakes us).
 MISSING_RECHECK = 60.0
+#: How often a claim refused by a quota tries again.
+QUOTA_RECHECK = 10.0
 
 
 class ClaimReconciler(Reconciler):
@@ -300,7 +303,12 @@ class ClaimReconciler(Reconciler):
         if vcts:
             sandbox["spec"]["volumeClaimTemplates"] = vcts
         pod["metadata"] = merge_pod_metadata(pod.get("metadata") or {}, spec.get("additionalPodMetadata"))
-        return await self.client.create(self.sandbox_kind, sandbox)
+        try:
+            return await self.client.create(self.sandbox_kind, sandbox)
+        except Forbidden as e:  # a ResourceQuota or LimitRange of the namespace: room may come back
+            raise ClaimError("ReconcilerError", f"Error seen: {e}", retry_after=QUOTA_RECHECK) from e
+        except Invalid as e:  # the template (with the claim's env) is invalid: wait for a change to it
+            raise ClaimError("ReconcilerError", f"Error seen: {e}", retry_after=MISSING_RECHECK) from e
 
     # ------------------------------------------------------------ lifecycle
 

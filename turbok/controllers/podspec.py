@@ -2,28 +2,34 @@
 
 The embedded engine runs one container per sandbox: the first of
 ``containers`` (its command, args, env, workingDir, limits and volume mounts).
-What a single machine cannot honour is refused with a reason a user can act
-on (``InvalidPodTemplate.reason`` becomes the Ready condition's reason), never
+A template is first checked by ``turbok.api.podtemplate`` (the validator the
+API's admission uses, for objects stored before it did). What a single
+machine cannot honour is refused with a reason a user can act on
+(``InvalidPodTemplate.reason`` becomes the Ready condition's reason), never
 silently dropped: secrets from ``valueFrom``, multiple containers. Init
 containers are not run; the Sandbox says so in its status message.
+
+Limits: the container's cpu and memory limits (``0``: none, as for the
+kubelet), else turbok's built-in defaults (``turbok.api.limitrange``; the API
+writes them into new Sandboxes, this covers older ones); the pids limit from
+the template's ``turbok.dev/pids-limit`` annotation, else the runtime's.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
+from turbok.api.limitrange import apply_builtin_defaults
+from turbok.api.podtemplate import NETWORK_ANNOTATION, pids_limit, validate_pod_template
 from turbok.api.quantity import QuantityError, cpu_millis, to_bytes
 from turbok.errors import TurbokError
 from turbok.runtime.base import SandboxSpec, VolumeMount
 
-__all__ = ["InvalidPodTemplate", "PodPlan", "plan_pod"]
+__all__ = ["NETWORK_ANNOTATION", "InvalidPodTemplate", "PodPlan", "plan_pod"]
 
 Obj = dict[str, Any]
-
-#: Pod template annotation that gives a sandbox a private loopback interface ("loopback"); default "none".
-NETWORK_ANNOTATION = "turbok.dev/network"
-
 
 class InvalidPodTemplate(TurbokError):
     def __init__(self, message: str, reason: str = "InvalidConfiguration") -> None:
@@ -53,7 +59,11 @@ def _env(container: Obj) -> dict[str, str]:
     return env
 
 
-def plan_pod(*, sandbox_id: str, name: str, pod_template: Obj, extra_env: dict[str, str] | None = None) -> PodPlan:
+def plan_pod(*, sandbox_id: str, name: str, pod_template: Obj, extra_env: dict[str, str] | None = None,
+             claim_volumes: tuple[str, ...] = ()) -> PodPlan:
+    causes = validate_pod_template(pod_template, "spec.podTemplate", claim_volumes=claim_volumes)
+    if causes:
+        raise InvalidPodTemplate("; ".join(f"{c.field}: {c.message}" for c in causes))
     spec: Obj = pod_template.get("spec") or {}
     containers: list[Obj] = spec.get("containers") or []
     if not containers:
@@ -66,10 +76,15 @@ def plan_pod(*, sandbox_id: str, name: str, pod_template: Obj, extra_env: dict[s
         raise InvalidPodTemplate("the container has no image")
     env = _env(container)
     env.update(extra_env or {})
-    limits: Obj = (container.get("resources") or {}).get("limits") or {}
+    limited = copy.deepcopy(container)
+    apply_builtin_defaults({"containers": [limited]})
+    limits: Obj = limited["resources"]["limits"]
     try:
-        cpu = cpu_millis(limits["cpu"]) if "cpu" in limits else None
-        memory = to_bytes(limits["memory"]) if "memory" in limits else None
+        cpu = cpu_millis(limits["cpu"]) or None  # 0: no limit
+        memory = to_bytes(limits["memory"]) or None
+        # The pod's disk: the sum of its containers' ephemeral-storage limits, as the kubelet counts it.
+        storage = [to_bytes(v) for c in (limited, *containers[1:])
+                   if (v := ((c.get("resources") or {}).get("limits") or {}).get("ephemeral-storage")) is not None]
     except QuantityError as e:
         raise InvalidPodTemplate(f"resources.limits: {e}") from e
     volumes = [VolumeMount(name=m["name"], mount_path=m["mountPath"], read_only=bool(m.get("readOnly")))
@@ -92,8 +107,10 @@ def plan_pod(*, sandbox_id: str, name: str, pod_template: Obj, extra_env: dict[s
             working_dir=container.get("workingDir"),
             cpu_millis=cpu,
             memory_bytes=memory,
+            pids_limit=pids_limit(pod_template),
             network=network,
             volumes=tuple(volumes),
+            ephemeral_storage_bytes=sum(storage) if storage else None,
         ),
         notes=tuple(notes),
     )

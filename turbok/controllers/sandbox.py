@@ -11,7 +11,11 @@ with the runtime sandbox in the role of the Pod:
 - ``shutdownTime`` passed: ``Delete`` deletes the Sandbox, ``Retain`` stops
   it and keeps the object with Ready=False/``SandboxExpired``.
 - A main process that exits is restarted per ``restartPolicy`` (Always,
-  OnFailure, Never) or reported ``Finished`` (PodSucceeded/PodFailed).
+  OnFailure, Never) or reported ``Finished`` (PodSucceeded/PodFailed). How
+  it ended (``OOMKilled``, ``Error``, ``Completed``: the kubelet's words) is
+  the Ready reason until it is back, a Warning event, and the annotations
+  ``turbok.dev/restart-count`` and ``turbok.dev/last-termination``
+  (``turbok.controllers.restarts``); restarts back off as the kubelet's do.
 - Conditions Ready, Suspended, PodScheduled, Finished with upstream reasons,
   plus turbok's ``Isolated`` (GVisor or Bubblewrap), ``status.selector``,
   ``nodeName``, ``serviceFQDN`` when ``spec.service`` is true. ``podIPs``
@@ -36,14 +40,16 @@ from typing import Any
 
 from turbok.api import meta as m
 from turbok.api.kinds import Kind
+from turbok.api.podtemplate import PIDS_LIMIT_ANNOTATION, claim_volume_names
 from turbok.controllers import labels as lb
 from turbok.controllers.base import DONE, Reconciler, Result, requeue
 from turbok.controllers.client import Client, Obj
 from turbok.controllers.events import EventRecorder
 from turbok.controllers.podspec import InvalidPodTemplate, plan_pod
+from turbok.controllers.restarts import Restarts, Termination, termination
 from turbok.controllers.startqueue import REFILL, URGENT, StartQueue
-from turbok.runtime.base import Isolation, Phase, Runtime, SandboxSpec, sandbox_id
-from turbok.runtime.errors import ImageError, RuntimeError_
+from turbok.runtime.base import Isolation, Phase, Runtime, RuntimeState, SandboxSpec, sandbox_id
+from turbok.runtime.errors import ImageError, RuntimeError_, SandboxStartFailed
 
 __all__ = ["SandboxReconciler"]
 
@@ -79,6 +85,7 @@ class SandboxReconciler(Reconciler):
         self._ids: dict[tuple[str, str], str] = {}
         self._running: dict[tuple[str, str], str] = {}
         self._boots: dict[tuple[str, str], _Boot] = {}
+        self._restarts: dict[tuple[str, str], Restarts] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._poller: asyncio.Task[None] | None = None
 
@@ -120,7 +127,7 @@ class SandboxReconciler(Reconciler):
                 states = await self.runtime.states([rid for _, rid in batch])
                 for key, rid in batch:
                     state = states.get(rid)
-                    if state is not None and state.phase != Phase.RUNNING:
+                    if state is not None and (state.phase != Phase.RUNNING or state.degraded):
                         self.enqueue(key, 0.0)
 
     async def _teardown(self, key: tuple[str, str], *, keep_disk: bool) -> None:
@@ -145,6 +152,7 @@ class SandboxReconciler(Reconciler):
                 self._spawn(self._teardown(key, keep_disk=False))
                 if obj is None:
                     self._ids.pop(key, None)
+            self._restarts.pop(key, None)
             return DONE
         rid = self._ids[key] = sandbox_id(obj["metadata"]["uid"])
         spec = obj.get("spec") or {}
@@ -163,6 +171,7 @@ class SandboxReconciler(Reconciler):
             obj = await self._suspend(obj, key, rid, status, gen)
         elif (retry := await self._run(obj, key, rid, status, gen)) is not None:
             result = requeue(min(retry, result.requeue_after or retry))
+        obj = await self._annotate_restarts(obj, key)
         await self._write_status(obj, status)
         return result
 
@@ -219,21 +228,18 @@ class SandboxReconciler(Reconciler):
         md, spec = obj["metadata"], obj.get("spec") or {}
         m.set_condition(status, "Suspended", False, "NotSuspended", "Sandbox is not suspended", observed_generation=gen)
         state = await self.runtime.state(rid)
-        if state.phase != Phase.RUNNING:
-            policy = (spec.get("podTemplate", {}).get("spec") or {}).get("restartPolicy", "Always")
-            # The main process ended on its own (not stopped by us): restart or report, per restartPolicy.
-            exited = state.phase == Phase.STOPPED and state.exit_code is not None and state.reason != "Stopped"
+        if state.phase != Phase.RUNNING or state.degraded:  # degraded: its disk failed; start checks it
             self._running.pop(key, None)
-            if exited and (policy == "Never" or (policy == "OnFailure" and state.exit_code == 0)):
-                ok = state.exit_code == 0
-                reason, message = ("PodSucceeded", "Pod completed successfully") if ok else ("PodFailed", "Pod failed")
-                m.set_condition(status, "Finished", True, reason, message, observed_generation=gen)
-                m.set_condition(status, "Ready", False, reason, message, observed_generation=gen)
-                return None
+            ended = self._ended(obj, state)
+            if ended is not None:
+                wait = await self._after_end(obj, key, ended, status, gen)
+                if wait is None or wait > 0:
+                    return wait
             boot = self._boots.get(key)
             if boot is None:
                 try:
-                    plan = plan_pod(sandbox_id=rid, name=md["name"], pod_template=spec.get("podTemplate") or {})
+                    plan = plan_pod(sandbox_id=rid, name=md["name"], pod_template=spec.get("podTemplate") or {},
+                                    claim_volumes=tuple(claim_volume_names(spec)))
                 except InvalidPodTemplate as e:
                     await self._warn_once(obj, status, e.reason, str(e))
                     m.set_condition(status, "Ready", False, e.reason, str(e), observed_generation=gen)
@@ -244,8 +250,12 @@ class SandboxReconciler(Reconciler):
                 in_pool = lb.WARM_POOL_SANDBOX in (md.get("labels") or {})
                 self._boots[key] = _Boot(asyncio.create_task(
                     self._boot(key, plan.spec, REFILL if in_pool else URGENT)))
-                m.set_condition(status, "Ready", False, "DependenciesNotReady", "Pod exists with phase: Pending",
-                                observed_generation=gen)
+                if ended is None:  # after a crash, Ready keeps saying why until the sandbox is back
+                    m.set_condition(status, "Ready", False, "DependenciesNotReady", "Pod exists with phase: Pending",
+                                    observed_generation=gen)
+                if state.degraded:
+                    m.set_condition(status, "Ready", False, state.reason, state.message, observed_generation=gen)
+                    await self.events.record(obj, state.reason, state.message, warning=True)
                 return None
             if not boot.task.done():
                 return None  # the boot re-queues this sandbox when it ends
@@ -267,12 +277,21 @@ class SandboxReconciler(Reconciler):
             del self._boots[key]
             if error is not None:
                 return 0.0  # retry now: the next pass starts a new boot
+            if (restarts := self._restarts.get(key)) is not None:
+                restarts.running(asyncio.get_running_loop().time())  # a later end is a new one
             state = await self.runtime.state(rid)
             if state.phase != Phase.RUNNING:
                 return 0.1  # it started and stopped already: look again, per restartPolicy
         self._running[key] = rid
+        if (done := self._boots.get(key)) is not None and done.task.done():
+            del self._boots[key]  # consumed here, so that a boot found later is one begun after this run
+        restarts = self._restarts.get(key)
+        if restarts is not None:
+            restarts.running(asyncio.get_running_loop().time())
         _drop_condition(status, "Finished")
         reason, message = _isolation_condition(state.isolation)
+        if state.message:  # what the runtime could not enforce, e.g. an unbounded disk
+            message += f"; {state.message}"
         m.set_condition(status, "Isolated", True, reason, message, observed_generation=gen)
         m.set_condition(status, "PodScheduled", True, "PodScheduled", "", observed_generation=gen)
         m.set_condition(status, "Ready", True, "DependenciesReady", "Pod is Ready", observed_generation=gen)
@@ -286,6 +305,54 @@ class SandboxReconciler(Reconciler):
             status.pop("serviceFQDN", None)
         return None
 
+    @staticmethod
+    def _ended(obj: Obj, state: RuntimeState) -> Termination | None:
+        """How the main process ended, with the limits that explain it, if it ended on its own."""
+        template = (obj.get("spec") or {}).get("podTemplate") or {}
+        containers = (template.get("spec") or {}).get("containers") or [{}]
+        memory = ((containers[0].get("resources") or {}).get("limits") or {}).get("memory")
+        pids = ((template.get("metadata") or {}).get("annotations") or {}).get(PIDS_LIMIT_ANNOTATION)
+        return termination(state, memory_limit=str(memory) if memory is not None else None, pids_limit=pids)
+
+    async def _after_end(self, obj: Obj, key: tuple[str, str], ended: Termination, status: Obj,
+                         gen: int | None) -> float | None:
+        """Report a main process that ended (once per end) and apply restartPolicy: None when the sandbox is
+        Finished, else seconds of back-off left before it restarts (0: restart now)."""
+        policy = (((obj.get("spec") or {}).get("podTemplate") or {}).get("spec") or {}).get("restartPolicy", "Always")
+        restart = policy == "Always" or (policy == "OnFailure" and ended.failed)
+        restarts = self._restarts.get(key)
+        if restarts is None:
+            restarts = self._restarts[key] = Restarts.of(obj)
+        now = asyncio.get_running_loop().time()
+        if not restarts.pending:
+            delay = restarts.ended(ended, restart=restart, now=now)
+            md = obj["metadata"]
+            what = f"{ended.message} (exit code {ended.exit_code})" if ended.exit_code is not None else ended.message
+            if restart:
+                what += f"; restart {restarts.count}" + (f" after a back-off of {delay:.0f}s" if delay else "")
+            log.info("sandbox %s/%s: %s", md["namespace"], md["name"], what)
+            await self.events.record(obj, ended.reason, what, warning=ended.failed)
+        if not restart:
+            reason, message = ("PodSucceeded", "Pod completed successfully") if not ended.failed else (
+                "PodFailed", f"Pod failed: {ended.reason}: {ended.message}")
+            m.set_condition(status, "Finished", True, reason, message, observed_generation=gen)
+            m.set_condition(status, "Ready", False, reason, message, observed_generation=gen)
+            return None
+        wait = max(restarts.restart_at - now, 0.0)
+        then = f"back-off {wait:.0f}s restarting it" if wait > 0 else "restarting it"
+        m.set_condition(status, "Ready", False, ended.reason, f"{ended.message}; {then}", observed_generation=gen)
+        return wait
+
+    async def _annotate_restarts(self, obj: Obj, key: tuple[str, str]) -> Obj:
+        """Mirror the restart count and last termination into the Sandbox's annotations; the object as written."""
+        restarts = self._restarts.get(key)
+        if restarts is None:
+            return obj
+        fresh = copy.deepcopy(obj)
+        if not restarts.annotate(fresh):
+            return obj
+        return await self.client.update(self.kind, fresh)
+
     async def _boot(self, key: tuple[str, str], spec: SandboxSpec, priority: int) -> RuntimeError_ | None:
         """Start a sandbox in the background, when the start queue lets it; then reconcile it again.
 
@@ -298,6 +365,9 @@ class SandboxReconciler(Reconciler):
             return None
         except RuntimeError_ as e:
             return e
+        except Exception as e:  # never a boot that fails for good: report it and retry like any failed start
+            log.exception("sandbox %s/%s: starting it failed", *key)
+            return SandboxStartFailed(f"sandbox {spec.id}: {type(e).__name__}: {e}")
         finally:
             self.enqueue(key, 0.0)
 

@@ -1,8 +1,8 @@
 """Every controller of turbok, assembled over one client and one runtime.
 
 ``ControllerSuite`` is what an engine starts: the garbage collector, then the
-manager with the namespace, sandbox, template, warm pool and claim
-reconcilers. The embedded control plane starts it over the in-process
+manager with the namespace, sandbox, template, warm pool, claim and
+resource quota reconcilers. The embedded control plane starts it over the in-process
 registry; tests start it over a fake runtime.
 """
 
@@ -12,10 +12,11 @@ from prometheus_client import CollectorRegistry
 
 from turbok.controllers.claim import ClaimReconciler
 from turbok.controllers.client import Client
-from turbok.controllers.events import EventExpiry, EventRecorder
+from turbok.controllers.events import EventRecorder
 from turbok.controllers.garbage import GarbageCollector
 from turbok.controllers.manager import Manager
 from turbok.controllers.namespace import NamespaceReconciler
+from turbok.controllers.quota import QuotaReconciler
 from turbok.controllers.sandbox import SandboxReconciler
 from turbok.controllers.template import TemplateReconciler
 from turbok.controllers.warmpool import WarmPoolReconciler
@@ -31,19 +32,17 @@ class ControllerSuite:
         self.claims = ClaimReconciler(client, metrics=metrics, events=events)
         self.pools = WarmPoolReconciler(client)
         self.collector = GarbageCollector(client)
-        self.expiry = EventExpiry(client)
         self.manager = Manager(
             client,
-            [NamespaceReconciler(client), self.sandboxes, TemplateReconciler(client), self.pools, self.claims],
+            [NamespaceReconciler(client), self.sandboxes, TemplateReconciler(client), self.pools, self.claims,
+             QuotaReconciler(client)],
             metrics=metrics,
         )
 
     async def start(self) -> None:
         await self.collector.start()
         await self.manager.start()
-        await self.expiry.start()
 
     async def stop(self) -> None:
-        await self.expiry.stop()
         await self.manager.stop()
         await self.collector.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Callable
 
 from turbok.api.kinds import Kind
@@ -29,10 +30,17 @@ class EmbeddedClient(Client):
         self.kinds = registry.kinds
 
     async def get(self, kind: Kind, namespace: str, name: str) -> Obj:
+        if self.registry.is_large(kind, namespace, name):  # decoding it is tens of milliseconds
+            text = self.registry.get_json(kind, namespace, name)
+            obj: Obj = await asyncio.to_thread(json.loads, text)
+            return obj
         return self.registry.get(kind, namespace, name)
 
     async def try_get(self, kind: Kind, namespace: str, name: str) -> Obj | None:
-        return self.registry.try_get(kind, namespace, name)
+        try:
+            return await self.get(kind, namespace, name)
+        except NotFound:
+            return None
 
     async def list(self, kind: Kind, namespace: str | None = None, *,
                    selector: LabelSelector | None = None) -> list[Obj]:
@@ -53,10 +61,19 @@ class EmbeddedClient(Client):
         return self.registry.create(kind, obj, namespace=obj.get("metadata", {}).get("namespace"))
 
     async def update(self, kind: Kind, obj: Obj) -> Obj:
-        return self.registry.update(kind, obj, namespace=obj["metadata"].get("namespace"))
+        return await self._update(kind, obj, None)
 
     async def update_status(self, kind: Kind, obj: Obj) -> Obj:
-        return self.registry.update(kind, obj, namespace=obj["metadata"].get("namespace"), subresource="status")
+        return await self._update(kind, obj, "status")
+
+    async def _update(self, kind: Kind, obj: Obj, subresource: str | None) -> Obj:
+        # A large object takes hundreds of milliseconds to validate: on a worker thread, the event loop
+        # keeps serving (the commit still comes back to it, in order).
+        md = obj["metadata"]
+        if self.registry.is_large(kind, md.get("namespace") or "", md.get("name") or ""):
+            return await self.registry.offload(self.registry.update, kind, obj, namespace=md.get("namespace"),
+                                               subresource=subresource)
+        return self.registry.update(kind, obj, namespace=md.get("namespace"), subresource=subresource)
 
     async def delete(self, kind: Kind, namespace: str, name: str, *, propagation: str | None = None,
                      uid: str | None = None) -> None:

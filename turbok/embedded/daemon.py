@@ -1,48 +1,38 @@
 """``turbok up``/``down``/``status``: the control plane as a background process.
 
 ``up`` starts ``turbok serve`` in a new session with its output in
-``<home>/turbok.log``, then waits until ``endpoints.json`` names it and
-``/readyz`` answers. A pid file guards against two control planes on one home.
+``<home>/turbok.log`` (0600), then waits until ``endpoints.json`` names it and
+``/readyz`` answers. Which process serves a home is whoever holds its lock
+(``embedded.lock``), so ``status`` and ``down`` see a ``turbok serve`` started by
+hand as well as one started by ``up``, and a second control plane on one home
+refuses to start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.parse
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+from turbok.embedded.lock import SERVE, STOP_SANDBOXES, HomeLock, HomeLocked, holder
 from turbok.errors import TurbokError
 from turbok.home import Home
+from turbok.printable import printable
 
 __all__ = ["DaemonError", "down", "status", "stop_sandboxes", "up"]
 
 
 class DaemonError(TurbokError):
     """The background control plane could not be started or stopped."""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _running_pid(home: Home) -> int | None:
-    try:
-        pid = int(home.pidfile.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    return pid if _alive(pid) else None
 
 
 def _endpoints(home: Home) -> dict[str, Any] | None:
@@ -62,7 +52,9 @@ def _ready(api: str, home: Home) -> bool:
 
 
 def status(home: Home) -> dict[str, Any]:
-    pid = _running_pid(home)
+    """Whether a control plane serves ``home``, and where: api and router URLs (no token), its pid."""
+    who = holder(home)
+    pid = who.pid if who is not None and who.role == SERVE else None
     ep = _endpoints(home) if pid else None
     running = bool(ep and ep.get("pid") == pid and _ready(ep["api"], home))
     return {"running": running, "home": str(home.root), "pid": pid if running else None,
@@ -70,44 +62,99 @@ def status(home: Home) -> dict[str, Any]:
             "kubeconfig": str(home.kubeconfig)}
 
 
-def up(home: Home, *, timeout: float = 60.0) -> dict[str, Any]:
+def _last_line(path: Path) -> str:
+    """The last line of a log (read from its tail only: the log is appended to across runs)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines = [line for line in f.read().decode(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return printable(lines[-1].strip())[:300] if lines else ""
+
+
+def _serves_on(current: dict[str, Any], port: int | None, router_port: int | None) -> bool:
+    return all(want is None or urllib.parse.urlsplit(current[key]).port == want
+               for key, want in (("api", port), ("router", router_port)))
+
+
+def up(home: Home, *, timeout: float = 60.0, port: int | None = None,
+       router_port: int | None = None) -> dict[str, Any]:
+    """Start ``turbok serve`` in the background (ports: as ``serve``'s options) unless one serves already."""
     home.ensure()
     current = status(home)
-    if current["running"]:
+    if current["running"] and _serves_on(current, port, router_port):
         return current
-    if pid := _running_pid(home):
-        raise DaemonError(f"a turbok process (pid {pid}) holds {home.root} but does not answer; "
-                          f"stop it with `turbok down` or `kill {pid}`")
+    if (who := holder(home)) is not None:
+        if current["running"]:
+            raise DaemonError(f"turbok (pid {who.pid}) already serves {home.root} on other ports; "
+                              "to move them, `turbok down` first")
+        if who.role != SERVE:
+            raise DaemonError(f"turbok (pid {who.pid or 'unknown'}) is stopping the sandboxes of {home.root}; "
+                              "try again when it is done")
+        raise DaemonError(f"a turbok process (pid {who.pid or 'unknown'}) holds {home.root} but does not answer; "
+                          f"stop it with `turbok down` or `kill {who.pid}`")
     home.endpoints.unlink(missing_ok=True)
-    with open(home.log, "ab") as log:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen([sys.executable, "-m", "turbok", "serve"], stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy())
-    home.pidfile.write_text(str(proc.pid))
+    argv = [sys.executable, "-m", "turbok", "serve"]
+    if port is not None:
+        argv += ["--port", str(port)]
+    if router_port is not None:
+        argv += ["--router-port", str(router_port)]
+    fd = os.open(home.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "ab") as log:  # the child keeps its own copy of the descriptor
+        os.fchmod(fd, 0o600)
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, env=os.environ.copy())
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise DaemonError(f"the control plane exited with code {proc.returncode}; see {home.log}")
+            reason = _last_line(home.log)
+            raise DaemonError(f"the control plane exited with code {proc.returncode}"
+                              f"{': ' + reason if reason else ''} (see {home.log})")
         current = status(home)
-        if current["running"]:
+        if current["running"] and current["pid"] == proc.pid:
             return current
         time.sleep(0.05)
     raise DaemonError(f"the control plane did not answer within {timeout:.0f}s; see {home.log}")
 
 
 def down(home: Home, *, timeout: float = 30.0) -> bool:
-    pid = _running_pid(home)
-    if pid is None:
-        home.pidfile.unlink(missing_ok=True)
+    """Stop the control plane serving ``home`` (SIGTERM, then SIGKILL after ``timeout``); False if none did.
+
+    Returns once the home's lock is free: the process is gone, not merely signalled.
+    """
+    who = holder(home)
+    if who is None:
         return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.05)
-    if _alive(pid):
-        os.kill(pid, signal.SIGKILL)
-    home.pidfile.unlink(missing_ok=True)
-    home.endpoints.unlink(missing_ok=True)
+    if who.role != SERVE:  # another `turbok down --stop-sandboxes`: not a control plane, let it finish
+        raise DaemonError(f"turbok (pid {who.pid or 'unknown'}) is stopping the sandboxes of {home.root}; "
+                          "try again when it is done")
+    if not who.pid:
+        raise DaemonError(f"a turbok process holds {home.root} but has not written its pid yet; try again")
+    pid = who.pid
+    _signal(pid, signal.SIGTERM)
+    if not _released(home, pid, timeout):
+        _signal(pid, signal.SIGKILL)
+        if not _released(home, pid, 10.0):  # the kernel frees the lock as the process dies
+            raise DaemonError(f"turbok (pid {pid}) still holds {home.root} after SIGKILL")
+    if (_endpoints(home) or {}).get("pid") == pid:  # a killed process could not remove its own
+        home.endpoints.unlink(missing_ok=True)
     return True
+
+
+def _released(home: Home, pid: int, timeout: float) -> bool:
+    """Wait until ``pid`` no longer holds ``home`` (another process may hold it by then)."""
+    deadline = time.monotonic() + timeout
+    while (who := holder(home)) is not None and who.pid == pid:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it exited between the probe and the signal
+        os.kill(pid, sig)
 
 
 def stop_sandboxes(home: Home, *, remove: bool = False) -> int:
@@ -116,14 +163,30 @@ def stop_sandboxes(home: Home, *, remove: bool = False) -> int:
     Hibernated sandboxes are left as they are (their memory stays saved) unless ``remove``.
 
     For ``turbok down --stop-sandboxes`` and test teardown: with the control plane down
-    nothing else will, and a detached gVisor sandbox runs until told to stop.
+    nothing else will, and a detached gVisor sandbox runs until told to stop. Runs under the
+    home's lock, so never beside a live control plane (which would restart what it stops):
+    ``DaemonError`` if one holds the home, and a ``turbok serve`` started meanwhile waits its turn
+    by failing with the pid of this process.
     """
+    if not home.sandboxes.exists():
+        return 0
+    try:
+        lock = HomeLock.acquire(home, role=STOP_SANDBOXES)
+    except HomeLocked as e:
+        if e.holder.role != SERVE:
+            raise DaemonError(f"not stopping sandboxes: turbok (pid {e.pid or 'unknown'}) is already stopping "
+                              f"those of {home.root}") from e
+        raise DaemonError(f"not stopping sandboxes: a control plane (pid {e.pid or 'unknown'}) serves "
+                          f"{home.root} and would restart them; stop it first with `turbok down`") from e
+    with lock:
+        return _stop_all(home, remove=remove)
+
+
+def _stop_all(home: Home, *, remove: bool) -> int:
     import asyncio
 
     from turbok.runtime.factory import make_runtime
 
-    if not home.sandboxes.exists():
-        return 0
     runtime = make_runtime(home.sandboxes)
 
     # A stop is ~2 s of waiting and ~0.2 s of CPU: a few at a time keep the machine usable.

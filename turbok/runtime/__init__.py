@@ -3,10 +3,12 @@
 Owns: the ``Runtime`` contract (``base``) and its errors (``errors``); the
 gVisor runtime (``gvisor``: ``runsc`` under the hood) and the bubblewrap
 fallback (``bubblewrap``), picked by ``factory.make_runtime``; the on-disk
-layout of a sandbox (``layout``), its root filesystem (``overlay``), its OCI
-bundle (``bundle``) and cgroups (``cgroups``); images (``images``: the local
-image table; ``base_image``: building the built-in base image); process
-plumbing (``process``: capped output, timeouts).
+layout of a sandbox (``layout``), its own bounded disk (``disk``, on a loop
+device: ``loopdev``; host mounts: ``mounts``), its output logs (``logs``:
+rotation), its root filesystem (``overlay``), its OCI bundle (``bundle``) and
+cgroups (``cgroups``); images (``images``: the local image table;
+``base_image``: building the built-in base image); process plumbing
+(``process``: capped output, timeouts).
 
 Does not own: what a Sandbox object means (``turbok.controllers``) or how
 requests reach a sandbox (``turbok.sandboxd``). Never imports controllers,

@@ -131,10 +131,15 @@ class SandboxSpec:
     #: CPU limit in millicores, memory limit in bytes; None means unlimited.
     cpu_millis: int | None = None
     memory_bytes: int | None = None
+    #: Host tasks the sandbox may use (``turbok.dev/pids-limit``); None: the runtime's default.
+    pids_limit: int | None = None
     #: "none" (default, no network at all) or "loopback" (a private lo only).
     #: Under gVisor both are ``--network=none``: a private loopback and nothing else.
     network: str = "none"
     volumes: Sequence[VolumeMount] = ()
+    #: Bytes the sandbox may write (writable layer, /app, volumes, logs: its own disk), from
+    #: ``resources.limits.ephemeral-storage``; None means the runtime's default (docs/runtime.md).
+    ephemeral_storage_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -151,8 +156,14 @@ class RuntimeState:
     #: (main process ended), ``OOMKilled`` (memory limit), ``PidsLimit`` (task limit),
     #: ``Stopped`` (``stop`` or never started), ``Hibernated`` (stopped with its memory saved),
     #: ``Crashed`` (ended, cause unknown).
-    #: Empty while running.
+    #: Empty while running, unless it runs degraded: ``DiskFailed`` (its disk turned read-only
+    #: after a write error; ``start`` restarts it on a checked disk).
     reason: str = ""
+
+    @property
+    def degraded(self) -> bool:
+        """Running but unhealthy (``reason`` says why): ``start`` it again to recover."""
+        return self.phase is Phase.RUNNING and bool(self.reason)
 
 
 @dataclass(frozen=True)
@@ -163,6 +174,9 @@ class ExecResult:
     timed_out: bool = False
     #: True when stdout or stderr was cut at the output limit.
     truncated: bool = False
+    #: True when the command was killed because its output passed the limit
+    #: (``turbok.runtime.process.collect`` with ``flood_grace``).
+    stopped: bool = False
 
 
 class Process(abc.ABC):

@@ -4,8 +4,9 @@ Weaker than gVisor (the sandbox shares the host kernel: ``uname -r`` is the
 host's), so ``make_runtime`` picks it only when runsc cannot run, and every
 ``RuntimeState`` says ``isolation=bubblewrap`` so the Sandbox status shows it.
 
-Same directory layout and root filesystem as gVisor (overlay of the image
-and the sandbox's own layer; ``/app`` and volumes bound from the host). The
+Same directory layout, disk (``turbok.runtime.disk``: bounded, nosuid, nodev)
+and root filesystem as gVisor (overlay of the image and the sandbox's own
+layer; ``/app`` and volumes bound from its disk). The
 main process runs under ``bwrap --unshare-all`` (user, pid, net, ipc, uts,
 cgroup and mount namespaces; uid 0 mapped to itself only; every capability
 dropped; no_new_privs), detached in its own session, its stdout/stderr on
@@ -48,6 +49,7 @@ from turbok.runtime.base import (
 )
 from turbok.runtime.bundle import CFS_PERIOD_US, cpu_quota_us, main_process, network_mode, validate_env
 from turbok.runtime.cgroups import Cgroup
+from turbok.runtime.disk import DEFAULT_EPHEMERAL_STORAGE, bounds
 from turbok.runtime.errors import InvalidSandboxSpec, SandboxStartFailed
 from turbok.runtime.images import ImageStore
 from turbok.runtime.layout import SandboxDir, hostname_of
@@ -83,12 +85,15 @@ class BubblewrapRuntime(LocalRuntime):
         bwrap: str = "bwrap",
         pids_limit: int | None = DEFAULT_PIDS_LIMIT,
         cgroup_parent: str = DEFAULT_CGROUP_PARENT,
+        bounded_disks: bool = True,
+        default_ephemeral_storage: int = DEFAULT_EPHEMERAL_STORAGE,
     ) -> None:
         path = shutil.which(bwrap)
         nsenter = shutil.which("nsenter")
         if path is None or nsenter is None:
             raise SandboxStartFailed("bubblewrap runtime needs bwrap and nsenter (apt-get install -y bubblewrap util-linux)")
-        super().__init__(root, images, pids_limit=pids_limit, cgroup_parent=cgroup_parent)
+        super().__init__(root, images, pids_limit=pids_limit, cgroup_parent=cgroup_parent,
+                         bounded_disks=bounded_disks, default_ephemeral_storage=default_ephemeral_storage)
         self.bwrap = path
         self.nsenter = nsenter
 
@@ -114,7 +119,7 @@ class BubblewrapRuntime(LocalRuntime):
         info = self._running(sdir)
         if info is not None:
             msg = "" if self._cgroup(sdir.id).exists() else "limits: no writable cgroups, memory by prlimit, cpu unlimited"
-            return RuntimeState(sdir.id, Phase.RUNNING, self.isolation, pid=info["init"], message=msg)
+            return self._running_state(sdir, info["init"], msg)
         had_run = self._info_file(sdir).exists()
         exit_code = None
         with contextlib.suppress(OSError, ValueError):
@@ -133,7 +138,7 @@ class BubblewrapRuntime(LocalRuntime):
                 cpu_quota_us=cpu_quota_us(spec.cpu_millis) if spec.cpu_millis else None,
                 cpu_period_us=CFS_PERIOD_US,
                 memory_bytes=spec.memory_bytes,
-                pids=self.pids_limit,
+                pids=spec.pids_limit if spec.pids_limit is not None else self.pids_limit,
             )
             return [], cg
         except OSError:
@@ -149,15 +154,26 @@ class BubblewrapRuntime(LocalRuntime):
         sdir = SandboxDir(self.root, spec.id)
         async with self._locks(spec.id):
             current = self._state(sdir)
-            if current.phase is Phase.RUNNING:
+            if current.phase is Phase.RUNNING and not current.degraded:
                 return current
             image = self.images.resolve(spec.image)
             network_mode(spec)
             main = main_process(spec, image)
-            sdir.create(spec)
-            sdir.save_spec(spec)
-            sdir.clear_run()
-            overlay.mount_overlay(lower=image.rootfs, upper=sdir.upper, work=sdir.ovwork, target=sdir.rootfs)
+            limit = bounds(spec.ephemeral_storage_bytes, self.disks.default)
+            if current.degraded:
+                await self._stop(sdir)
+
+            def prepare() -> None:
+                self._prepare_disk(sdir, spec, limit)
+                sdir.save_spec(spec)
+                sdir.clear_run()
+                overlay.mount_overlay(lower=image.rootfs, upper=sdir.upper, work=sdir.ovwork, target=sdir.rootfs)
+
+            try:
+                await asyncio.to_thread(prepare)
+            except OSError as e:
+                await asyncio.to_thread(self._release_disk, sdir)
+                raise self._start_failed(sdir, e) from e
             prefix, cg = self._limits(spec)
             argv = [
                 self.bwrap, "--unshare-all", "--unshare-user", "--uid", "0", "--gid", "0",
@@ -192,6 +208,7 @@ class BubblewrapRuntime(LocalRuntime):
             except (ValueError, KeyError):
                 code = await proc.wait()
                 why = sdir.stderr_log.read_bytes()[-2000:].decode(errors="replace").strip().splitlines()
+                await asyncio.to_thread(self._release_disk, sdir)
                 raise SandboxStartFailed(
                     f"sandbox {spec.id}: bwrap failed (exit {code}): {why[-1] if why else 'no message'}"
                 ) from None
@@ -205,30 +222,36 @@ class BubblewrapRuntime(LocalRuntime):
             sdir.write_json(self._info_file(sdir), {"pid": proc.pid, "init": init, "start": start, "env": main.env})
             # bwrap keeps running detached; reap it in the background if it ends while we live.
             asyncio.ensure_future(proc.wait())
+            self._watched.discard(sdir.id)  # a new disk mount: watch its logs anew
             return self._state(sdir)
 
     async def stop(self, id: str) -> None:
         sdir = SandboxDir(self.root, id)
         async with self._locks(id):
-            info = self._running(sdir)
-            if info is not None:
-                # Killing a pid namespace's init kills everything in it.
+            await self._stop(sdir)
+
+    async def _stop(self, sdir: SandboxDir) -> None:
+        """Stop with the lock held: kill the namespace's init and every process of its cgroup."""
+        id = sdir.id
+        info = self._running(sdir)
+        if info is not None:
+            # Killing a pid namespace's init kills everything in it.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(info["init"], signal.SIGKILL)
+            for _ in range(500):
+                if _start_time(info["init"]) is None:
+                    break
+                await asyncio.sleep(0.01)
+        cg = self._cgroup(id)
+        if cg.exists():
+            for pid in cg.pids():  # exec'd processes that never entered the pid namespace
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(info["init"], signal.SIGKILL)
-                for _ in range(500):
-                    if _start_time(info["init"]) is None:
-                        break
-                    await asyncio.sleep(0.01)
-            cg = self._cgroup(id)
-            if cg.exists():
-                for pid in cg.pids():  # exec'd processes that never entered the pid namespace
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                await asyncio.to_thread(cg.remove)
-            for done in (self._info_file(sdir), self._status_file(sdir)):
-                with contextlib.suppress(FileNotFoundError):
-                    done.unlink()  # a stopped sandbox did not exit on its own
-            overlay.unmount(sdir.rootfs)
+                    os.kill(pid, signal.SIGKILL)
+            await asyncio.to_thread(cg.remove)
+        for done in (self._info_file(sdir), self._status_file(sdir)):
+            with contextlib.suppress(FileNotFoundError):
+                done.unlink()  # a stopped sandbox did not exit on its own
+        await asyncio.to_thread(self._release_disk, sdir)
 
     async def spawn(
         self,

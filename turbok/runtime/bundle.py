@@ -11,9 +11,9 @@ by both runtimes.
 (writable: its upper layer is the sandbox's own), ``/app`` and the volumes as
 bind mounts of host directories, hostname, Docker's default capabilities (all
 of them gVisor's, none the host's) and the limits: ``cpu_millis`` -> CFS quota,
-``memory_bytes`` -> memory limit, and a pids limit so a fork bomb cannot exhaust
-the host's pid space. Called by ``turbok.runtime.gvisor``; written to disk
-once per start.
+``memory_bytes`` -> memory limit, and a pids limit (the spec's, else the
+runtime's) so a fork bomb cannot exhaust the host's pid space. Called by
+``turbok.runtime.gvisor``; written to disk once per start.
 """
 
 from __future__ import annotations
@@ -117,8 +117,9 @@ def _resources(spec: SandboxSpec, pids_limit: int | None) -> dict[str, Any]:
         if spec.memory_bytes < 32 * 1024 * 1024:
             raise InvalidSandboxSpec(f"sandbox {spec.id}: memory limit under 32Mi cannot boot a sandbox")
         res["memory"] = {"limit": spec.memory_bytes}
-    if pids_limit is not None:
-        res["pids"] = {"limit": pids_limit}
+    pids = spec.pids_limit if spec.pids_limit is not None else pids_limit
+    if pids is not None:
+        res["pids"] = {"limit": pids}
     return res
 
 

@@ -6,6 +6,10 @@ their counters, so ``state`` can say ``OOMKilled`` or ``PidsLimit`` instead of
 "it stopped". The bubblewrap runtime has no such helper, so ``Cgroup`` also
 creates, fills and removes one. cgroup v1 (this host: one hierarchy per
 controller under /sys/fs/cgroup) and v2 (unified) are both understood.
+
+The parent of all sandboxes (``/turbok``) keeps the control plane
+schedulable: a low CPU weight (``weigh_parent``) and a memory limit that
+leaves a reserve to the rest of the host (``bound_parent_memory``).
 """
 
 from __future__ import annotations
@@ -16,7 +20,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CGROUP_ROOT", "Cgroup", "Counters", "cgroup_version"]
+__all__ = [
+    "CGROUP_ROOT",
+    "RESERVED_MEMORY_BYTES",
+    "RESERVED_MEMORY_FRACTION",
+    "Cgroup",
+    "Counters",
+    "bound_parent_memory",
+    "cgroup_version",
+    "host_memory_bytes",
+    "sandboxes_memory_bytes",
+    "weigh_parent",
+]
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 _V1_CONTROLLERS = ("memory", "cpu", "pids")
@@ -152,6 +167,54 @@ def weigh_parent(parent: str, *, shares: int = SANDBOXES_CPU_SHARES, root: Path 
             d.mkdir(parents=True, exist_ok=True)
             # cgroup v2 weight 1..10000, default 100 <-> v1 shares 1024.
             (d / "cpu.weight").write_text(str(max(1, shares * 100 // 1024)))
+        else:
+            return False
+    except OSError:
+        return False
+    return True
+
+
+#: Memory kept out of all sandboxes' reach, for the control plane and the rest of the host: the larger
+#: of these two. Like the kubelet's system-reserved, so that sandboxes filling memory together meet
+#: their parent cgroup's limit (and the kernel's OOM killer there) before the control plane does.
+RESERVED_MEMORY_BYTES = 1 << 30
+RESERVED_MEMORY_FRACTION = 0.10
+
+
+def host_memory_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """MemTotal of this machine, None if unreadable."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def sandboxes_memory_bytes(total: int | None = None) -> int | None:
+    """What all sandboxes together may use: the machine's memory less the reserve (None if unknown)."""
+    total = host_memory_bytes() if total is None else total
+    if total is None:
+        return None
+    return max(total - max(RESERVED_MEMORY_BYTES, int(total * RESERVED_MEMORY_FRACTION)), 0)
+
+
+def bound_parent_memory(parent: str, limit_bytes: int | None, *, root: Path = CGROUP_ROOT) -> bool:
+    """Set the memory limit of the sandboxes' parent cgroup (None: no limit); False if impossible
+    (no cgroups, not writable, or more than that already in use)."""
+    version = cgroup_version(root)
+    try:
+        if version == 1:
+            d = root / "memory" / parent.strip("/")
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "memory.limit_in_bytes").write_text(str(limit_bytes if limit_bytes is not None else -1))
+        elif version == 2:
+            d = root / parent.strip("/")
+            d.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):
+                (root / "cgroup.subtree_control").write_text("+memory")
+            (d / "memory.max").write_text(str(limit_bytes if limit_bytes is not None else "max"))
         else:
             return False
     except OSError:

@@ -1,23 +1,29 @@
 """The on-disk layout of one sandbox, shared by every runtime.
 
 ``<root>/<id>/`` (``root`` is what the control plane passes:
-``<TURBOK_HOME>/sandboxes``)::
+``<TURBOK_HOME>/sandboxes``; both are 0700, tightened at every start)::
 
     config.json   OCI runtime spec; the directory is the OCI bundle (gvisor)
     spec.json     the SandboxSpec it was last started with (for humans and resume)
-    upper/        the writable layer: everything the sandbox changed in its root fs
-    ovwork/       overlayfs' scratch directory (same filesystem as upper/)
+    disk.img      the sandbox's own disk: a sparse ext4 file (see turbok.runtime.disk)
+    disk.json     the bounds it was made with; disk.loop: its loop device while mounted
+    disk/         mount point of disk.img (nosuid,nodev; only while running). On it:
+        upper/        the writable layer: everything the sandbox changed in its root fs
+        ovwork/       overlayfs' scratch directory (same filesystem as upper/)
+        app/          the work directory, ``/app`` inside; read and written by the host too
+        volumes/NAME/ one directory per VolumeMount
+        logs/         stdout.log, stderr.log (the main process' output: detached, files,
+                      rotated: turbok.runtime.logs) and boot.log (runsc's boot log)
     rootfs/       mount point of the overlay: read-only image + upper/ (only while running)
-    app/          the work directory, ``/app`` inside; read and written by the host too
-    volumes/NAME/ one directory per VolumeMount
     run/          bwrap.json (bubblewrap: pid of the init to enter)
-    stdout.log    the main process' stdout and stderr (detached: files, never pipes)
-    stderr.log
-    boot.log      runsc's boot log: the main process' exit status, diagnostics
+    memory/       a hibernated sandbox's memory image; memory.json marks it complete
 
-Everything of a sandbox lives here, so ``remove`` is one ``rmtree`` and a
-restarted control plane finds all of it again. Ids are checked by
-``validate_id`` before any path is built from them.
+Everything a sandbox can write is on ``disk/``, so its ``ephemeral-storage``
+bounds all of it and a setuid file made inside means nothing on the host.
+Everything of a sandbox lives here, so ``remove`` is unmount + one ``rmtree``
+and a restarted control plane finds all of it again. Ids are checked by
+``validate_id`` before any path is built from them. Trees of older versions
+kept ``LEGACY_ENTRIES`` directly in ``<id>/``; ``turbok.runtime.disk`` moves them.
 """
 
 from __future__ import annotations
@@ -33,7 +39,12 @@ from typing import Any
 from turbok.runtime.base import ID_LENGTH, SandboxSpec, VolumeMount, validate_id
 from turbok.runtime.errors import InvalidSandboxSpec
 
-__all__ = ["SandboxDir", "hostname_of", "list_ids", "validate_volumes"]
+__all__ = ["DIR_MODE", "LEGACY_ENTRIES", "SandboxDir", "hostname_of", "list_ids", "validate_volumes"]
+
+#: Mode of the sandboxes root and of every sandbox directory: no other user may traverse them.
+DIR_MODE = 0o700
+#: What older versions kept directly in ``<id>/`` and is now on ``disk/``.
+LEGACY_ENTRIES = ("upper", "ovwork", "app", "volumes", "stdout.log", "stderr.log", "boot.log")
 
 _VOLUME_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?")
 _HOSTNAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
@@ -72,12 +83,26 @@ class SandboxDir:
         return self.path / "memory.json"
 
     @property
+    def disk_image(self) -> Path:
+        return self.path / "disk.img"
+
+    @property
+    def disk_device(self) -> Path:
+        """The loop device of the mounted disk (to wait for it to go before mounting again)."""
+        return self.path / "disk.loop"
+
+    @property
+    def disk(self) -> Path:
+        """Mount point of the sandbox's disk: everything the sandbox can write is below."""
+        return self.path / "disk"
+
+    @property
     def upper(self) -> Path:
-        return self.path / "upper"
+        return self.disk / "upper"
 
     @property
     def ovwork(self) -> Path:
-        return self.path / "ovwork"
+        return self.disk / "ovwork"
 
     @property
     def rootfs(self) -> Path:
@@ -85,52 +110,64 @@ class SandboxDir:
 
     @property
     def app(self) -> Path:
-        return self.path / "app"
+        return self.disk / "app"
 
     @property
     def run(self) -> Path:
         return self.path / "run"
 
     @property
+    def logs(self) -> Path:
+        return self.disk / "logs"
+
+    @property
     def stdout_log(self) -> Path:
-        return self.path / "stdout.log"
+        return self.logs / "stdout.log"
 
     @property
     def stderr_log(self) -> Path:
-        return self.path / "stderr.log"
+        return self.logs / "stderr.log"
 
     @property
     def boot_log(self) -> Path:
-        return self.path / "boot.log"
+        return self.logs / "boot.log"
 
     def volume(self, name: str) -> Path:
-        return self.path / "volumes" / name
+        return self.disk / "volumes" / name
 
     def exists(self) -> bool:
         return self.path.is_dir()
 
     def create(self, spec: SandboxSpec) -> bool:
-        """Make every directory (idempotent); True when the sandbox is new.
-
-        A new sandbox gets ``/etc/hostname`` and ``/etc/hosts`` in its writable
-        layer (the image's copies name no host), as a kubelet would mount them.
-        """
+        """Make the host-side directories (idempotent) and tighten their modes; True when the
+        sandbox is new. What goes on its disk is made by ``populate``, once the disk is mounted."""
         validate_volumes(spec.volumes)
         fresh = not self.path.exists()
-        for p in (self.upper, self.ovwork, self.rootfs, self.app, self.run):
-            p.mkdir(mode=0o755, parents=True, exist_ok=True)
+        self.path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        os.chmod(self.path, DIR_MODE)  # also a tree made by an older version (0755)
+        for p in (self.rootfs, self.run, self.disk):
+            p.mkdir(mode=0o755, exist_ok=True)
+        return fresh
+
+    def populate(self, spec: SandboxSpec) -> None:
+        """Make every directory on the mounted disk (idempotent).
+
+        A new writable layer gets ``/etc/hostname`` and ``/etc/hosts`` (the image's
+        copies name no host), as a kubelet would mount them.
+        """
+        for p in (self.upper, self.ovwork, self.app, self.logs):
+            p.mkdir(mode=0o755, exist_ok=True)
         for v in spec.volumes:
             self.volume(v.name).mkdir(mode=0o755, parents=True, exist_ok=True)
-        hostname = hostname_of(spec)
-        if fresh:
-            etc = self.upper / "etc"
+        etc = self.upper / "etc"
+        if not os.path.lexists(etc / "hostname"):  # a whiteout (the sandbox deleted it) counts
+            hostname = hostname_of(spec)
             etc.mkdir(mode=0o755, exist_ok=True)
             (etc / "hostname").write_text(hostname + "\n")
             (etc / "hosts").write_text(
                 f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
                 f"127.0.1.1\t{hostname}\n"
             )
-        return fresh
 
     def write_json(self, path: Path, data: Any) -> None:
         """Write ``data`` as JSON atomically (temp file + rename): a crash leaves the old file."""
@@ -148,7 +185,12 @@ class SandboxDir:
         Files, never pipes: a detached sandbox outlives whoever reads a pipe.
         """
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-        return os.open(self.stdout_log, flags, 0o644), os.open(self.stderr_log, flags, 0o644)
+        out = os.open(self.stdout_log, flags, 0o644)
+        try:
+            return out, os.open(self.stderr_log, flags, 0o644)
+        except BaseException:
+            os.close(out)
+            raise
 
     def clear_run(self) -> None:
         """Forget per-exec files of an earlier life of the sandbox."""

@@ -5,8 +5,10 @@ Owns: the HTTP protocol the official Agent Sandbox client speaks (``/execute``,
 served for every sandbox from one loopback endpoint chosen by the
 ``X-Sandbox-ID``/``X-Sandbox-Namespace`` headers (``router``); running commands
 (``execute``); the files API and its confinement to the work directory against
-hostile symlinks (``files``, ``confine``); the resolver contract
-(``resolver``); metrics (``metrics``); errors (``errors``).
+hostile symlinks (``files``, ``confine``); per-sandbox bounds: command slots,
+output budget, uploaded bytes (``limits``); the router's settings
+(``context.RouterConfig``); the resolver contract (``resolver``); metrics
+(``metrics``); errors (``errors``).
 
 Does not own: how a sandbox runs (``turbok.runtime``, used through its
 ``Runtime`` contract), which sandboxes exist (the control plane implements
@@ -19,9 +21,14 @@ The control plane calls ``create_router_app`` and serves the result on
 
 from turbok.sandboxd.confine import SANDBOX_WORKDIR
 from turbok.sandboxd.context import (
+    DEFAULT_EXEC_CONCURRENCY,
+    DEFAULT_EXEC_QUEUE,
+    DEFAULT_EXEC_QUEUE_WAIT,
     DEFAULT_EXEC_TIMEOUT,
     DEFAULT_OUTPUT_LIMIT,
+    DEFAULT_OUTPUT_RATE,
     DEFAULT_UPLOAD_LIMIT,
+    DEFAULT_UPLOAD_TOTAL_LIMIT,
     MAX_EXEC_TIMEOUT,
     RouterConfig,
 )
@@ -29,6 +36,8 @@ from turbok.sandboxd.errors import (
     AccessDenied,
     BadRequest,
     Conflict,
+    ExecFailed,
+    InsufficientStorage,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
@@ -36,6 +45,8 @@ from turbok.sandboxd.errors import (
     SandboxNotFound,
     SandboxNotReady,
     SandboxNotRunning,
+    SandboxRestarting,
+    TooManyRequests,
     Unauthorized,
 )
 from turbok.sandboxd.metrics import RouterMetrics
@@ -43,14 +54,21 @@ from turbok.sandboxd.resolver import SandboxResolver, StaticResolver
 from turbok.sandboxd.router import RunningRouter, create_router_app, serve_router
 
 __all__ = [
+    "DEFAULT_EXEC_CONCURRENCY",
+    "DEFAULT_EXEC_QUEUE",
+    "DEFAULT_EXEC_QUEUE_WAIT",
     "DEFAULT_EXEC_TIMEOUT",
     "DEFAULT_OUTPUT_LIMIT",
+    "DEFAULT_OUTPUT_RATE",
     "DEFAULT_UPLOAD_LIMIT",
+    "DEFAULT_UPLOAD_TOTAL_LIMIT",
     "MAX_EXEC_TIMEOUT",
     "SANDBOX_WORKDIR",
     "AccessDenied",
     "BadRequest",
     "Conflict",
+    "ExecFailed",
+    "InsufficientStorage",
     "MethodNotAllowed",
     "NotFound",
     "PayloadTooLarge",
@@ -61,8 +79,10 @@ __all__ = [
     "SandboxNotReady",
     "SandboxNotRunning",
     "SandboxResolver",
+    "SandboxRestarting",
     "SandboxdError",
     "StaticResolver",
+    "TooManyRequests",
     "Unauthorized",
     "create_router_app",
     "serve_router",

@@ -197,6 +197,15 @@ class WorkDir:
             raise NotFound(f"{display(parts)} is {what}")
         return fd, st.st_size
 
+    def regular_size(self, parts: tuple[str, ...]) -> int | None:
+        """Size of the regular file at ``parts`` (a final symlink not followed), or None if there is none."""
+        try:
+            with self._open(parts, os.O_PATH | os.O_NOFOLLOW) as fd:
+                st = os.fstat(fd)
+        except SandboxdError:
+            return None
+        return st.st_size if stat.S_ISREG(st.st_mode) else None
+
     def list(self, parts: tuple[str, ...]) -> list[FileInfo]:
         """The entries of a directory. Symlinks report their target if it is inside, else themselves."""
         entries: list[FileInfo] = []

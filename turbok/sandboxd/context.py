@@ -2,34 +2,52 @@
 
 ``turbok.sandboxd.router`` builds a ``Call`` after authenticating the request
 and resolving its sandbox; the handlers in ``execute`` and ``files`` take it.
+
+Every bound of the router is a ``RouterConfig`` field. ``create_router_app``
+takes each as a keyword; one not given comes from the environment of the
+process (``RouterConfig.from_env``: ``TURBOK_ROUTER_<FIELD>``, e.g.
+``TURBOK_ROUTER_EXEC_CONCURRENCY=16``; sizes as bytes or with a ``Ki``/``Mi``/
+``Gi`` suffix), else the default here. docs/sandboxd.md lists them.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from turbok import settings
 from turbok.runtime.base import DEFAULT_OUTPUT_LIMIT, Runtime
 from turbok.runtime.errors import InvalidSandboxSpec, RuntimeError_
 from turbok.runtime.errors import SandboxNotRunning as RuntimeNotRunning
-from turbok.sandboxd.errors import BadRequest, PayloadTooLarge, SandboxdError, SandboxNotRunning
+from turbok.sandboxd.errors import BadRequest, ExecFailed, PayloadTooLarge, SandboxdError, SandboxNotRunning
+from turbok.sandboxd.limits import ExecSlots, UploadLedger
 from turbok.sandboxd.metrics import RouterMetrics
 from turbok.sdk.wire import parse_timeout
 
 __all__ = [
+    "DEFAULT_EXEC_CONCURRENCY",
+    "DEFAULT_EXEC_QUEUE",
+    "DEFAULT_EXEC_QUEUE_WAIT",
     "DEFAULT_EXEC_TIMEOUT",
     "DEFAULT_OUTPUT_LIMIT",
+    "DEFAULT_OUTPUT_RATE",
     "DEFAULT_UPLOAD_LIMIT",
+    "DEFAULT_UPLOAD_TOTAL_LIMIT",
+    "ENV_PREFIX",
     "MAX_EXEC_TIMEOUT",
     "MAX_JSON_BODY",
     "Call",
     "RouterConfig",
     "runtime_failure",
 ]
+
+log = logging.getLogger("turbok.sandboxd")
 
 #: Seconds a command may run when the request names no timeout (as upstream's runtime).
 DEFAULT_EXEC_TIMEOUT = 300.0
@@ -39,15 +57,49 @@ MAX_EXEC_TIMEOUT = 3600.0
 MAX_JSON_BODY = 16 * 1024 * 1024
 #: Largest file ``/upload`` accepts (413 beyond it).
 DEFAULT_UPLOAD_LIMIT = 1024 * 1024 * 1024
+#: Most bytes the files uploaded to one sandbox may hold at once (413 beyond it).
+DEFAULT_UPLOAD_TOTAL_LIMIT = 4 * 1024 * 1024 * 1024
+#: Commands one sandbox runs at once through the router (each is a ``runsc exec`` on the host,
+#: about 17 MiB of host memory).
+DEFAULT_EXEC_CONCURRENCY = 8
+#: Commands that may wait for a slot per sandbox; more are refused at once (429).
+DEFAULT_EXEC_QUEUE = 32
+#: Seconds a command waits for a slot before it is refused (429).
+DEFAULT_EXEC_QUEUE_WAIT = 30.0
+#: Bytes of command output per second the router reads from one sandbox, all its commands
+#: together (a second's worth may come at once); past it pipes fill and commands wait. Reading
+#: costs the router about 5 ms of CPU per MiB, so this bounds a flood to a few % of a core.
+DEFAULT_OUTPUT_RATE = 8 * 1024 * 1024
+#: ``RouterConfig.from_env`` reads ``TURBOK_ROUTER_<FIELD NAME IN CAPITALS>``.
+ENV_PREFIX = "TURBOK_ROUTER_"
 
 
 @dataclass(frozen=True)
 class RouterConfig:
-    #: Cap on captured stdout and on stderr of ``/execute``, each, in bytes.
+    """The router's bounds; see the module docstring for how each is set."""
+
+    #: Cap on captured stdout and on stderr of ``/execute``, each, in bytes; a command whose
+    #: output passes it is stopped (``turbok.runtime.process.collect``'s ``flood_grace``).
     output_limit: int = DEFAULT_OUTPUT_LIMIT
     exec_timeout: float = DEFAULT_EXEC_TIMEOUT
     max_exec_timeout: float = MAX_EXEC_TIMEOUT
     upload_limit: int = DEFAULT_UPLOAD_LIMIT
+    upload_total_limit: int = DEFAULT_UPLOAD_TOTAL_LIMIT
+    exec_concurrency: int = DEFAULT_EXEC_CONCURRENCY
+    exec_queue: int = DEFAULT_EXEC_QUEUE
+    exec_queue_wait: float = DEFAULT_EXEC_QUEUE_WAIT
+    output_rate: int = DEFAULT_OUTPUT_RATE
+
+    def __post_init__(self) -> None:
+        settings.check_positive(self, zero_allowed=frozenset({"exec_queue"}))
+        if self.exec_timeout > self.max_exec_timeout:
+            raise settings.SettingError("router limits: exec_timeout must be at most max_exec_timeout")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **given: Any) -> RouterConfig:
+        """The settings ``given`` (None: not given), the rest from ``TURBOK_ROUTER_*`` or the defaults."""
+        names = {f.name: ENV_PREFIX + f.name.upper() for f in fields(cls)}
+        return settings.from_env(cls, names, environ, **given)
 
 
 @dataclass(frozen=True)
@@ -58,6 +110,8 @@ class Call:
     runtime: Runtime
     config: RouterConfig
     metrics: RouterMetrics
+    slots: ExecSlots
+    uploads: UploadLedger
     namespace: str
     name: str
     sandbox_id: str
@@ -97,9 +151,12 @@ class Call:
 
 
 def runtime_failure(err: RuntimeError_, call: Call) -> SandboxdError:
-    """A runtime error as the answer it deserves."""
+    """A runtime error as the answer it deserves; the runtime's own text is logged, not answered."""
+    log.debug("runtime error for sandbox %s (%s): %s", call.sandbox, call.sandbox_id, err)
     if isinstance(err, RuntimeNotRunning):
-        return SandboxNotRunning(f"sandbox {call.sandbox} is not running: {err}")
+        return SandboxNotRunning(
+            f"sandbox {call.sandbox} is not running (it stopped, or is restarting); retry once it is Ready"
+        )
     if isinstance(err, InvalidSandboxSpec):
         return BadRequest(f"sandbox {call.sandbox}: {err}")
-    return SandboxdError(f"runtime failed for sandbox {call.sandbox}: {err}")
+    return ExecFailed(f"the runtime failed to run the command in sandbox {call.sandbox}; retry later")

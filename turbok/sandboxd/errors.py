@@ -11,12 +11,18 @@ The tree (HTTP code, ``reason`` in the JSON body ``{"message", "reason"}``)::
     ├── MethodNotAllowed           (405 MethodNotAllowed)
     ├── Conflict                   (409 Conflict)
     ├── PayloadTooLarge            (413 PayloadTooLarge)
+    ├── TooManyRequests            (429 TooManyRequests: the sandbox's command slots and queue are full)
     ├── SandboxNotReady            (503 SandboxNotReady)
-    └── SandboxNotRunning          (503 SandboxNotRunning: the runtime has no such process tree)
+    ├── SandboxNotRunning          (503 SandboxNotRunning: the runtime has no such process tree)
+    ├── SandboxRestarting          (503 SandboxRestarting: it stopped or restarted under a command)
+    ├── ExecFailed                 (503 ExecFailed: the runtime could not run the command)
+    └── InsufficientStorage        (507 InsufficientStorage: the sandbox's disk is full)
 
 A ``SandboxResolver`` raises ``SandboxNotFound`` and ``SandboxNotReady``; the
 handlers raise the rest; ``turbok.sandboxd.router`` turns any of them into a
-response with ``to_json()``. ``turbok.sdk.errors`` maps the reasons back.
+response with ``to_json()``, and a ``Retry-After`` header where ``retry_after``
+is set. ``turbok.sdk.errors`` maps the reasons back. Messages never carry the
+runtime's own error text (runsc's, urpc's): that is logged at debug.
 """
 
 from __future__ import annotations
@@ -29,13 +35,17 @@ __all__ = [
     "AccessDenied",
     "BadRequest",
     "Conflict",
+    "ExecFailed",
+    "InsufficientStorage",
     "MethodNotAllowed",
     "NotFound",
     "PayloadTooLarge",
     "SandboxNotFound",
     "SandboxNotReady",
     "SandboxNotRunning",
+    "SandboxRestarting",
     "SandboxdError",
+    "TooManyRequests",
     "Unauthorized",
 ]
 
@@ -43,6 +53,8 @@ __all__ = [
 class SandboxdError(TurbokError):
     status: int = 500
     reason: str = "InternalError"
+    #: Seconds for the ``Retry-After`` header; None: no header (the request will not do better later).
+    retry_after: int | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -99,11 +111,20 @@ class PayloadTooLarge(SandboxdError):
     reason = "PayloadTooLarge"
 
 
+class TooManyRequests(SandboxdError):
+    """The sandbox runs as many commands as it may and its queue is full (or the wait was too long)."""
+
+    status = 429
+    reason = "TooManyRequests"
+    retry_after = 1
+
+
 class SandboxNotReady(SandboxdError):
     """The sandbox exists but is not Ready; the message says what to wait for."""
 
     status = 503
     reason = "SandboxNotReady"
+    retry_after = 1
 
 
 class SandboxNotRunning(SandboxdError):
@@ -111,3 +132,27 @@ class SandboxNotRunning(SandboxdError):
 
     status = 503
     reason = "SandboxNotRunning"
+    retry_after = 1
+
+
+class SandboxRestarting(SandboxdError):
+    """The sandbox stopped or restarted while a command started or ran; its result is lost."""
+
+    status = 503
+    reason = "SandboxRestarting"
+    retry_after = 1
+
+
+class ExecFailed(SandboxdError):
+    """The runtime could not start or follow the command (host resources, the sandbox's pids limit)."""
+
+    status = 503
+    reason = "ExecFailed"
+    retry_after = 1
+
+
+class InsufficientStorage(SandboxdError):
+    """A write ran out of space: the sandbox's disk limit or the host's disk."""
+
+    status = 507
+    reason = "InsufficientStorage"

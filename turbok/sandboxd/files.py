@@ -3,9 +3,11 @@
 Every path is confined by ``turbok.sandboxd.confine`` (403 outside the work
 directory, 404 missing). Bodies stream both ways: an upload goes to a temp file
 next to its destination in chunks and is renamed into place when complete (no
-reader ever sees half a file; nothing changes if it fails or is over
-``RouterConfig.upload_limit``, answered 413); a download is read in chunks as
-the client takes them. Disk I/O runs in worker threads, never on the event loop.
+reader ever sees half a file; nothing changes if it fails, is over
+``RouterConfig.upload_limit``, or would take the sandbox's uploaded files past
+``upload_total_limit`` (``Call.uploads``), each answered 413, or runs out of
+disk, 507); a download is read in chunks as the client takes them. Disk I/O
+runs in worker threads, never on the event loop.
 
 Shapes follow the upstream python runtime that the official client speaks:
 ``{"message": ...}`` on upload, ``[{"name", "size", "type", "mod_time"}]`` from
@@ -15,6 +17,7 @@ list, ``{"path", "exists"}`` from exists.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import re
 import urllib.parse
@@ -24,7 +27,7 @@ from aiohttp import BodyPartReader, web
 
 from turbok.sandboxd.confine import WorkDir, display, split_path
 from turbok.sandboxd.context import Call
-from turbok.sandboxd.errors import BadRequest, PayloadTooLarge
+from turbok.sandboxd.errors import BadRequest, InsufficientStorage, PayloadTooLarge
 from turbok.sdk.wire import FileInfo
 
 __all__ = ["disposition_params", "download", "exists", "list_dir", "upload"]
@@ -93,26 +96,42 @@ async def upload(call: Call) -> web.Response:
 
 
 async def _receive(call: Call, part: BodyPartReader, parts: tuple[str, ...]) -> int:
+    try:
+        return await _receive_into(call, part, parts)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise InsufficientStorage(
+                f"upload of {display(parts)}: no space left for sandbox {call.sandbox} (its disk limit, or the "
+                "host's disk, is full); nothing was written"
+            ) from e
+        raise
+
+
+async def _receive_into(call: Call, part: BodyPartReader, parts: tuple[str, ...]) -> int:
     loop = asyncio.get_running_loop()
     limit = call.config.upload_limit
-    with WorkDir(call.workdir()) as wd:
+    workdir = call.workdir()
+    with WorkDir(workdir) as wd:
         parent = await loop.run_in_executor(None, wd.ensure_parent, parts)
         try:
             fd, temp = wd.create_temp(parent)
             committed = False
             try:
                 written = 0
-                while chunk := await part.read_chunk(_CHUNK):
-                    written += len(chunk)
-                    if written > limit:
-                        raise PayloadTooLarge(
-                            f"upload of {display(parts)} is larger than the limit of {limit} bytes"
-                        )
-                    await loop.run_in_executor(None, _write_all, fd, chunk)
-                os.close(fd)
-                fd = -1
-                wd.commit(parent, temp, parts)
-                committed = True
+                async with call.uploads.upload(call.sandbox_id, workdir, parts, call.sandbox) as ticket:
+                    while chunk := await part.read_chunk(_CHUNK):
+                        written += len(chunk)
+                        if written > limit:
+                            raise PayloadTooLarge(
+                                f"upload of {display(parts)} is larger than the limit of {limit} bytes"
+                            )
+                        await ticket.take(len(chunk))
+                        await loop.run_in_executor(None, _write_all, fd, chunk)
+                    os.close(fd)
+                    fd = -1
+                    wd.commit(parent, temp, parts)
+                    committed = True
+                    ticket.commit(written)
             finally:
                 if fd >= 0:
                     os.close(fd)

@@ -50,6 +50,28 @@ class RouterMetrics:
             "Commands started through the router that have not finished.",
             registry=self.registry,
         )
+        self.execs_queued = Gauge(
+            "turbok_router_execs_queued",
+            "Commands waiting for one of their sandbox's command slots.",
+            registry=self.registry,
+        )
+        self.execs_rejected = Counter(
+            "turbok_router_execs_rejected",
+            "Commands refused with 429 because their sandbox's slots and queue were full (queue_full) "
+            "or no slot came in time (queue_timeout).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.exec_stopped = Counter(
+            "turbok_router_exec_stopped",
+            "Execute commands killed because their output passed the output limit.",
+            registry=self.registry,
+        )
+        self.uploads_refused = Counter(
+            "turbok_router_uploads_refused",
+            "Uploads refused because the sandbox's uploaded files would pass the total upload limit.",
+            registry=self.registry,
+        )
         self.exec_timeouts = Counter(
             "turbok_router_exec_timeouts",
             "Commands killed at their timeout (exit code 124).",

@@ -3,22 +3,28 @@
 Who calls it: the control plane builds the app with ``create_router_app`` and
 serves it on ``127.0.0.1:<port>`` in its own event loop (``serve_router`` does
 the same for tests and benchmarks). Clients are the official Agent Sandbox
-client (``SandboxDirectConnectionConfig(api_url=capability_url(...))``) and
-``turbok.sdk``.
+client (``SandboxDirectConnectionConfig(api_url=router_url,
+extra_headers={"Authorization": "Bearer <router token>"})``) and ``turbok.sdk``.
 
 One request, in order:
 
-1. Authenticate: ``Authorization: Bearer <token>``, or the token as the first
-   two path segments ``/t/<token>/...`` (constant-time compare); else 401.
+1. Authenticate: ``Authorization: Bearer <token>`` (constant-time compare), the
+   router's own token, never the API's; else 401. The retired capability URL
+   ``/t/<token>/...`` is 401 too, with a message that says to send the header: a
+   token in a URL ends up in clients' exception texts and in logs.
 2. Pick the endpoint from the raw path (decoded once, by us, so ``%2F`` and
    ``%2e%2e`` reach the path checks as what they are); unknown -> 404, wrong
    method -> 405.
 3. Resolve ``X-Sandbox-Namespace`` (default ``default``) / ``X-Sandbox-ID``
    through the ``SandboxResolver``: missing header 400, unknown 404, not Ready 503.
-4. Run the handler (``execute``, ``files``); a ``SandboxdError`` becomes its
-   status with ``{"message", "reason"}``.
+4. Run the handler (``execute``, ``files``, which apply the per-sandbox bounds of
+   ``limits``: command slots, output budget, uploaded bytes); a ``SandboxdError``
+   becomes its status with ``{"message", "reason"}`` (and ``Retry-After`` where it
+   says so); any other exception is 500 with a message that reveals nothing.
 5. Count it (``turbok.sandboxd.metrics``) and log one line at debug (warning
-   for 5xx and denied paths). The token never appears in logs or metrics.
+   for 5xx and denied paths; request-controlled text escaped by ``printable``,
+   so a newline in a path cannot forge a line). The token never appears in logs
+   or metrics.
 
 ``X-Sandbox-Port`` and ``X-Sandbox-Timeout`` (sent by the official client for
 its Kubernetes router) are accepted and ignored: there is one runtime API per
@@ -38,16 +44,10 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from turbok.runtime.base import DEFAULT_OUTPUT_LIMIT, Runtime
+from turbok.printable import printable
+from turbok.runtime.base import Runtime
 from turbok.sandboxd import execute, files
-from turbok.sandboxd.context import (
-    DEFAULT_EXEC_TIMEOUT,
-    DEFAULT_UPLOAD_LIMIT,
-    MAX_EXEC_TIMEOUT,
-    MAX_JSON_BODY,
-    Call,
-    RouterConfig,
-)
+from turbok.sandboxd.context import MAX_JSON_BODY, Call, RouterConfig
 from turbok.sandboxd.errors import (
     BadRequest,
     MethodNotAllowed,
@@ -55,14 +55,15 @@ from turbok.sandboxd.errors import (
     SandboxdError,
     Unauthorized,
 )
+from turbok.sandboxd.limits import ExecSlots, UploadLedger
 from turbok.sandboxd.metrics import RouterMetrics
 from turbok.sandboxd.resolver import SandboxResolver
 from turbok.sdk.wire import (
     DEFAULT_NAMESPACE,
     EXEC_STREAM_PATH,
+    RETIRED_TOKEN_PATH_PREFIX,
     SANDBOX_ID_HEADER,
     SANDBOX_NAMESPACE_HEADER,
-    TOKEN_PATH_PREFIX,
 )
 
 __all__ = ["RunningRouter", "create_router_app", "serve_router"]
@@ -103,17 +104,13 @@ def _unquote(segment: str) -> str:
     return urllib.parse.unquote(segment, errors="surrogateescape")
 
 
-def _split(raw_path: str) -> tuple[str | None, str, str]:
-    """(token from the path or None, endpoint, decoded path argument)."""
+def _split(raw_path: str) -> tuple[str, str]:
+    """(endpoint, decoded path argument)."""
     rest = raw_path.lstrip("/")
-    token = None
-    if rest.startswith(TOKEN_PATH_PREFIX + "/"):
-        segment, _, rest = rest[len(TOKEN_PATH_PREFIX) + 1 :].partition("/")
-        token = _unquote(segment)
     if rest.rstrip("/") == EXEC_STREAM_PATH:
-        return token, EXEC_STREAM_PATH, ""
+        return EXEC_STREAM_PATH, ""
     endpoint, _, arg = rest.partition("/")
-    return token, endpoint, _unquote(arg)
+    return endpoint, _unquote(arg)
 
 
 class _Router:
@@ -130,25 +127,36 @@ class _Router:
         self._token = token.encode()
         self.config = config
         self.metrics = metrics
+        self.slots = ExecSlots(
+            running=config.exec_concurrency,
+            queue=config.exec_queue,
+            wait=config.exec_queue_wait,
+            rate=config.output_rate,
+            metrics=metrics,
+        )
+        self.uploads = UploadLedger(limit=config.upload_total_limit, metrics=metrics)
 
-    def _authorized(self, request: web.Request, path_token: str | None) -> bool:
-        if path_token is not None:
-            offered = path_token
-        else:
-            scheme, _, offered = request.headers.get("Authorization", "").partition(" ")
-            if scheme.lower() != "bearer":
-                return False
-        return hmac.compare_digest(offered.strip().encode("utf-8", "surrogateescape"), self._token)
+    def _authenticate(self, request: web.Request, endpoint: str) -> None:
+        if endpoint == RETIRED_TOKEN_PATH_PREFIX:
+            raise Unauthorized(
+                "a token in the URL path (/t/<token>/) is no longer accepted: use the plain router URL "
+                "and send the router token in the 'Authorization: Bearer <token>' header"
+            )
+        scheme, _, offered = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            offered.strip().encode("utf-8", "surrogateescape"), self._token
+        ):
+            raise Unauthorized(
+                "missing or wrong token: send the router token (not the API token) as "
+                "'Authorization: Bearer <token>'"
+            )
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         label, sandbox, status = "unknown", "-", 500
         try:
-            path_token, endpoint, arg = _split(request.rel_url.raw_path)
-            if not self._authorized(request, path_token):
-                raise Unauthorized(
-                    "missing or wrong token: send 'Authorization: Bearer <token>' or use the /t/<token>/ URL"
-                )
+            endpoint, arg = _split(request.rel_url.raw_path)
+            self._authenticate(request, endpoint)
             route = _ROUTES.get(endpoint)
             if route is None or (arg and not route.has_path):
                 raise NotFound(f"no such endpoint: {request.method} /{endpoint}")
@@ -167,20 +175,23 @@ class _Router:
         except SandboxdError as e:
             status = e.status
             level = logging.WARNING if e.status >= 500 or e.status == 403 else logging.DEBUG
-            log.log(level, "%s %s for sandbox %s: %d %s", request.method, label, sandbox, e.status, e.message)
+            log.log(level, "%s %s for sandbox %s: %d %s", request.method, label, printable(sandbox), e.status,
+                    printable(e.message))
             headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else {}
-            if e.status == 503:
-                headers["Retry-After"] = "1"
+            if e.retry_after is not None:
+                headers["Retry-After"] = str(e.retry_after)
             return web.json_response(e.to_json(), status=e.status, headers=headers)
-        except Exception as e:
-            log.warning("%s %s for sandbox %s failed", request.method, label, sandbox, exc_info=True)
-            return web.json_response({"message": f"router error: {e}", "reason": "InternalError"}, status=500)
+        except Exception:
+            # The exception's text may name host paths or runtime internals: logged, not answered.
+            log.warning("%s %s for sandbox %s failed", request.method, label, printable(sandbox), exc_info=True)
+            message = "internal router error; the control plane's log has the details"
+            return web.json_response({"message": message, "reason": "InternalError"}, status=500)
         finally:
             self.metrics.requests.labels(label, str(status)).inc()
             if log.isEnabledFor(logging.DEBUG):
                 elapsed = (time.perf_counter() - started) * 1000
                 log.debug(
-                    "%s %s sandbox=%s -> %d in %.1f ms", request.method, label, sandbox, status, elapsed
+                    "%s %s sandbox=%s -> %d in %.1f ms", request.method, label, printable(sandbox), status, elapsed
                 )
 
     async def _call(self, request: web.Request, arg: str) -> Call:
@@ -200,6 +211,8 @@ class _Router:
             runtime=self.runtime,
             config=self.config,
             metrics=self.metrics,
+            slots=self.slots,
+            uploads=self.uploads,
             namespace=namespace,
             name=name,
             sandbox_id=sandbox_id,
@@ -222,32 +235,42 @@ def create_router_app(
     runtime: Runtime,
     resolver: SandboxResolver,
     token: str,
-    output_limit: int = DEFAULT_OUTPUT_LIMIT,
-    exec_timeout: float = DEFAULT_EXEC_TIMEOUT,
-    max_exec_timeout: float = MAX_EXEC_TIMEOUT,
-    upload_limit: int = DEFAULT_UPLOAD_LIMIT,
+    output_limit: int | None = None,
+    exec_timeout: float | None = None,
+    max_exec_timeout: float | None = None,
+    upload_limit: int | None = None,
+    upload_total_limit: int | None = None,
+    exec_concurrency: int | None = None,
+    exec_queue: int | None = None,
+    exec_queue_wait: float | None = None,
+    output_rate: int | None = None,
     registry: CollectorRegistry | None = None,
 ) -> web.Application:
     """The router as an aiohttp application; see the module docstring for what it answers.
 
     ``registry``: where the metrics go (a new registry if None; it is served at
-    ``/metrics`` either way). Serve the app with ``access_log=None``: an access
-    log would write capability URLs, token included.
+    ``/metrics`` either way). ``token`` is the router's own (not the API's).
+    The bounds (``RouterConfig``'s fields) not given come from ``TURBOK_ROUTER_*``
+    in the environment, else their defaults (see ``turbok.sandboxd.context``).
     """
     if not token:
         raise ValueError("the router needs a non-empty token")
-    if output_limit <= 0 or upload_limit <= 0 or not 0 < exec_timeout <= max_exec_timeout:
-        raise ValueError("limits must be positive, and exec_timeout at most max_exec_timeout")
-    config = RouterConfig(
+    config = RouterConfig.from_env(
         output_limit=output_limit,
         exec_timeout=exec_timeout,
         max_exec_timeout=max_exec_timeout,
         upload_limit=upload_limit,
+        upload_total_limit=upload_total_limit,
+        exec_concurrency=exec_concurrency,
+        exec_queue=exec_queue,
+        exec_queue_wait=exec_queue_wait,
+        output_rate=output_rate,
     )
     router = _Router(runtime, resolver, token, config, RouterMetrics(registry))
     app = web.Application(client_max_size=MAX_JSON_BODY)
     app[ROUTER_KEY] = router
-    app.router.add_route("*", "/{tail:.*}", router.dispatch)
+    # (?s): a file name may hold a newline (%0A); plain ".*" would leave it to aiohttp's bare 404.
+    app.router.add_route("*", "/{tail:(?s:.*)}", router.dispatch)
     return app
 
 

@@ -36,7 +36,7 @@ from turbok.runtime.base import (
 )
 from turbok.sandboxd.resolver import StaticResolver
 from turbok.sandboxd.router import create_router_app, serve_router
-from turbok.sdk.wire import capability_url
+from turbok.sdk.wire import auth_headers
 
 __all__ = ["FakeProcess", "FakeRouter", "FakeRuntime", "Script", "Spawn", "fake_router", "serve_in_thread"]
 
@@ -274,8 +274,9 @@ class FakeRouter:
         return self.runtime.workdir(self.sandbox_id)
 
     @property
-    def capability_url(self) -> str:
-        return capability_url(self.url, self.token)
+    def auth_headers(self) -> dict[str, str]:
+        """The header with this router's token (the official client's ``extra_headers``)."""
+        return auth_headers(self.token)
 
 
 @contextmanager

@@ -18,6 +18,7 @@ from turbok.sdk.errors import (
     BadRequest,
     CommandFailed,
     Conflict,
+    InsufficientStorage,
     NotFound,
     PayloadTooLarge,
     ProtocolError,
@@ -25,6 +26,7 @@ from turbok.sdk.errors import (
     SandboxNotFound,
     SandboxNotReady,
     SdkError,
+    TooManyRequests,
     TransportError,
     Unauthorized,
 )
@@ -35,7 +37,7 @@ from turbok.sdk.wire import (
     FileInfo,
     Frame,
     OutputFrame,
-    capability_url,
+    auth_headers,
 )
 
 __all__ = [
@@ -55,6 +57,7 @@ __all__ = [
     "FileInfo",
     "Files",
     "Frame",
+    "InsufficientStorage",
     "NotFound",
     "OutputFrame",
     "PayloadTooLarge",
@@ -64,7 +67,8 @@ __all__ = [
     "SandboxNotFound",
     "SandboxNotReady",
     "SdkError",
+    "TooManyRequests",
     "TransportError",
     "Unauthorized",
-    "capability_url",
+    "auth_headers",
 ]

@@ -28,6 +28,7 @@ from turbok.sdk.wire import (
     FileInfo,
     FrameDecoder,
     OutputFrame,
+    auth_headers,
     quote_path,
 )
 
@@ -74,8 +75,8 @@ class Request:
 
 def headers(token: str, namespace: str, name: str) -> dict[str, str]:
     out = {SANDBOX_ID_HEADER: name, SANDBOX_NAMESPACE_HEADER: namespace}
-    if token:  # none needed with a capability URL
-        out["Authorization"] = f"Bearer {token}"
+    if token:  # without one the router answers 401, which says what to send
+        out.update(auth_headers(token))
     return out
 
 

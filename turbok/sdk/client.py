@@ -1,7 +1,8 @@
 """The synchronous client of the sandbox runtime API, over httpx.
 
 Who calls it: the ``turbok sandbox`` CLI (exec, cp) and anyone with a router
-URL and its token. It speaks only HTTP (``turbok.sdk.wire``), never imports the
+URL and the router's token (the kubeconfig's ``turbok.dev/router`` extension, or
+``<home>/router-token``; not the API token). It speaks only HTTP (``turbok.sdk.wire``), never imports the
 server side; what each call sends and how answers are read lives in
 ``turbok.sdk._calls``, shared with the async twin ``turbok.sdk.aio``::
 
@@ -32,9 +33,9 @@ __all__ = ["Commands", "ExecStream", "Files", "SandboxConnection"]
 
 
 class SandboxConnection:
-    """One sandbox, reached through the router at ``router_url`` with ``token``.
+    """One sandbox, reached through the router at ``router_url`` with the router's ``token``.
 
-    ``router_url`` may be a capability URL (``wire.capability_url``), then ``token`` may be "".
+    The token travels in the ``Authorization`` header only, never in a URL or a message.
     ``timeout``: seconds for connecting and for answers other than commands' (None: no limit);
     commands wait for their own timeout plus a margin.
     """
@@ -51,7 +52,7 @@ class SandboxConnection:
     ) -> None:
         self.namespace = namespace
         self.name = name
-        #: The router URL as shown in messages (a token in its path is masked).
+        #: The router URL as shown in messages (a token left in a retired capability URL is masked).
         self.url = redact_url(router_url.rstrip("/"))
         self.timeout = timeout
         self._http = httpx.Client(

@@ -14,7 +14,9 @@ The tree (HTTP code and the ``reason`` the router puts in its JSON body)::
         │   └── SandboxNotFound    (404 SandboxNotFound)
         ├── Conflict               (409 Conflict)
         ├── PayloadTooLarge        (413 PayloadTooLarge)
-        └── SandboxNotReady        (503 SandboxNotReady, 503 SandboxNotRunning)
+        ├── TooManyRequests        (429 TooManyRequests: the sandbox runs all the commands it may)
+        ├── SandboxNotReady        (503 SandboxNotReady, SandboxNotRunning, SandboxRestarting, ExecFailed)
+        └── InsufficientStorage    (507 InsufficientStorage: the sandbox's disk is full)
 
 ``error_from_response`` picks the class by ``reason`` first (a 404 may mean a
 missing file or a missing sandbox), then by status. Used by ``turbok.sdk.client``;
@@ -36,6 +38,7 @@ __all__ = [
     "BadRequest",
     "CommandFailed",
     "Conflict",
+    "InsufficientStorage",
     "NotFound",
     "PayloadTooLarge",
     "ProtocolError",
@@ -43,6 +46,7 @@ __all__ = [
     "SandboxNotFound",
     "SandboxNotReady",
     "SdkError",
+    "TooManyRequests",
     "TransportError",
     "Unauthorized",
     "error_from_response",
@@ -118,9 +122,21 @@ class PayloadTooLarge(RouterError):
     reason = "PayloadTooLarge"
 
 
+class TooManyRequests(RouterError):
+    """The sandbox already runs (and queues) all the commands it may; retry after a while."""
+
+    status = 429
+    reason = "TooManyRequests"
+
+
 class SandboxNotReady(RouterError):
     status = 503
     reason = "SandboxNotReady"
+
+
+class InsufficientStorage(RouterError):
+    status = 507
+    reason = "InsufficientStorage"
 
 
 _BY_REASON: dict[str, type[RouterError]] = {
@@ -133,10 +149,14 @@ _BY_REASON: dict[str, type[RouterError]] = {
         SandboxNotFound,
         Conflict,
         PayloadTooLarge,
+        TooManyRequests,
         SandboxNotReady,
+        InsufficientStorage,
     )
 }
 _BY_REASON["SandboxNotRunning"] = SandboxNotReady
+_BY_REASON["SandboxRestarting"] = SandboxNotReady
+_BY_REASON["ExecFailed"] = SandboxNotReady
 _BY_STATUS: dict[int, type[RouterError]] = {
     400: BadRequest,
     401: Unauthorized,
@@ -145,7 +165,9 @@ _BY_STATUS: dict[int, type[RouterError]] = {
     409: Conflict,
     413: PayloadTooLarge,
     422: BadRequest,
+    429: TooManyRequests,
     503: SandboxNotReady,
+    507: InsufficientStorage,
 }
 
 

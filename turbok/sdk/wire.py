@@ -3,8 +3,10 @@
 No I/O here. The router (``turbok.sandboxd``) and the clients
 (``turbok.sdk.client``) both import this module, so the two ends cannot drift.
 
-Endpoints (relative to the router URL, or to its capability URL
-``<router>/t/<token>``), each for the sandbox named by the ``X-Sandbox-ID`` and
+Every request carries the router's own token as ``Authorization: Bearer
+<router token>`` (``auth_headers``); a token in the URL is refused, so it never
+shows in a client's exception text or a log. Endpoints (relative to the router
+URL), each for the sandbox named by the ``X-Sandbox-ID`` and
 ``X-Sandbox-Namespace`` headers:
 
 =================  ==========================================================
@@ -44,8 +46,8 @@ __all__ = [
     "MAX_FRAME_BYTES",
     "NDJSON",
     "SANDBOX_ID_HEADER",
+    "RETIRED_TOKEN_PATH_PREFIX",
     "SANDBOX_NAMESPACE_HEADER",
-    "TOKEN_PATH_PREFIX",
     "CommandResult",
     "ErrorFrame",
     "ExecRequest",
@@ -54,7 +56,7 @@ __all__ = [
     "Frame",
     "FrameDecoder",
     "OutputFrame",
-    "capability_url",
+    "auth_headers",
     "decode_frame",
     "encode_frame",
     "parse_timeout",
@@ -65,8 +67,8 @@ __all__ = [
 SANDBOX_ID_HEADER = "X-Sandbox-ID"
 SANDBOX_NAMESPACE_HEADER = "X-Sandbox-Namespace"
 DEFAULT_NAMESPACE = "default"
-#: ``<router>/t/<token>/<endpoint>``: the token as a path prefix (a capability URL).
-TOKEN_PATH_PREFIX = "t"
+#: ``<router>/t/<token>/<endpoint>``: the retired capability URL; the router answers it 401.
+RETIRED_TOKEN_PATH_PREFIX = "t"
 EXEC_STREAM_PATH = "turbok/v1/exec"
 NDJSON = "application/x-ndjson"
 #: Longest frame line a decoder accepts; the router's frames stay far below (64 KiB of data).
@@ -78,15 +80,15 @@ def quote_path(path: str) -> str:
     return urllib.parse.quote(path, safe="")
 
 
-def capability_url(router_url: str, token: str) -> str:
-    """The router URL with the token in its path, for clients that cannot send headers."""
-    return f"{router_url.rstrip('/')}/{TOKEN_PATH_PREFIX}/{token}"
+def auth_headers(token: str) -> dict[str, str]:
+    """The header that carries the router token, e.g. the official client's ``extra_headers``."""
+    return {"Authorization": f"Bearer {token}"}
 
 
 def redact_url(url: str) -> str:
-    """``url`` with the token of a capability URL masked, for messages and logs."""
+    """``url`` with the token of a retired capability URL masked, for messages (one may linger in a script)."""
     scheme, sep, rest = url.partition("://")
-    marker = f"/{TOKEN_PATH_PREFIX}/"
+    marker = f"/{RETIRED_TOKEN_PATH_PREFIX}/"
     head, found, tail = rest.partition(marker)
     if not found:
         return url

@@ -20,6 +20,12 @@ turbok needs for Namespaces:
 
 Every committed change is published to the ``WatchHub``. Callers: the
 apiserver's handlers and, in-process, the embedded controllers.
+
+Large writes run on worker threads (``offload``): everything up to the commit
+there, the commit itself back on the event loop, in order, after checking the
+object did not change meanwhile (else the write is done again). Events expire
+``limits.event_ttl_seconds`` after their last write (``expire_events``, called
+by the apiserver once a minute), as kube-apiserver's ``--event-ttl``.
 """
 
 from __future__ import annotations
@@ -30,8 +36,9 @@ import copy
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from turbok.api import meta as m
 from turbok.api import schema
@@ -46,10 +53,13 @@ from turbok.api.status import (
     Invalid,
     NotFound,
 )
+from turbok.store.admission import Admission
+from turbok.store.eventttl import EventTTL
 from turbok.store.sqlite import Row, SqliteStore
 from turbok.store.watch import Event, Watcher, WatchHub
+from turbok.store.workers import Raced, Workers, names_version, on_loop, worker_loop
 
-__all__ = ["ListResult", "ObjectRegistry", "WriteOptions"]
+__all__ = ["ListResult", "ObjectRegistry", "WriteOptions", "parse_resource_version"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +68,18 @@ Obj = dict[str, Any]
 FOREGROUND = "foregroundDeletion"
 ORPHAN = "orphan"
 NAMESPACE_FINALIZER = "kubernetes"
+
+T = TypeVar("T")
+
+
+def parse_resource_version(value: Any) -> int:
+    """A resourceVersion as the integer it is; 400 for anything else (``abc``, ``-1``, ``1.5``)."""
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(text, str) or not text.isascii() or not text.isdigit():
+        raise BadRequest(f"invalid resourceVersion {value!r}: a resourceVersion is an unsigned integer that the "
+                         "server handed out")
+    return int(text)
+
 
 _SERVER_FIELDS = ("uid", "resourceVersion", "creationTimestamp", "deletionTimestamp",
                   "deletionGracePeriodSeconds", "generation", "selfLink", "managedFields")
@@ -84,7 +106,13 @@ class ObjectRegistry:
     def __init__(self, db: SqliteStore, kinds: KindRegistry) -> None:
         self.db = db
         self.kinds = kinds
-        self.hub = WatchHub(start_rv=db.revision)
+        limits = db.limits
+        self.hub = WatchHub(start_rv=db.revision, window=limits.history_events,
+                            watcher_queue=limits.watcher_queue_events, history_bytes=limits.history_bytes,
+                            watcher_queue_bytes=limits.watcher_queue_bytes)
+        self._workers = Workers()
+        self._event_ttl = EventTTL(self)
+        self.admission = Admission(db, kinds)
 
     # ------------------------------------------------------------ reads
 
@@ -184,11 +212,7 @@ class ObjectRegistry:
         if resource_version in (None, "", "0"):
             initial = self.list(kind, namespace, label_selector=label_selector, field_selector=field_selector)
             return self.hub.subscribe(kind.key, None, filter_), initial.items
-        try:
-            rv = int(resource_version)
-        except ValueError:
-            raise BadRequest(f"invalid resourceVersion {resource_version!r}") from None
-        return self.hub.subscribe(kind.key, rv, filter_), []
+        return self.hub.subscribe(kind.key, parse_resource_version(resource_version), filter_), []
 
     # ------------------------------------------------------------ writes
 
@@ -213,6 +237,7 @@ class ObjectRegistry:
         ns = md.get("namespace", "")
         if kind.namespaced:
             self._check_namespace_open(ns)
+        self.admission.admit(kind, obj, None)  # defaults, pod templates, LimitRanges, quotas
         # As kube-apiserver does, a generated name that collides is drawn again (a few times) before 409.
         for _ in range(8 if generated else 0):
             if self.db.get(kind.key, ns, name) is None:
@@ -243,6 +268,8 @@ class ObjectRegistry:
         row = self._row(kind, new["metadata"].get("namespace", ""), name)
         current = row.object()
         rv = new["metadata"].get("resourceVersion")
+        if rv:
+            parse_resource_version(rv)
         uid = new["metadata"].get("uid")
         if uid and uid != current["metadata"].get("uid"):
             raise Conflict(f"Precondition failed: UID in precondition: {uid}, UID in object meta: "
@@ -289,6 +316,8 @@ class ObjectRegistry:
             self._admit(kind, merged, current, opts, only={"status"})
         else:
             self._admit(kind, merged, current, opts)
+        if subresource is None:
+            self.admission.admit(kind, merged, current)
         # Compared after pruning and defaulting: re-sending what the server defaulted is no change.
         if subresource is None and _body(merged) != _body(current):
             merged["metadata"]["generation"] = int(current["metadata"].get("generation", 1)) + 1
@@ -307,7 +336,16 @@ class ObjectRegistry:
         if not isinstance(patched.get("metadata"), dict):
             raise BadRequest("metadata must be an object")
         patched["metadata"].setdefault("resourceVersion", current["metadata"]["resourceVersion"])
-        return self.update(kind, patched, namespace=namespace, name=name, subresource=subresource, opts=opts)
+        try:
+            return self.update(kind, patched, namespace=namespace, name=name, subresource=subresource, opts=opts)
+        except Conflict as e:
+            # On a worker thread another write may land between the read above and the update's: a patch
+            # that names no resourceVersion is then done again on the new object, as kube-apiserver does.
+            row = self.db.get(kind.key, self._ns(kind, namespace), name)
+            if (isinstance(e, Raced) or worker_loop() is None or names_version(patch)
+                    or row is None or str(row.rv) == current["metadata"]["resourceVersion"]):
+                raise
+            raise Raced(e.message, kind=e.kind, group=e.group, name=e.name) from None
 
     def delete(self, kind: Kind, namespace: str | None, name: str, *, propagation: str | None = None,
                preconditions: dict[str, Any] | None = None, opts: WriteOptions | None = None) -> Obj:
@@ -319,6 +357,8 @@ class ObjectRegistry:
         if pre.get("uid") and pre["uid"] != md.get("uid"):
             raise Conflict(f"Precondition failed: UID in precondition: {pre['uid']}, UID in object meta: "
                            f"{md.get('uid')}", kind=kind.plural, group=kind.group, name=name)
+        if pre.get("resourceVersion"):
+            parse_resource_version(pre["resourceVersion"])
         if pre.get("resourceVersion") and str(pre["resourceVersion"]) != str(row.rv):
             raise Conflict(f"Precondition failed: ResourceVersion in precondition: {pre['resourceVersion']}, "
                            f"ResourceVersion in object meta: {row.rv}", kind=kind.plural, group=kind.group,
@@ -445,16 +485,31 @@ class ObjectRegistry:
             raise Forbidden(f"unable to create new content in namespace {namespace} because it is being "
                             "terminated", kind="namespaces", name=namespace)
 
-    def _commit(self, kind: Kind, obj: Obj, prev: Obj | None) -> Obj:
+    def _commit(self, kind: Kind, obj: Obj, prev: Obj | None, encoded: tuple[str, str] | None = None) -> Obj:
+        loop = worker_loop()
+        if loop is not None:
+            # Encoding a large object is work too: done here, on the worker, with a placeholder for the
+            # resourceVersion that only the commit on the loop knows.
+            placeholder = uuid.uuid4().hex
+            obj["metadata"]["resourceVersion"] = placeholder
+            encoded = (placeholder, json.dumps(obj, separators=(",", ":")))
+            return on_loop(loop, self._commit, kind, obj, prev, encoded)
         md = obj["metadata"]
-        row = self.db.put(kind.key, md.get("namespace", ""), md["name"], obj)
+        self._unchanged_since(kind, md, prev)
+        if encoded is not None:  # admitted on a worker: other writes may have used the quota meanwhile
+            self.admission.recheck(kind, obj, prev)
+        row = self.db.put(kind.key, md.get("namespace", ""), md["name"], obj, encoded=encoded)
         prev_labels = (prev["metadata"].get("labels") or {}) if prev else None
         self.hub.publish(Event("MODIFIED" if prev else "ADDED", kind.key, md.get("namespace", ""), md["name"],
                                row.rv, row.data, row.labels, prev_labels))
         return obj
 
     def _remove(self, kind: Kind, obj: Obj, prev: Obj) -> Obj:
+        loop = worker_loop()
+        if loop is not None:
+            return on_loop(loop, self._remove, kind, obj, prev)
         md = obj["metadata"]
+        self._unchanged_since(kind, md, prev)
         rev = self.db.delete(kind.key, md.get("namespace", ""), md["name"])
         md["resourceVersion"] = str(rev)
         labels = md.get("labels") or {}
@@ -463,9 +518,48 @@ class ObjectRegistry:
                                prev["metadata"].get("labels") or {}))
         return obj
 
+    def _unchanged_since(self, kind: Kind, md: Obj, prev: Obj | None) -> None:
+        """The stored object is still ``prev`` (absent for a create). Always so on the event loop; an
+        offloaded write checks it here, where nothing can commit in between."""
+        row = self.db.get(kind.key, md.get("namespace", ""), md["name"])
+        expected = None if prev is None else str(prev["metadata"].get("resourceVersion"))
+        if (None if row is None else str(row.rv)) != expected:
+            raise Raced(f'Operation cannot be fulfilled on {kind.qualified} "{md["name"]}": the object has been '
+                         "modified; please apply your changes to the latest version and try again",
+                         kind=kind.plural, group=kind.group, name=md["name"])
+
     def ensure_namespace(self, name: str) -> None:
         if self.db.get(NAMESPACE.key, "", name) is None:
             self.create(NAMESPACE, {"metadata": {"name": name}})
+
+    # ------------------------------------------------------------ off the event loop
+
+    async def offload(self, write: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run ``write`` (``create``, ``update``, ``patch``...) on a worker thread, for large bodies.
+
+        Decoding, pruning, defaulting and validating a large object takes the CPU for hundreds of
+        milliseconds; here the event loop keeps serving meanwhile. The commit itself (the row, the
+        revision, the watch event) still runs on the loop, in order with every other write, after
+        checking that the object is still the one the write started from; when another write got
+        there first, the whole write is done again on the new object (as kube-apiserver's update
+        retries), so the answer is the same as if it had run on the loop.
+        """
+        return await self._workers.run(write, *args, **kwargs)
+
+    def is_large(self, kind: Kind, namespace: str, name: str) -> bool:
+        """Whether the stored object is over ``limits.offload_bytes``: a write of it is worth ``offload``."""
+        row = self.db.get(kind.key, self._ns(kind, namespace), name)
+        return row is not None and len(row.data) > self.db.limits.offload_bytes
+
+    def get_json(self, kind: Kind, namespace: str, name: str) -> str:
+        """The stored JSON of an object, as it is: a GET sends it without decoding and encoding it again."""
+        return self._row(kind, namespace, name).data
+
+    # ------------------------------------------------------------ Event TTL
+
+    def expire_events(self, now: float | None = None) -> int:
+        """Delete the Events last written ``limits.event_ttl_seconds`` ago or more (``eventttl``)."""
+        return self._event_ttl.expire(now)
 
 
 def _finalizers(kind: Kind, obj: Obj) -> list[str]:

@@ -1,10 +1,14 @@
 """Watch fan-out: every committed change goes to the watchers that asked for it.
 
-The hub keeps a window of recent events (the watch history). A watch that
-starts from a resourceVersion inside the window replays what it missed and then
-goes live; one from before the window gets ``Gone`` (410), as kube-apiserver
-answers after etcd compaction, and the client re-lists. After a restart the
-window starts at the revision the store was opened at.
+The hub keeps a window of recent events (the watch history), bounded both in
+events and in bytes (each event counted as twice its object's JSON: the text
+and the encoded line watchers share), so large objects cannot make it hold
+hundreds of megabytes. A watch that starts from a resourceVersion inside the
+window replays what it missed and then goes live; one from before the window
+gets ``Gone`` (410), as kube-apiserver answers after etcd compaction, and the
+client re-lists. After a restart the window starts at the revision the store
+was opened at. A watcher whose queue grows past its bounds (events or bytes) is
+ended; its client resumes from the last resourceVersion it saw.
 
 Selectors are applied per event with the object's previous labels, so a
 watcher sees ADDED when an object starts matching and DELETED when it stops,
@@ -40,6 +44,11 @@ class Event:
     prev_labels: dict[str, str] | None  # None for ADDED
     _lines: dict[str, bytes] = field(default_factory=dict, repr=False)
 
+    @property
+    def size(self) -> int:
+        """What the event is counted as in the history's and the queues' byte bounds."""
+        return 2 * len(self.data)
+
     def line(self, type_: str | None = None) -> bytes:
         """The watch-stream line for this event (as ``type_`` after selector translation)."""
         t = type_ or self.type
@@ -59,11 +68,14 @@ Filter = Callable[[Event], "str | None"]
 class Watcher:
     """One client's watch: an async iterator of (type, event)."""
 
-    def __init__(self, hub: WatchHub, resource: str, filter_: Filter, maxsize: int) -> None:
+    def __init__(self, hub: WatchHub, resource: str, filter_: Filter, maxsize: int,
+                 max_bytes: int = 64 * 1024 * 1024) -> None:
         self._hub = hub
         self.resource = resource
         self._filter = filter_
         self._queue: asyncio.Queue[tuple[str, Event] | None] = asyncio.Queue(maxsize)
+        self._max_bytes = max_bytes
+        self.queued_bytes = 0
         self.closed = False
         self.overflowed = False
 
@@ -72,7 +84,10 @@ class Watcher:
         if type_ is None or self.closed:
             return
         try:
+            if self.queued_bytes + event.size > self._max_bytes and not self._queue.empty():
+                raise asyncio.QueueFull
             self._queue.put_nowait((type_, event))
+            self.queued_bytes += event.size
         except asyncio.QueueFull:
             # A watcher this far behind would only grow memory: end it; the client re-watches.
             self.overflowed = True
@@ -83,11 +98,13 @@ class Watcher:
             return
         self.closed = True
         self._hub._remove(self)
-        if self._queue.full():
-            # The end marker must fit, or the reader would wait forever. Dropping the buffered events is
-            # safe: the client resumes from the last resourceVersion it saw and the history replays them.
+        if self._queue.full() or self.overflowed:
+            # The end marker must fit, or the reader would wait forever, and an overflowed watcher must not
+            # keep its backlog alive. Dropping the buffered events is safe: the client resumes from the last
+            # resourceVersion it saw and the history replays them.
             while not self._queue.empty():
                 self._queue.get_nowait()
+            self.queued_bytes = 0
         self._queue.put_nowait(None)
 
     def __aiter__(self) -> Watcher:
@@ -97,21 +114,30 @@ class Watcher:
         item = await self._queue.get()
         if item is None:
             raise StopAsyncIteration
+        self.queued_bytes -= item[1].size
         return item
 
 
 class WatchHub:
-    def __init__(self, start_rv: int, window: int = 20_000, watcher_queue: int = 50_000) -> None:
-        self._history: collections.deque[Event] = collections.deque(maxlen=window)
+    def __init__(self, start_rv: int, window: int = 20_000, watcher_queue: int = 50_000, *,
+                 history_bytes: int = 64 * 1024 * 1024, watcher_queue_bytes: int = 64 * 1024 * 1024) -> None:
+        self._history: collections.deque[Event] = collections.deque()
+        self._window = window
+        self._max_bytes = history_bytes
+        self.history_bytes = 0  # the history's size, as counted by Event.size
         self._floor = start_rv  # events at or before this revision are not retained
         self._watchers: dict[str, set[Watcher]] = {}
         self._watcher_queue = watcher_queue
+        self._watcher_queue_bytes = watcher_queue_bytes
         self.listeners: list[Callable[[Event], None]] = []
 
     def publish(self, event: Event) -> None:
-        if len(self._history) == self._history.maxlen:
-            self._floor = self._history[0].rv
         self._history.append(event)
+        self.history_bytes += event.size
+        while len(self._history) > self._window or (self.history_bytes > self._max_bytes and len(self._history) > 1):
+            old = self._history.popleft()
+            self.history_bytes -= old.size
+            self._floor = old.rv
         for watcher in list(self._watchers.get(event.resource, ())):
             watcher._offer(event)
         for listener in self.listeners:
@@ -127,7 +153,7 @@ class WatchHub:
         """Watch ``resource`` from just after ``from_rv`` (None: from now)."""
         if from_rv is not None and from_rv < self._floor:
             raise Gone(f"too old resource version: {from_rv} ({self._floor + 1})")
-        watcher = Watcher(self, resource, filter_, self._watcher_queue)
+        watcher = Watcher(self, resource, filter_, self._watcher_queue, self._watcher_queue_bytes)
         if from_rv is not None:
             for event in self._history:
                 if event.rv > from_rv and event.resource == resource:

@@ -134,3 +134,42 @@ def test_sandbox_cp_both_ways_and_ls(control_plane: ControlPlaneProcess, claimed
     assert "exactly one side" in _one_error_line(turbok("sandbox", "cp", "a", "b", env=env))
     assert "Access denied" in turbok("sandbox", "cp", "my-claim:../../etc/passwd", str(tmp_path / "x"), "-n",
                                      claimed, env=env).stderr
+
+
+def test_sandbox_chosen_names_are_printed_literally(control_plane: ControlPlaneProcess, claimed: str,
+                                                    tmp_path: Path) -> None:
+    env = control_plane.env
+    made = turbok("sandbox", "exec", "my-claim", "-n", claimed, "--", "sh", "-c",
+                  'mkdir -p hostile && cd hostile && touch "$(printf "esc\\033[31mred\\033]0;title\\007")" '
+                  '"[blink]X" "[bold]b" ":warning:" "$(printf "line\\nbreak")"', env=env)
+    assert made.returncode == 0, made.stderr
+    listing = turbok("sandbox", "ls", "my-claim", "hostile", "-n", claimed, env=env)
+    assert listing.returncode == 0, listing.stderr
+    out = listing.stdout
+    assert "\x1b" not in out and "\x07" not in out, "no raw escape sequence reaches the terminal"
+    for shown in ("esc\\x1b[31mred\\x1b]0;title\\x07", "[blink]X", "[bold]b", ":warning:", "line\\nbreak"):
+        assert shown in out, (shown, out)
+    assert len([line for line in out.splitlines() if line.strip()]) == 5, "one line per entry"
+    back = tmp_path / "back"
+    assert turbok("sandbox", "cp", "my-claim:hostile", str(back), "-n", claimed, env=env).returncode == 0
+    assert (back / "[blink]X").exists() and (back / "line\nbreak").exists()
+
+
+def test_a_newline_in_a_request_yields_one_log_line(control_plane: ControlPlaneProcess, claimed: str) -> None:
+    import urllib.parse
+
+    import httpx
+
+    forged = "2024-01-01 00:00:00,000 WARNING turbok.forged: injected"
+    name = urllib.parse.quote(f"/etc/x\n{forged}", safe="")
+    body = (f"--b\r\nContent-Disposition: form-data; name=\"file\"; filename*=UTF-8''{name}\r\n"
+            "Content-Type: application/octet-stream\r\n\r\nx\r\n--b--\r\n").encode()
+    sandbox = json.loads(turbok("get", "sandboxclaim", "my-claim", "-n", claimed, "-o", "json",
+                                env=control_plane.env).stdout)["status"]["sandbox"]["name"]
+    headers = {**control_plane.router_headers, "X-Sandbox-ID": sandbox, "X-Sandbox-Namespace": claimed,
+               "Content-Type": "multipart/form-data; boundary=b"}
+    r = httpx.post(f"{control_plane.router_url}/upload", content=body, headers=headers, timeout=30)
+    assert r.status_code == 403, r.text  # an absolute path outside /app: refused, and logged as a warning
+    log = control_plane.log()
+    assert "injected" in log, "the refusal was logged"
+    assert not any(line.startswith(forged) for line in log.splitlines()), "a forged line in turbok.log"

@@ -68,7 +68,7 @@ class Kube:
         return result
 
     def connect(self, sandbox_name: str) -> SandboxConnection:
-        return SandboxConnection(self.cp.router_url, "", self.ns, sandbox_name, timeout=60)
+        return SandboxConnection(self.cp.router_url, self.cp.router_token, self.ns, sandbox_name, timeout=60)
 
     def close(self) -> None:
         self.api.close()

@@ -22,6 +22,7 @@ from turbok.runtime.base_image import build_base_image
 from turbok.runtime.bubblewrap import BubblewrapRuntime
 from turbok.runtime.gvisor import RunscRuntime
 from turbok.runtime.images import ImageStore
+from turbok.runtime.local import release_root
 
 pytestmark = pytest.mark.integration
 
@@ -50,6 +51,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         await asyncio.gather(*(rt.remove(i) for i in await rt.list()), return_exceptions=True)
 
     asyncio.run(clean())
+    release_root(path)  # the runtime bound it nosuid,nodev onto itself
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

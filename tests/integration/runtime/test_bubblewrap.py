@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import platform
 import socket
 import time
@@ -19,6 +20,7 @@ from turbok.runtime.bubblewrap import BubblewrapRuntime
 from turbok.runtime.errors import SandboxNotRunning
 from turbok.runtime.factory import make_runtime
 from turbok.runtime.images import ImageStore
+from turbok.runtime.layout import SandboxDir
 
 if TYPE_CHECKING:
     from .conftest import SpecFactory
@@ -130,3 +132,22 @@ async def test_restarted_control_plane_adopts(bw: BubblewrapRuntime, make_spec: 
     finally:
         await bw.remove(spec.id)
     await asyncio.sleep(0)
+
+
+async def test_the_fallback_gets_the_same_bounded_nosuid_disk(bw: BubblewrapRuntime, make_spec: SpecFactory) -> None:
+    if bw.disks.unbounded_reason is not None:
+        pytest.skip(f"loop devices unavailable: {bw.disks.unbounded_reason}")
+    spec = make_spec("bw-disk", volumes=[VolumeMount("v", "/v")], ephemeral_storage_bytes=32 * 2**20)
+    await bw.start(spec)
+    try:
+        sdir = SandboxDir(bw.root, spec.id)
+        assert sdir.disk_image.exists() and os.stat(sdir.path).st_mode & 0o777 == 0o700
+        for path in (sdir.app, sdir.volume("v"), sdir.upper, sdir.rootfs):
+            flags = os.statvfs(path).f_flag
+            assert flags & os.ST_NOSUID and flags & os.ST_NODEV, path
+        r = await bw.exec(spec.id, ["sh", "-c", "head -c 64000000 /dev/zero > /v/big; echo $?; wc -c < /v/big"])
+        code, size = r.stdout.split()
+        assert code != b"0" and b"No space left" in r.stderr and int(size) < 36 * 2**20, r
+    finally:
+        await bw.remove(spec.id)
+    assert not sdir.path.exists()

@@ -12,6 +12,7 @@ import yaml
 
 from turbok.runtime.base import Phase, SandboxSpec, sandbox_id
 from turbok.runtime.gvisor import RunscRuntime
+from turbok.runtime.layout import SandboxDir
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -67,7 +68,7 @@ async def test_python_counter_template_counts(runtime: RunscRuntime) -> None:
     spec = to_spec(load("python-counter-template.yaml"))
     assert spec.image == "python:3.11-slim" and spec.command == ["python3", "-c"]
     await runtime.start(spec)
-    log = runtime.root / spec.id / "stdout.log"
+    log = SandboxDir(runtime.root, spec.id).stdout_log
     try:
         for _ in range(100):
             if "Count: 1" in log.read_text():

@@ -15,6 +15,7 @@ from turbok.runtime import overlay
 from turbok.runtime.base import Phase, VolumeMount
 from turbok.runtime.errors import ImageNotFound, SandboxNotRunning
 from turbok.runtime.gvisor import RunscRuntime
+from turbok.runtime.layout import SandboxDir
 
 if TYPE_CHECKING:
     from .conftest import SpecFactory
@@ -54,7 +55,7 @@ async def test_start_exec_suspend_resume_remove(runtime: RunscRuntime, make_spec
     # Volumes: read-write and read-only.
     r = await runtime.exec(spec.id, ["sh", "-c", "echo v > /data/v; echo no > /ref/x"])
     assert r.exit_code != 0 and b"Read-only" in r.stderr
-    assert (runtime.root / spec.id / "volumes" / "data" / "v").read_text() == "v\n"
+    assert (SandboxDir(runtime.root, spec.id).volume("data") / "v").read_text() == "v\n"
 
     # The root filesystem is writable for the sandbox, and the image stays untouched.
     r = await runtime.exec(spec.id, ["sh", "-c", "echo kept > /root/state; pip_dir=/usr/lib/x; mkdir -p $pip_dir"])
@@ -91,9 +92,9 @@ async def test_main_process_exit_is_reported(runtime: RunscRuntime, make_spec: S
             break
         await asyncio.sleep(0.05)
     assert (state.phase, state.reason, state.exit_code) == (Phase.STOPPED, "Exited", 3)
-    sdir = runtime.root / spec.id
-    assert (sdir / "stdout.log").read_text() == "bye\n"
-    assert "oops" in (sdir / "stderr.log").read_text()
+    sdir = SandboxDir(runtime.root, spec.id)
+    assert sdir.stdout_log.read_text() == "bye\n"
+    assert "oops" in sdir.stderr_log.read_text()
     # A sandbox that ended on its own starts again.
     assert (await runtime.start(spec)).phase in (Phase.RUNNING, Phase.STOPPED)
     await runtime.remove(spec.id)

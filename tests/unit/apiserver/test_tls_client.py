@@ -45,12 +45,12 @@ def test_pki_is_made_once_with_private_keys_and_loopback_names(tmp_path: Path) -
 def test_kubeconfig_round_trip(tmp_path: Path) -> None:
     pki = ensure_pki(tmp_path / "pki")
     path = tmp_path / "kubeconfig"
-    write_kubeconfig(path, api_url="https://127.0.0.1:6443", token="t0k", router_url="http://127.0.0.1:1/t/x",
-                     ca_file=pki.ca_cert)
+    write_kubeconfig(path, api_url="https://127.0.0.1:6443", token="t0k", router_url="http://127.0.0.1:1",
+                     router_token="r0k", ca_file=pki.ca_cert)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     config = load_kubeconfig(path)
-    assert (config.server, config.bearer_token(), config.namespace, config.router_url, config.context) == (
-        "https://127.0.0.1:6443", "t0k", "default", "http://127.0.0.1:1/t/x", "turbok")
+    assert (config.server, config.bearer_token(), config.namespace, config.router_url, config.router_token,
+            config.context) == ("https://127.0.0.1:6443", "t0k", "default", "http://127.0.0.1:1", "r0k", "turbok")
     assert config.ca_pem == pki.ca_cert.read_bytes()
     assert config.headers() == {"Authorization": "Bearer t0k"}
 
@@ -79,7 +79,7 @@ def tls_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     assert ready.wait(10)
     path = tmp_path / "kubeconfig"
     write_kubeconfig(path, api_url=f"https://127.0.0.1:{holder['port']}", token=TOKEN, router_url="http://x",
-                     ca_file=pki.ca_cert)
+                     router_token="r", ca_file=pki.ca_cert)
     yield f"https://127.0.0.1:{holder['port']}", path
     asyncio.run_coroutine_threadsafe(holder["runner"].cleanup(), loop).result(10)
     loop.call_soon_threadsafe(loop.stop)

@@ -130,11 +130,13 @@ def test_inline_data_wins_over_paths(tmp_path: Path) -> None:
 
 def test_cluster_settings_and_router_extension(tmp_path: Path) -> None:
     cluster = {"insecure-skip-tls-verify": True, "tls-server-name": "api.internal", "proxy-url": "http://proxy:3128",
-               "extensions": [{"name": "turbok.dev/router", "extension": {"url": "http://127.0.0.1:7777/"}}]}
+               "extensions": [{"name": "turbok.dev/router",
+                               "extension": {"url": "http://127.0.0.1:7777/", "token": "router-secret"}}]}
     cfg = load_kubeconfig(kubeconfig(tmp_path / "kc", server="http://127.0.0.1:7000", cluster=cluster))
     assert (cfg.insecure, cfg.tls_server_name, cfg.proxy_url) == (True, "api.internal", "http://proxy:3128")
-    assert cfg.router_url == "http://127.0.0.1:7777"
-    assert load_kubeconfig(kubeconfig(tmp_path / "kc2")).router_url is None
+    assert (cfg.router_url, cfg.router_token) == ("http://127.0.0.1:7777", "router-secret")
+    plain = load_kubeconfig(kubeconfig(tmp_path / "kc2"))
+    assert (plain.router_url, plain.router_token) == (None, None)
 
 
 def test_legacy_auth_provider_is_refused_with_a_hint(tmp_path: Path) -> None:

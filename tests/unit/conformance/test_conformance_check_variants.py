@@ -244,7 +244,7 @@ class TurbokDouble:
     async def _execute(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.executed.append({"headers": dict(request.headers), "body": body})
-        if request.headers.get("Authorization") != "Bearer turbok-token":
+        if request.headers.get("Authorization") != "Bearer turbok-router-token":  # its own, not the API's
             return web.json_response({"error": "unauthorized"}, status=401)
         if self.api.store.get("agents.x-k8s.io/v1beta1", "Sandbox", request.headers["X-Sandbox-ID"], request.headers["X-Sandbox-Namespace"]) is None:
             return web.json_response({"error": "no such sandbox"}, status=404)
@@ -256,7 +256,7 @@ class TurbokDouble:
 
     def run(self, **settings: Any) -> Any:
         with self.api.running():
-            ext = {"turbok.dev/router": {"url": self.api.url}} if self.router else None
+            ext = {"turbok.dev/router": {"url": self.api.url, "token": "turbok-router-token"}} if self.router else None
             kc = self.api.write_kubeconfig(self.tmp_path / "kubeconfig", extensions=ext)
             with KubeClient(load_kubeconfig(kc)) as client:
                 return Runner(client, RunSettings(options=fast_options(timeout=1.0), **settings)).run()

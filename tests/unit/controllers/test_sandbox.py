@@ -8,6 +8,7 @@ import datetime as dt
 import pytest
 
 from turbok.api import meta as m
+from turbok.api.status import Invalid
 from turbok.controllers import labels as lb
 from turbok.runtime.base import Phase, RuntimeState, sandbox_id
 from turbok.runtime.errors import ImageNotFound, RuntimeError_
@@ -178,9 +179,14 @@ async def test_network_annotation_on_the_pod_template_asks_for_a_private_loopbac
     assert cluster.runtime.started[rid].network == "loopback"
     bad = sandbox("badnet")
     bad["spec"]["podTemplate"]["metadata"] = {"annotations": {"turbok.dev/network": "host"}}
+    with pytest.raises(Invalid) as refused:  # the API refuses it...
+        cluster.create(bad)
+    assert refused.value.causes[0].field == "spec.podTemplate.metadata.annotations[turbok.dev/network]"
+    # ...and one stored before the API checked is refused by the controller, with the same words.
+    cluster.registry.admission.admit = lambda *args: None  # type: ignore[method-assign]
     cluster.create(bad)
     obj = await cluster.wait_condition(cluster.sandbox, "badnet", "Ready", "False", reason="InvalidConfiguration")
-    assert "turbok.dev/network" in m.condition(obj, "Ready")["message"]
+    assert refused.value.causes[0].message in m.condition(obj, "Ready")["message"]
 
 
 async def test_a_failed_start_is_retried_later_not_in_a_loop(cluster: Cluster) -> None:

@@ -111,3 +111,9 @@ def test_unlimited_spec_has_only_pids_limit(tmp_path: Path) -> None:
 def test_tiny_cpu_quota_is_raised_to_the_kernel_minimum() -> None:
     assert cpu_quota_us(1) == 1000
     assert cpu_quota_us(1500) == 150_000
+
+
+def test_the_specs_pids_limit_wins_over_the_runtimes(tmp_path: Path) -> None:
+    s = spec(pids_limit=300)
+    c = oci_config(s, IMAGE, SandboxDir(tmp_path, s.id), pids_limit=2048, cgroup_parent="/turbok")
+    assert c["linux"]["resources"]["pids"] == {"limit": 300}

@@ -70,3 +70,19 @@ def test_stopped_state_reasons(tmp_path: Path) -> None:
     assert (exited.reason, exited.exit_code) == ("Exited", 3)
     assert stopped_state("x", Isolation.GVISOR, counters=None, exit_code=None, had_run=True).reason == "Crashed"
     assert stopped_state("x", Isolation.GVISOR, counters=None, exit_code=None, had_run=False).reason == "Stopped"
+
+
+def test_the_sandboxes_parent_gets_a_memory_bound_that_leaves_a_reserve(tmp_path: Path) -> None:
+    from turbok.runtime.cgroups import RESERVED_MEMORY_BYTES, bound_parent_memory, sandboxes_memory_bytes
+
+    assert sandboxes_memory_bytes(24 << 30) == (24 << 30) - int((24 << 30) * 0.10)  # 10 % of a large machine
+    assert sandboxes_memory_bytes(4 << 30) == (4 << 30) - RESERVED_MEMORY_BYTES  # at least 1 GiB kept
+    v1 = v1_root(tmp_path / "v1", 0, 0)
+    assert bound_parent_memory("/turbok", 5 << 30, root=v1)
+    assert (v1 / "memory/turbok/memory.limit_in_bytes").read_text() == str(5 << 30)
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cgroup.controllers").write_text("cpu memory pids\n")
+    assert bound_parent_memory("/turbok", 5 << 30, root=v2)
+    assert (v2 / "turbok/memory.max").read_text() == str(5 << 30)
+    assert not bound_parent_memory("/turbok", 5 << 30, root=tmp_path / "none")

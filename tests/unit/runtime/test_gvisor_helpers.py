@@ -41,4 +41,4 @@ async def test_state_and_list_without_any_sandbox(tmp_path: Path) -> None:
     assert await rt.list() == []
     st = await rt.state("tk" + "0" * 22)
     assert st.phase.value == "Absent"
-    assert rt.workdir("tk" + "0" * 22) == tmp_path / "root" / ("tk" + "0" * 22) / "app"
+    assert rt.workdir("tk" + "0" * 22) == tmp_path / "root" / ("tk" + "0" * 22) / "disk" / "app"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -37,13 +39,22 @@ def test_create_makes_layout_and_names_the_host(tmp_path: Path) -> None:
     s = spec(hostname="my-box", volumes=[VolumeMount("data", "/data")])
     d = SandboxDir(tmp_path, s.id)
     assert d.create(s) is True
-    for p in (d.upper, d.ovwork, d.rootfs, d.app, d.run, d.volume("data")):
+    assert stat.S_IMODE(d.path.stat().st_mode) == 0o700  # no other user may traverse it
+    for p in (d.rootfs, d.run, d.disk):
         assert p.is_dir()
+    d.populate(s)  # on the mounted disk, in a runtime
+    for p in (d.upper, d.ovwork, d.app, d.logs, d.volume("data")):
+        assert p.is_dir() and p.is_relative_to(d.disk)
     assert (d.upper / "etc" / "hostname").read_text() == "my-box\n"
     assert "127.0.1.1\tmy-box" in (d.upper / "etc" / "hosts").read_text()
     (d.app / "kept").write_text("x")
-    assert d.create(s) is False  # second start: nothing rewritten
+    (d.upper / "etc" / "hostname").write_text("changed inside\n")
+    os.chmod(d.path, 0o755)
+    assert d.create(s) is False  # second start: nothing rewritten, modes tightened again
+    d.populate(s)
     assert (d.app / "kept").read_text() == "x"
+    assert (d.upper / "etc" / "hostname").read_text() == "changed inside\n"
+    assert stat.S_IMODE(d.path.stat().st_mode) == 0o700
 
 
 def test_hostname_cut_like_kubernetes_and_checked() -> None:

@@ -135,3 +135,30 @@ async def test_host_process_kill_ends_orphans_holding_pipes() -> None:
     r = await collect(p, timeout=0.5, output_limit=100)
     assert r.timed_out and r.stdout == b"started\n"
     assert time.monotonic() - t < 2.5
+
+
+async def test_flood_grace_stops_reading_then_stops_the_flood() -> None:
+    p = await host(["yes"])
+    cpu, t = time.process_time(), time.monotonic()
+    r = await collect(p, timeout=30, output_limit=100_000, flood_grace=0.2)
+    cpu, wall = time.process_time() - cpu, time.monotonic() - t
+    assert (r.exit_code, r.stopped, r.truncated, r.timed_out) == (137, True, True, False)
+    assert len(r.stdout) == 100_000 and r.stdout.startswith(b"y\ny\n")
+    assert wall < 2.5 and cpu < 0.5, (wall, cpu)  # draining yes for the wall time would cost a core
+    assert p.returncode is not None and p.stdout.at_eof()  # the pipes were read to their end
+
+
+async def test_flood_grace_lets_a_command_a_little_past_the_cap_end() -> None:
+    p = await host(["sh", "-c", "head -c 100010 /dev/zero; echo bye >&2; exit 3"])
+    r = await collect(p, timeout=30, output_limit=100_000, flood_grace=1.0)
+    assert (r.exit_code, r.stopped, r.truncated, r.stderr) == (3, False, True, b"bye\n")
+
+
+async def test_pace_is_charged_every_chunk_read() -> None:
+    charged: list[int] = []
+
+    async def pace(n: int) -> None:
+        charged.append(n)
+
+    r = await collect(ScriptedProcess([b"a" * 70_000, b"b" * 10]), timeout=5, output_limit=1_000_000, pace=pace)
+    assert sum(charged) == 70_010 + len(r.stderr) and r.stdout == b"a" * 70_000 + b"b" * 10

@@ -1,8 +1,10 @@
-"""Auth (bearer header or /t/<token>/ prefix), metrics, and logs that never carry the token."""
+"""Auth (the router token as a bearer header, never in the URL), metrics, and logs that never carry
+the token nor a forged line."""
 
 from __future__ import annotations
 
 import logging
+import urllib.parse
 from typing import TYPE_CHECKING
 
 import httpx
@@ -39,17 +41,28 @@ async def test_requests_without_the_token_get_401(env: Env, path: str, headers: 
     assert env.runtime.spawns == []
 
 
-async def test_the_token_works_as_header_or_path_prefix(env: Env) -> None:
+async def test_the_token_works_as_a_bearer_header(env: Env) -> None:
     env.runtime.script("true", Script())
     async with httpx.AsyncClient(base_url=env.url, headers={"X-Sandbox-ID": env.name}) as anon:
         r1 = await anon.post(
             "/execute", json={"command": "true"}, headers={"Authorization": f"bearer {env.token}"}
         )
-        r2 = await anon.post(f"/t/{env.token}/execute", json={"command": "true"})
-        r3 = await anon.get(f"/t/{env.token}")
-        r4 = await anon.get(f"/t/{env.token}/healthz")
-    assert r1.json()["exit_code"] == 0 and r2.json()["exit_code"] == 0
-    assert r3.json()["status"] == "ok" and r4.json() == {"status": "ok"}
+        r2 = await anon.get("/healthz", headers={"Authorization": f"Bearer {env.token}"})
+    assert r1.json()["exit_code"] == 0 and r2.json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize("path", ["/t/{token}/execute", "/t/{token}", "/t/{token}/healthz", "/t/{token}/"])
+async def test_the_retired_capability_url_is_refused_even_with_the_right_token(env: Env, path: str) -> None:
+    async with httpx.AsyncClient(base_url=env.url, headers={"X-Sandbox-ID": env.name}) as anon:
+        bare = await anon.post(path.format(token=env.token), json={"command": "true"})
+        # Even with the header: the URL itself must stop carrying a token, so it is refused outright.
+        both = await anon.post(path.format(token=env.token), json={"command": "true"},
+                               headers={"Authorization": f"Bearer {env.token}"})
+    for r in (bare, both):
+        assert r.status_code == 401 and r.json()["reason"] == "Unauthorized"
+        assert "Authorization: Bearer" in r.json()["message"] and "no longer accepted" in r.json()["message"]
+        assert env.token not in r.text
+    assert env.runtime.spawns == []
 
 
 async def test_metrics_count_requests_and_execs(env: Env) -> None:
@@ -73,10 +86,11 @@ async def test_metrics_count_requests_and_execs(env: Env) -> None:
 async def test_logs_name_the_sandbox_and_never_the_token(env: Env, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="turbok.sandboxd")
     async with httpx.AsyncClient(
-        base_url=f"{env.url}/t/{env.token}", headers={"X-Sandbox-ID": env.name}
+        base_url=env.url, headers={"X-Sandbox-ID": env.name, "Authorization": f"Bearer {env.token}"}
     ) as c:
         await c.get("/download/..%2F..%2Fetc%2Fpasswd")
         await c.get("/exists/x")
+        await c.get(f"/t/{env.token}/exists/x")
     assert env.token not in caplog.text
     denied = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(denied) == 1 and "default/box" in denied[0].getMessage() and "403" in denied[0].getMessage()
@@ -100,3 +114,21 @@ async def test_a_shared_registry_receives_the_metrics(tmp_path: object) -> None:
     create_router_app(runtime=FakeRuntime(tmp_path), resolver=StaticResolver(), token="t", registry=registry)  # type: ignore[arg-type]
     text = generate_latest(registry)
     assert b"# HELP turbok_router_requests_total" in text and b"turbok_router_execs_in_flight 0.0" in text
+
+
+async def test_a_newline_in_a_path_or_sandbox_name_cannot_forge_a_log_line(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="turbok.sandboxd")
+    # An absolute path outside /app is refused (403, a warning that quotes it); filename* may hold any byte.
+    forged = urllib.parse.quote("/etc\n2024-01-01 00:00:00 WARNING turbok.sandboxd: forged\x1b[31m", safe="")
+    body = (f"--b\r\nContent-Disposition: form-data; name=\"file\"; filename*=UTF-8''{forged}\r\n"
+            "Content-Type: application/octet-stream\r\n\r\nx\r\n--b--\r\n").encode()
+    r = await env.http.post("/upload", content=body, headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert r.status_code == 403
+    # aiohttp refuses control characters in headers, but a right-to-left override gets through.
+    await env.http.get("/exists/x", headers={"X-Sandbox-ID": "box\u202egone".encode()})
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages and all("\n" not in m and "\x1b" not in m and "\u202e" not in m for m in messages), messages
+    assert any("/etc\\n2024-01-01" in m and "\\x1b[31m" in m for m in messages), messages
+    assert any("box\\u202egone" in m for m in messages), messages

@@ -274,3 +274,10 @@ async def test_no_descriptor_leaks_on_any_path(env: Env) -> None:
     for _ in range(8):
         await mixed()
     assert len(os.listdir("/proc/self/fd")) <= before + 2
+
+
+async def test_a_name_with_a_newline_is_served_like_any_other(env: Env) -> None:
+    (env.workdir / "line\nbreak").write_bytes(b"odd")  # sandboxed code may name files so
+    r = await env.http.get("/download/line%0Abreak")
+    assert r.status_code == 200 and r.content == b"odd"
+    assert (await env.http.get("/exists/line%0Abreak")).json()["exists"] is True

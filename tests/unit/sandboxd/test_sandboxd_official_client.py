@@ -1,7 +1,7 @@
 """The unchanged official client (k8s-agent-sandbox) against the router, over a fake runtime.
 
-Its ``Sandbox`` is built directly with ``SandboxDirectConnectionConfig(api_url=<capability URL>)``
-and a stand-in for its Kubernetes helper (the only Kubernetes call it makes on this path is
+Its ``Sandbox`` is built directly with ``SandboxDirectConnectionConfig(api_url=<router URL>,
+extra_headers={"Authorization": "Bearer <router token>"})`` and a stand-in for its Kubernetes helper (the only Kubernetes call it makes on this path is
 looking up a pod IP, which a router does not need).
 """
 
@@ -46,7 +46,7 @@ def sandbox(router: FakeRouter) -> Iterator[Sandbox]:
         claim_name="claim",
         sandbox_id=router.name,
         namespace=router.namespace,
-        connection_config=SandboxDirectConnectionConfig(api_url=router.capability_url),
+        connection_config=SandboxDirectConnectionConfig(api_url=router.url, extra_headers=router.auth_headers),
         k8s_helper=_NoKubernetes(),  # type: ignore[arg-type]
     )
     yield sb
@@ -130,7 +130,7 @@ def test_unknown_or_unready_sandbox(router: FakeRouter) -> None:
         claim_name="c",
         sandbox_id="other",
         namespace="default",
-        connection_config=SandboxDirectConnectionConfig(api_url=router.capability_url),
+        connection_config=SandboxDirectConnectionConfig(api_url=router.url, extra_headers=router.auth_headers),
         k8s_helper=_NoKubernetes(),  # type: ignore[arg-type]
     )
     assert other.commands is not None
@@ -144,17 +144,42 @@ def test_unknown_or_unready_sandbox(router: FakeRouter) -> None:
     other.close_connection()
 
 
-def test_wrong_token_is_401(router: FakeRouter) -> None:
+@pytest.mark.parametrize("how", ["wrong header", "no header", "token in the URL"])
+def test_wrong_or_misplaced_token_is_401_and_no_exception_shows_a_token(router: FakeRouter, how: str) -> None:
+    config = {
+        "wrong header": SandboxDirectConnectionConfig(api_url=router.url,
+                                                      extra_headers={"Authorization": "Bearer not-the-token"}),
+        "no header": SandboxDirectConnectionConfig(api_url=router.url),
+        "token in the URL": SandboxDirectConnectionConfig(api_url=f"{router.url}/t/{router.token}"),
+    }[how]
     sb = Sandbox(
         claim_name="c",
         sandbox_id=router.name,
-        connection_config=SandboxDirectConnectionConfig(api_url=f"{router.url}/t/not-the-token"),
+        connection_config=config,
         k8s_helper=_NoKubernetes(),  # type: ignore[arg-type]
     )
     assert sb.commands is not None
     with pytest.raises(SandboxRequestError) as e:
         sb.commands.run("true")
     assert e.value.status_code == 401
+    if how != "token in the URL":  # there the caller itself put it in the URL
+        assert router.token not in str(e.value) and router.token not in repr(e.value)
+    sb.close_connection()
+
+
+def test_a_failing_call_with_the_header_never_shows_the_token(router: FakeRouter) -> None:
+    sb = Sandbox(
+        claim_name="c",
+        sandbox_id="no-such-sandbox",
+        connection_config=SandboxDirectConnectionConfig(api_url=router.url, extra_headers=router.auth_headers),
+        k8s_helper=_NoKubernetes(),  # type: ignore[arg-type]
+    )
+    assert sb.commands is not None
+    with pytest.raises(SandboxRequestError) as e:
+        sb.commands.run("true")
+    assert e.value.status_code == 404
+    text = "".join([str(e.value), repr(e.value), str(e.value.__cause__), repr(sb), repr(sb.connection_config)])
+    assert router.token not in text
     sb.close_connection()
 
 

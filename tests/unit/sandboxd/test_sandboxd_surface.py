@@ -12,6 +12,8 @@ import turbok.sdk
 
 SANDBOXD = {
     "DEFAULT_EXEC_TIMEOUT", "DEFAULT_OUTPUT_LIMIT", "DEFAULT_UPLOAD_LIMIT", "MAX_EXEC_TIMEOUT", "SANDBOX_WORKDIR",
+    "DEFAULT_EXEC_CONCURRENCY", "DEFAULT_EXEC_QUEUE", "DEFAULT_EXEC_QUEUE_WAIT", "DEFAULT_OUTPUT_RATE",
+    "DEFAULT_UPLOAD_TOTAL_LIMIT", "ExecFailed", "InsufficientStorage", "SandboxRestarting", "TooManyRequests",
     "AccessDenied", "BadRequest", "Conflict", "MethodNotAllowed", "NotFound", "PayloadTooLarge", "RouterConfig",
     "RouterMetrics", "RunningRouter", "SandboxNotFound", "SandboxNotReady", "SandboxNotRunning",
     "SandboxResolver", "SandboxdError", "StaticResolver", "Unauthorized", "create_router_app", "serve_router",
@@ -20,7 +22,7 @@ SDK = {
     "AccessDenied", "AsyncCommands", "AsyncExecStream", "AsyncFiles", "AsyncSandboxConnection", "BadRequest", "CommandFailed", "CommandResult", "Commands", "Conflict", "ErrorFrame",
     "ExecStream", "ExitFrame", "FileInfo", "Files", "Frame", "NotFound", "OutputFrame", "PayloadTooLarge",
     "ProtocolError", "RouterError", "SandboxConnection", "SandboxNotFound", "SandboxNotReady", "SdkError",
-    "TransportError", "Unauthorized", "capability_url",
+    "TransportError", "Unauthorized", "auth_headers", "InsufficientStorage", "TooManyRequests",
 }  # fmt: skip
 
 

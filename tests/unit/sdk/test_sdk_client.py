@@ -135,10 +135,28 @@ def test_sandbox_errors_are_typed(router: FakeRouter) -> None:
         bad.health()
 
 
-def test_capability_url_works_without_the_header(router: FakeRouter) -> None:
-    with SandboxConnection(router.capability_url, "", router.namespace, router.name) as c:
-        assert c.health()["status"] == "ok"
-        assert router.token not in repr(c) and router.token not in c.url
+def test_the_retired_capability_url_is_refused_with_what_to_do(router: FakeRouter) -> None:
+    with SandboxConnection(f"{router.url}/t/{router.token}", "", router.namespace, router.name) as c:
+        with pytest.raises(Unauthorized, match="Authorization: Bearer") as e:
+            c.health()
+        assert router.token not in repr(c) and router.token not in c.url and router.token not in str(e.value)
+
+
+@pytest.mark.parametrize("token", ["wrong", "right"])
+def test_no_exception_of_a_failing_call_shows_the_token(router: FakeRouter, token: str) -> None:
+    secret = router.token if token == "right" else "wrong-but-still-secret"
+    with SandboxConnection(router.url, secret, router.namespace, "ghost") as c:
+        with pytest.raises(SdkError) as e:
+            c.commands.run("true")
+        texts = [str(e.value), repr(e.value), str(e.value.__cause__), repr(c)]
+        assert not any(secret in t for t in texts), texts
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with SandboxConnection(f"http://127.0.0.1:{port}", secret, "default", "x", timeout=2) as c:
+        with pytest.raises(TransportError) as e:
+            c.commands.run("true")
+        assert secret not in str(e.value) and secret not in repr(e.value)
 
 
 def test_no_router_is_a_transport_error() -> None:
@@ -184,6 +202,6 @@ def test_stream_yields_output_as_it_comes(conn: SandboxConnection, router: FakeR
 
 def test_no_client_timeout_at_all(router: FakeRouter) -> None:
     router.runtime.script("true", Script())
-    with SandboxConnection(router.capability_url, "", router.namespace, router.name, timeout=None) as c:
+    with SandboxConnection(router.url, router.token, router.namespace, router.name, timeout=None) as c:
         assert c.commands.run("true").exit_code == 0
         assert c.files.list() == []

@@ -16,7 +16,7 @@ from turbok.sdk.wire import (
     Frame,
     FrameDecoder,
     OutputFrame,
-    capability_url,
+    auth_headers,
     decode_frame,
     encode_frame,
     parse_timeout,
@@ -122,7 +122,7 @@ def test_bodies_parse_and_refuse_garbage() -> None:
 
 def test_paths_and_urls() -> None:
     assert quote_path("a/b c/%.txt") == "a%2Fb%20c%2F%25.txt"
-    assert capability_url("http://127.0.0.1:5/", "tok") == "http://127.0.0.1:5/t/tok"
+    assert auth_headers("tok") == {"Authorization": "Bearer tok"}
     assert redact_url("http://127.0.0.1:5/t/tok") == "http://127.0.0.1:5/t/***"
     assert redact_url("http://127.0.0.1:5/t/tok/execute") == "http://127.0.0.1:5/t/***/execute"
     assert redact_url("http://h/mounted/t/tok") == "http://h/mounted/t/***"

@@ -155,7 +155,7 @@ class WorkloadSandboxing(Check):
     @staticmethod
     def _execute(ctx: CheckContext, router: str, name: str) -> dict[str, Any]:
         headers = {"X-Sandbox-ID": name, "X-Sandbox-Namespace": ctx.namespace}
-        token = ctx.client.config.bearer_token()
+        token = ctx.client.config.router_token  # the router's own token, not the API's
         if token:
             headers["Authorization"] = f"Bearer {token}"
         try:
