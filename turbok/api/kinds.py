@@ -5,9 +5,11 @@ Kinds come from the CustomResourceDefinitions packaged in ``turbok/api/crds``
 kinds defined here (``v1`` Namespace). For each CRD the storage version is
 served; other versions would need conversion and are not. Events (core/v1)
 are served so that ``kubectl describe`` and ``kubectl get events`` work and
-controllers may record what they did. ``LimitRange`` and ``ResourceQuota``
-(core/v1, schemas copied from kube-apiserver into ``api/schemas``) bound what
-a namespace's sandboxes may use; ``turbok.store.admission`` enforces them.
+controllers may record what they did. The other built-in kinds (``BUILTIN``:
+Pods, Services, Secrets, Nodes...) carry kube-apiserver's own schemas
+(``api/schemas/core.json``, made by scripts/core_schemas.py). ``LimitRange``
+and ``ResourceQuota`` bound what a namespace's sandboxes may use;
+``turbok.store.admission`` enforces them.
 
 Who calls: the apiserver (routing, discovery, OpenAPI), the registry in
 ``turbok.store`` (validation), the CLI (resolving ``sandboxclaim`` to a kind).
@@ -26,7 +28,30 @@ import yaml
 
 from turbok.api.status import NotFound
 
-__all__ = ["EVENT", "LIMIT_RANGE", "NAMESPACE", "RESOURCE_QUOTA", "Kind", "KindRegistry", "Scale", "default_registry", "kind_from_crd"]
+__all__ = [
+    "BUILTIN",
+    "CONFIG_MAP",
+    "ENDPOINTS",
+    "ENDPOINT_SLICE",
+    "EVENT",
+    "LEASE",
+    "LIMIT_RANGE",
+    "NAMESPACE",
+    "NODE",
+    "PERSISTENT_VOLUME",
+    "PERSISTENT_VOLUME_CLAIM",
+    "POD",
+    "RESOURCE_QUOTA",
+    "SECRET",
+    "SERVICE",
+    "SERVICE_ACCOUNT",
+    "STORAGE_CLASS",
+    "Kind",
+    "KindRegistry",
+    "Scale",
+    "default_registry",
+    "kind_from_crd",
+]
 
 
 @dataclass(frozen=True)
@@ -203,37 +228,82 @@ EVENT = Kind(
 )
 
 
-def _policy_schema(kind: str) -> dict[str, Any]:
-    text = (resources.files("turbok.api") / "schemas" / "core-v1-policy.json").read_text()
-    schema: dict[str, Any] = json.loads(text)[kind]
-    return schema
+@functools.cache
+def _core_schemas() -> dict[str, Any]:
+    text = (resources.files("turbok.api") / "schemas" / "core.json").read_text()
+    kinds: dict[str, Any] = json.loads(text)["kinds"]
+    return kinds
 
+
+def _builtin(group: str, kind: str, plural: str, *, namespaced: bool = True, short_names: tuple[str, ...] = (),
+             status: bool = False, columns: tuple[dict[str, Any], ...] = (),
+             field_selectors: tuple[str, ...] = ()) -> Kind:
+    """A built-in kind with kube-apiserver's own schema (``api/schemas/core.json``, scripts/core_schemas.py)."""
+    return Kind(group=group, version="v1", kind=kind, plural=plural, singular=kind.lower(), namespaced=namespaced,
+                schema=_core_schemas()[kind], short_names=short_names, status_subresource=status,
+                printer_columns=columns, field_selectors=field_selectors)
+
+
+_AGE = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
 
 #: core/v1 LimitRange: per-namespace defaults and bounds of each container's resources (LimitRanger).
-LIMIT_RANGE = Kind(
-    group="",
-    version="v1",
-    kind="LimitRange",
-    plural="limitranges",
-    singular="limitrange",
-    namespaced=True,
-    short_names=("limits",),
-    schema=_policy_schema("LimitRange"),
-    printer_columns=({"name": "Created At", "type": "string", "jsonPath": ".metadata.creationTimestamp"},),
-)
-
+LIMIT_RANGE = _builtin("", "LimitRange", "limitranges", short_names=("limits",),
+                       columns=({"name": "Created At", "type": "string", "jsonPath": ".metadata.creationTimestamp"},))
 #: core/v1 ResourceQuota: per-namespace caps on object counts and cpu/memory, ``status.used`` kept current.
-RESOURCE_QUOTA = Kind(
-    group="",
-    version="v1",
-    kind="ResourceQuota",
-    plural="resourcequotas",
-    singular="resourcequota",
-    namespaced=True,
-    short_names=("quota",),
-    status_subresource=True,
-    schema=_policy_schema("ResourceQuota"),
-)
+RESOURCE_QUOTA = _builtin("", "ResourceQuota", "resourcequotas", short_names=("quota",), status=True)
+#: The Pod: what controllers ask of a node (turbok.node on one machine, the kubelet on a cluster).
+POD = _builtin("", "Pod", "pods", short_names=("po",), status=True, columns=(
+    {"name": "Status", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "IP", "type": "string", "jsonPath": ".status.podIP", "priority": 1},
+    {"name": "Node", "type": "string", "jsonPath": ".spec.nodeName", "priority": 1},
+    _AGE,
+), field_selectors=("spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName",
+                    "spec.hostNetwork", "status.phase", "status.podIP", "status.nominatedNodeName"))
+SERVICE = _builtin("", "Service", "services", short_names=("svc",), status=True, columns=(
+    {"name": "Type", "type": "string", "jsonPath": ".spec.type"},
+    {"name": "Cluster-IP", "type": "string", "jsonPath": ".spec.clusterIP"},
+    _AGE,
+))
+ENDPOINTS = _builtin("", "Endpoints", "endpoints", short_names=("ep",))
+ENDPOINT_SLICE = _builtin("discovery.k8s.io", "EndpointSlice", "endpointslices", columns=(
+    {"name": "AddressType", "type": "string", "jsonPath": ".addressType"}, _AGE))
+PERSISTENT_VOLUME_CLAIM = _builtin("", "PersistentVolumeClaim", "persistentvolumeclaims", short_names=("pvc",),
+                                   status=True, columns=(
+    {"name": "Status", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Volume", "type": "string", "jsonPath": ".spec.volumeName"},
+    {"name": "Capacity", "type": "string", "jsonPath": ".status.capacity.storage"},
+    {"name": "StorageClass", "type": "string", "jsonPath": ".spec.storageClassName"},
+    _AGE,
+))
+PERSISTENT_VOLUME = _builtin("", "PersistentVolume", "persistentvolumes", namespaced=False, short_names=("pv",),
+                             status=True, columns=(
+    {"name": "Capacity", "type": "string", "jsonPath": ".spec.capacity.storage"},
+    {"name": "Reclaim Policy", "type": "string", "jsonPath": ".spec.persistentVolumeReclaimPolicy"},
+    {"name": "Status", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "StorageClass", "type": "string", "jsonPath": ".spec.storageClassName"},
+    _AGE,
+))
+SECRET = _builtin("", "Secret", "secrets", columns=(
+    {"name": "Type", "type": "string", "jsonPath": ".type"}, _AGE), field_selectors=("type",))
+CONFIG_MAP = _builtin("", "ConfigMap", "configmaps", short_names=("cm",))
+SERVICE_ACCOUNT = _builtin("", "ServiceAccount", "serviceaccounts", short_names=("sa",))
+NODE = _builtin("", "Node", "nodes", namespaced=False, short_names=("no",), status=True, columns=(
+    {"name": "Version", "type": "string", "jsonPath": ".status.nodeInfo.kubeletVersion"},
+    {"name": "Internal-IP", "type": "string", "jsonPath": ".status.addresses[?(@.type==\"InternalIP\")].address",
+     "priority": 1},
+    {"name": "Kernel-Version", "type": "string", "jsonPath": ".status.nodeInfo.kernelVersion", "priority": 1},
+    {"name": "Container-Runtime", "type": "string", "jsonPath": ".status.nodeInfo.containerRuntimeVersion",
+     "priority": 1},
+    _AGE,
+), field_selectors=("spec.unschedulable",))
+LEASE = _builtin("coordination.k8s.io", "Lease", "leases", columns=(
+    {"name": "Holder", "type": "string", "jsonPath": ".spec.holderIdentity"}, _AGE))
+STORAGE_CLASS = _builtin("storage.k8s.io", "StorageClass", "storageclasses", namespaced=False, short_names=("sc",),
+                         columns=({"name": "Provisioner", "type": "string", "jsonPath": ".provisioner"}, _AGE))
+
+#: The built-in kinds besides Namespace and Event, in discovery order.
+BUILTIN = (POD, SERVICE, ENDPOINTS, PERSISTENT_VOLUME_CLAIM, PERSISTENT_VOLUME, SECRET, CONFIG_MAP, SERVICE_ACCOUNT,
+           NODE, LIMIT_RANGE, RESOURCE_QUOTA, ENDPOINT_SLICE, LEASE, STORAGE_CLASS)
 
 
 class KindRegistry:
@@ -296,5 +366,5 @@ def _packaged_crds() -> Iterator[dict[str, Any]]:
 
 @functools.cache
 def default_registry() -> KindRegistry:
-    """Namespace, Event, LimitRange and ResourceQuota plus every packaged CRD, loaded once per process."""
-    return KindRegistry([NAMESPACE, EVENT, LIMIT_RANGE, RESOURCE_QUOTA, *(kind_from_crd(c) for c in _packaged_crds())])
+    """Namespace, Event, the other built-in kinds and every packaged CRD, loaded once per process."""
+    return KindRegistry([NAMESPACE, EVENT, *BUILTIN, *(kind_from_crd(c) for c in _packaged_crds())])

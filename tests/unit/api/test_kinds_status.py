@@ -42,8 +42,8 @@ def test_resolve_what_users_type(typed: str) -> None:
 
 def test_resolve_and_lookups_fail_with_kubernetes_messages() -> None:
     assert KINDS.resolve("ns") is NAMESPACE
-    with pytest.raises(status.NotFound, match='doesn\'t have a resource type "pods"'):
-        KINDS.resolve("pods")
+    with pytest.raises(status.NotFound, match='doesn\'t have a resource type "deployments"'):
+        KINDS.resolve("deployments")
     with pytest.raises(status.NotFound, match='no matches for kind "Sandbox" in version "agents.x-k8s.io/v1alpha1"'):
         KINDS.by_kind("agents.x-k8s.io/v1alpha1", "Sandbox")
     with pytest.raises(status.NotFound):

@@ -32,7 +32,7 @@ async def test_health_endpoints_are_open(server: Server, path: str) -> None:
 
 
 async def test_unknown_paths_and_methods_answer_with_status_bodies(api: Api) -> None:
-    for path in ("/nope", "/apis/nope.example.com", "/apis/agents.x-k8s.io/v9", "/api/v1/pods",
+    for path in ("/nope", "/apis/nope.example.com", "/apis/agents.x-k8s.io/v9", "/api/v1/replicationcontrollers",
                  "/apis/agents.x-k8s.io/v1beta1/namespaces/default/sandboxes/s/bogus"):
         response = await api.get(path)
         assert response.status == 404, path

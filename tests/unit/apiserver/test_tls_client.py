@@ -112,7 +112,7 @@ def test_rest_client_over_tls_maps_status_to_errors(tls_server: tuple[str, Path]
         with pytest.raises(st.NotFound):
             api.get(res, "p1", "default")
         with pytest.raises(st.NotFound, match="doesn't have a resource type"):
-            api.resource("pods")
+            api.resource("deployments")
 
 
 def test_rest_client_refuses_a_server_it_cannot_verify(tls_server: tuple[str, Path], tmp_path: Path) -> None:

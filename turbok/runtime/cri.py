@@ -1,0 +1,272 @@
+"""The pod runtime contract: what a node asks of a runtime, shaped like the Kubernetes CRI.
+
+A kubelet talks to containerd or CRI-O through the Container Runtime Interface
+(``RunPodSandbox``, ``CreateContainer``, ``StartContainer``, ``StopContainer``,
+``ContainerStatus``, ``ExecSync``/``Exec``, ``Attach``, ``PortForward``,
+``StopPodSandbox``, ``RemovePodSandbox``). turbok's node (``turbok.node``) talks
+to ``PodRuntime`` the same way, so what a node does stays what a kubelet does,
+and what a runtime does stays what a CRI runtime does:
+
+- one **pod sandbox** per Pod: one gVisor sandbox (``runsc``) holding every
+  container of the Pod, with the Pod's network namespace, its bounded disk
+  (``turbok.runtime.disk``: every container's writable layer, emptyDirs and
+  logs) and its hostname;
+- **containers** inside it, each with its own root filesystem (the image under
+  a writable layer), command, env, working directory, mounts, security context
+  and limits; started, stopped, restarted and inspected one by one. The node
+  decides when (init containers in order, restart policy, back-off, probes);
+  the runtime only does what it is told and reports what happened.
+
+Call order, for one pod sandbox id (``sandbox_id``, fixed width, prefix-free):
+
+1. ``run_pod_sandbox(config)``: make the disk, the network namespace (through
+   ``PodSandboxConfig.network``) and the sandbox itself. Idempotent.
+2. ``start_container(id, container)`` for each container the node wants
+   running, any number of times (a restart is a new ``attempt``: its logs go to
+   a new file, the previous attempt's stay readable for ``--previous``).
+3. ``container_status`` / ``pod_sandbox_status`` at any time (cheap: no
+   subprocess; a node asks about every container every few seconds);
+   ``exec`` / ``attach`` into a running container; ``log_path`` for its logs.
+4. ``stop_container(id, name, grace)``: SIGTERM (or the image's stop signal),
+   then SIGKILL after ``grace`` seconds.
+5. ``stop_pod_sandbox(id)``: every container stopped, the sandbox ended, the
+   disk and network kept (a Pod being deleted may still be restarted on
+   them: hibernation, suspend). ``hibernate_pod_sandbox(id)`` where
+   ``supports_hibernation``: the same, keeping memory and processes too; the
+   next ``run_pod_sandbox`` of the same config restores them.
+6. ``remove_pod_sandbox(id)``: everything gone (disk, network, logs). Idempotent.
+
+Implementations must never run a container's code outside the sandbox, keep
+``*_status`` free of subprocesses, and report a container's end precisely
+(exit code, ``OOMKilled``, ``Error``, ``Completed``; ``ContainerStatus``).
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from turbok.runtime.base import Isolation, Process
+
+__all__ = [
+    "Capabilities",
+    "ContainerConfig",
+    "ContainerState",
+    "ContainerStatus",
+    "Mount",
+    "PodRuntime",
+    "PodSandboxConfig",
+    "PodSandboxState",
+    "PodSandboxStatus",
+    "SecurityContext",
+    "Stream",
+    "VolumeConfig",
+]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    add: Sequence[str] = ()
+    drop: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class SecurityContext:
+    """A container's effective security context (pod-level values already merged in by the node)."""
+
+    run_as_user: int | None = None
+    run_as_group: int | None = None
+    supplemental_groups: Sequence[int] = ()
+    read_only_root_filesystem: bool = False
+    allow_privilege_escalation: bool = True
+    capabilities: Capabilities = field(default_factory=Capabilities)
+
+
+@dataclass(frozen=True)
+class VolumeConfig:
+    """A pod volume as the runtime sees it.
+
+    ``kind``: ``emptyDir`` (a directory on the pod's disk; ``medium: Memory`` is
+    ``memory``, a tmpfs inside the sandbox bounded by ``size_bytes``), ``files``
+    (configMap, secret, downwardAPI, projected: the node gives the contents in
+    ``files``, path -> (bytes, mode); the runtime writes them and mounts them
+    read-only, updating them on ``update_volume``), or ``host`` (a directory the
+    node prepared, e.g. a local PersistentVolume: ``host_path``).
+    """
+
+    name: str
+    kind: str
+    size_bytes: int | None = None
+    files: Mapping[str, tuple[bytes, int]] = field(default_factory=dict)
+    host_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class Mount:
+    volume: str
+    container_path: str
+    read_only: bool = False
+    sub_path: str = ""
+
+
+@dataclass(frozen=True)
+class PodSandboxConfig:
+    """Everything shared by the containers of one Pod."""
+
+    id: str
+    name: str
+    namespace: str
+    uid: str
+    hostname: str
+    volumes: Sequence[VolumeConfig] = ()
+    #: The pod's limits, summed over its containers (None: the runtime's defaults).
+    cpu_millis: int | None = None
+    memory_bytes: int | None = None
+    pids_limit: int | None = None
+    ephemeral_storage_bytes: int | None = None
+    #: True: the pod gets its own network namespace with an address on the node's pod network
+    #: (``turbok.runtime.network``); False: only a private loopback (no address outside).
+    network: bool = True
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ContainerConfig:
+    name: str
+    image: str
+    command: Sequence[str] = ()
+    args: Sequence[str] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    working_dir: str | None = None
+    mounts: Sequence[Mount] = ()
+    security: SecurityContext = field(default_factory=SecurityContext)
+    cpu_millis: int | None = None
+    memory_bytes: int | None = None
+    #: Keep stdin open for ``attach`` (``stdin: true``); ``tty``: give it a terminal.
+    stdin: bool = False
+    stdin_once: bool = False
+    tty: bool = False
+    #: Which run of this container this is (0 first, +1 per restart): names its log file.
+    attempt: int = 0
+
+
+class Stream(abc.ABC):
+    """A process started by ``exec`` or reached by ``attach``, for streaming (kubectl exec/attach).
+
+    ``stdout`` carries the terminal's output when ``tty`` (``stderr`` is then empty); ``write`` feeds
+    stdin (when opened with it), ``close_stdin`` sends EOF; ``resize`` sets the terminal size.
+    """
+
+    @property
+    @abc.abstractmethod
+    def process(self) -> Process: ...
+
+    @abc.abstractmethod
+    async def write(self, data: bytes) -> None: ...
+
+    @abc.abstractmethod
+    async def close_stdin(self) -> None: ...
+
+    @abc.abstractmethod
+    async def resize(self, columns: int, rows: int) -> None:
+        """Set the terminal size (a no-op without a tty)."""
+
+
+class ContainerState(enum.StrEnum):
+    CREATED = "Created"
+    RUNNING = "Running"
+    EXITED = "Exited"
+    UNKNOWN = "Unknown"
+
+
+@dataclass(frozen=True)
+class ContainerStatus:
+    name: str
+    state: ContainerState
+    attempt: int = 0
+    #: ``<runtime>://<id>`` as a kubelet reports ``containerID``.
+    container_id: str = ""
+    image: str = ""
+    image_id: str = ""
+    started_at: float | None = None
+    finished_at: float | None = None
+    exit_code: int | None = None
+    #: Why it ended, as a kubelet's ``terminated.reason``: ``Completed``, ``Error``, ``OOMKilled``,
+    #: ``ContainerCannotRun`` (it never started: ``message`` says why).
+    reason: str = ""
+    message: str = ""
+
+
+class PodSandboxState(enum.StrEnum):
+    READY = "Ready"
+    NOT_READY = "NotReady"  # stopped, failed, or hibernated (``reason``)
+    ABSENT = "Absent"
+
+
+@dataclass(frozen=True)
+class PodSandboxStatus:
+    id: str
+    state: PodSandboxState
+    isolation: Isolation
+    #: The pod's address on the node's pod network ("" without one).
+    ip: str = ""
+    reason: str = ""
+    message: str = ""
+    containers: Sequence[ContainerStatus] = ()
+
+
+class PodRuntime(abc.ABC):
+    """A CRI-shaped runtime for Pods. See the module docstring for the call order."""
+
+    isolation: Isolation
+    supports_hibernation: bool = False
+
+    @abc.abstractmethod
+    async def run_pod_sandbox(self, config: PodSandboxConfig) -> PodSandboxStatus: ...
+
+    @abc.abstractmethod
+    async def stop_pod_sandbox(self, id: str) -> None: ...
+
+    async def hibernate_pod_sandbox(self, id: str) -> None:
+        raise NotImplementedError(f"{type(self).__name__} cannot hibernate")
+
+    @abc.abstractmethod
+    async def remove_pod_sandbox(self, id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def pod_sandbox_status(self, id: str) -> PodSandboxStatus: ...
+
+    @abc.abstractmethod
+    async def list_pod_sandboxes(self) -> list[str]: ...
+
+    @abc.abstractmethod
+    async def start_container(self, id: str, container: ContainerConfig) -> ContainerStatus:
+        """Create and start ``container`` in the pod sandbox ``id`` (replacing an exited one of that name)."""
+
+    @abc.abstractmethod
+    async def stop_container(self, id: str, name: str, grace: float) -> ContainerStatus: ...
+
+    @abc.abstractmethod
+    async def container_status(self, id: str, name: str) -> ContainerStatus: ...
+
+    @abc.abstractmethod
+    async def exec(self, id: str, name: str, argv: Sequence[str], *, tty: bool = False,
+                   stdin: bool = False, env: Mapping[str, str] | None = None,
+                   cwd: str | None = None) -> Stream:
+        """Run ``argv`` in container ``name`` (its root filesystem, env, user and cwd unless given)."""
+
+    @abc.abstractmethod
+    async def attach(self, id: str, name: str) -> Stream:
+        """The container's main process' stdin/stdout/stderr (stdin only where ``ContainerConfig.stdin``)."""
+
+    @abc.abstractmethod
+    def log_path(self, id: str, name: str, attempt: int) -> Path:
+        """The host file holding that attempt's output (CRI log format: ``<time> <stream> <F|P> <text>``)."""
+
+    async def update_volume(self, id: str, volume: VolumeConfig) -> None:
+        """Replace the files of a ``files`` volume (configMap/secret changed), atomically as a kubelet does."""
+        raise NotImplementedError(f"{type(self).__name__} cannot update volumes")
