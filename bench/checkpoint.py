@@ -8,7 +8,7 @@ are measured in alternation, ``--rounds`` times each, and the medians compared,
 so that load from other work on the machine hits both alike.
 
 Figures (S = state size: 8 torch float32 tensors):
-  stall      CheckpointManager.save() of S          vs memcpy of the same tensors into a touched buffer
+  stall      save() of S until its copy is done      vs memcpy of the same tensors into a touched buffer
   durable    save() until committed on disk          vs O_DIRECT write + fsync of S (a new file)
   peer       replication to a peer agent (loopback)  vs raw socket copy of S over loopback (sendall/recv_into)
   object     backup to S3 (moto, own process)        vs obstore.put of the same bytes, same client and server
@@ -221,7 +221,8 @@ def local_phase(root: Path, state: dict[str, torch.Tensor], size: int, rounds: i
             ref_copy.append(timed(lambda: memcpy_tensors(state, touched)))
             w0, h0 = counter(mgr, "turbok_checkpoint_seconds_total", "disk", "write"), counter(mgr, "turbok_checkpoint_seconds_total", "memory", "hash")
             t0 = time.perf_counter()
-            mgr.save(step, state)
+            # save() returns before the copy; the optimizer step waits for it: count it all
+            mgr.save(step, state).wait_copied()
             stall = time.perf_counter() - t0
             mgr.wait(step, "disk")
             durable = time.perf_counter() - t0

@@ -24,7 +24,13 @@ retention.localDisk         keep_disk
 retention.objectStorage     keep_object_last
 retention.objectStorageKeepEvery  keep_object_every
 localDiskPath, inMemoryPath disk_dir, memory_dir
-nodeSelector, tolerations   kept for the scheduler; agents ignore them
+jobMemoryQuota              job_memory_quota (a quantity; 0: none)
+diskQuota                   disk_quota (a quantity; 0: none)
+leaseTimeout                lease_timeout_s (a duration)
+port                        listen = 0.0.0.0:PORT in the DaemonSet
+nodeSelector, tolerations,  used by the operator (operator.py) for the
+image, hostNetwork,         agents' DaemonSet; agents ignore them
+tokenSecretRef
 ==========================  ==========================================
 """
 
@@ -102,12 +108,30 @@ class Settings:
     backup_retry_max_s: float = 300.0
     token: str = ""
     node_name: str = field(default_factory=socket.gethostname)
+    #: a lease (acquire -> staged) not staged by then is void and its part dropped
+    lease_timeout_s: float = 600.0
+    #: bytes of the memory tier one job may hold (0: no quota); see docs/checkpoint.md "Quotas"
+    job_memory_quota: int = 0
+    #: bytes the disk tier may hold in all (0: no quota)
+    disk_quota: int = 0
+    #: peers from the Kubernetes API (discovery.py): the CheckpointConfiguration's name; "" for none
+    discover: str = ""
+    discover_namespace: str = "turbok-checkpoint"
+    discover_interval_s: float = 10.0
+    kubeconfig: str = ""
+    #: this agent's Pod (downward API), to publish its tiers in an annotation
+    pod_name: str = ""
     #: fault injection for tests: stage name -> seconds to sleep there (see agent.py)
     fault_delays: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.memory_size = parse_quantity(self.memory_size, what="memory_size")
+        self.job_memory_quota = parse_quantity(self.job_memory_quota, what="job_memory_quota")
+        self.disk_quota = parse_quantity(self.disk_quota, what="disk_quota")
         self.backup_interval_s = parse_duration(self.backup_interval_s, what="backup_interval")
+        self.lease_timeout_s = parse_duration(self.lease_timeout_s, what="lease_timeout")
+        if self.lease_timeout_s <= 0:
+            raise ConfigError("leaseTimeout must be positive")
         if self.replication_factor < 0 or self.backup_every_steps < 0:
             raise ConfigError("replicationFactor and backupEverySteps must not be negative")
         if min(self.keep_memory, self.keep_disk, self.keep_object_last) < 1:
@@ -165,6 +189,9 @@ def _from_spec(spec: dict[str, Any]) -> dict[str, Any]:
         "localDiskPath": "disk_dir",
         "inMemoryPath": "memory_dir",
         "peers": "peers",
+        "jobMemoryQuota": "job_memory_quota",
+        "diskQuota": "disk_quota",
+        "leaseTimeout": "lease_timeout_s",
     }
     for src, dst in simple.items():
         if spec.get(src) not in (None, ""):
@@ -176,28 +203,33 @@ def _from_spec(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def fetch_configuration(name: str, *, kubeconfig: Path | str, timeout: float = 10.0) -> dict[str, Any]:
-    """GET a CheckpointConfiguration from the API server a kubeconfig points at."""
-    import httpx
+def fetch_configuration(name: str, *, kubeconfig: Path | str | None, timeout: float = 10.0) -> dict[str, Any]:
+    """GET a CheckpointConfiguration from the API server a kubeconfig points at.
 
-    from turbok.client.errors import KubeconfigError
+    Without ``kubeconfig``: turbok's own, then ``$KUBECONFIG`` and ``~/.kube/config``, then the
+    Pod's service account (an agent of the operator's DaemonSet).
+    """
+    from turbok.api import status as st
+    from turbok.client.api import Api
+    from turbok.client.errors import ConnectionFailed, KubeconfigError
     from turbok.client.kubeconfig import load_kubeconfig
 
+    # the project's one REST client (turbok.client.api): its transport, 429 policy and Status mapping
     try:
-        cluster = load_kubeconfig(kubeconfig)
-        client = cluster.http_client(timeout=timeout, trust_env=False)
+        cluster = load_kubeconfig(kubeconfig, turbok_home=kubeconfig is None)
+        client = Api(cluster, timeout=timeout, user_agent="turbok-checkpoint")
     except KubeconfigError as e:
         raise ConfigError(f"kubeconfig {kubeconfig}: {e}") from e
     server = cluster.server
     try:
         with client:
-            response = client.get(f"/apis/{GROUP}/v1/{PLURAL}/{name}")
-    except httpx.HTTPError as e:
+            response = client.send("GET", f"/apis/{GROUP}/v1/{PLURAL}/{name}")
+    except ConnectionFailed as e:
         raise ConfigError(f"cannot reach the API server at {server}: {e}") from e
-    if response.status_code == 404:
-        raise ConfigError(f"{KIND} {name!r} not found at {server}")
-    if response.status_code >= 400:
-        raise ConfigError(f"reading {KIND} {name!r} from {server}: HTTP {response.status_code} {response.text[:200]}")
+    except st.NotFound as e:
+        raise ConfigError(f"{KIND} {name!r} not found at {server}") from e
+    except st.ApiError as e:
+        raise ConfigError(f"reading {KIND} {name!r} from {server}: {e.reason}: {e.message[:200]}") from e
     doc = response.json()
     if not isinstance(doc, dict):
         raise ConfigError(f"{KIND} {name!r}: the API server sent a non-object")

@@ -12,6 +12,7 @@ The tree::
     ├── CapacityError          the memory tier can never hold this save
     ├── StagingBusyError       the memory tier is full of steps still being drained
     ├── UnsupportedStateError  the state holds an object that cannot be checkpointed
+    ├── StateChangedError      the state changed in place while a save was copying it
     ├── TierUnavailableError   a tier (object store, peer agent) could not be reached
     └── AgentUnavailableError  the local node agent could not be reached
 
@@ -33,6 +34,7 @@ __all__ = [
     "ManifestError",
     "NotFoundError",
     "StagingBusyError",
+    "StateChangedError",
     "StepNotFoundError",
     "TierUnavailableError",
     "UnsupportedStateError",
@@ -80,6 +82,10 @@ class UnsupportedStateError(CheckpointError):
     """The state holds an object the checkpoint format does not carry."""
 
 
+class StateChangedError(CheckpointError):
+    """A tensor being saved was modified in place before the save had copied it."""
+
+
 class TierUnavailableError(CheckpointError):
     """A tier could not be reached (after retries)."""
 
@@ -101,6 +107,7 @@ _BY_NAME: dict[str, type[CheckpointError]] = {
         CapacityError,
         StagingBusyError,
         UnsupportedStateError,
+        StateChangedError,
         TierUnavailableError,
         AgentUnavailableError,
     )

@@ -30,7 +30,7 @@ from turbok.checkpoint.tiers.memory import MemoryTier
 from turbok.checkpoint.tiers.object import ObjectTier
 from turbok.checkpoint.tiers.peer import PeerTier, state_from_wire
 
-__all__ = ["BadCopy", "StepRow", "Tiers", "load", "restore_to"]
+__all__ = ["BadCopy", "StepRow", "Tiers", "load", "restore_to", "scrub_cluster"]
 
 
 class _AgentTiers(PeerTier):
@@ -46,7 +46,7 @@ class StepRow:
     step: int
     world_size: int
     complete: bool
-    copies: dict[int, list[tuple[str, bool]]] = field(default_factory=dict)  # rank -> (tier, committed)
+    copies: dict[int, list[tuple[str, bool, bool]]] = field(default_factory=dict)  # rank -> (tier, committed, corrupt)
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ class Tiers:
         for step, view in catalog.steps().items():
             row = StepRow(step, view.world_size, view.complete)
             for rank, copies in sorted(view.copies.items()):
-                row.copies[rank] = [(c.tier, c.committed) for c in copies]
+                row.copies[rank] = [(c.tier, c.committed, c.corrupt) for c in copies]
             rows.append(row)
         return rows, catalog.unreachable
 
@@ -168,3 +168,24 @@ def load(directory: Path | str, job: str, step: int, rank: int = 0, *, into: Any
     if wrong:
         raise IntegrityError(f"{directory}: {key}: shards {[s.name for s in wrong[:5]]} do not match their hashes")
     return unpack(data, manifest, into)
+
+
+def scrub_cluster(agent: str, *, job: str | None = None, step: int | None = None, repair: bool = False,
+                  token: str = "") -> list[dict[str, Any]]:
+    """Ask ``agent`` and each of its peers to scrub (and repair) their own copies; the first also
+    scrubs the object store. Returns each agent's report (healing.py)."""
+    first = PeerTier(agent, token=token, timeout=3600)
+    try:
+        info = first._call("describe")
+        reports = [first._call("scrub", job=job, step=step, repair=repair, object=True)]
+    finally:
+        first.close()
+    for address in info["peers"]:
+        peer = PeerTier(address, token=token, timeout=3600)
+        try:
+            reports.append(peer._call("scrub", job=job, step=step, repair=repair, object=False))
+        except CheckpointError as e:
+            reports.append({"address": address, "checked": 0, "findings": [], "error": str(e)})
+        finally:
+            peer.close()
+    return reports

@@ -29,6 +29,14 @@ verifies a memory copy before repairing it. A manifest without checks (none
 are written that way, but the field is optional) falls back to BLAKE3
 everywhere.
 
+Blocks: each shard also carries ``blocks``, the XXH3-64 of every ``BLOCK``
+(4 MiB) of its bytes, so a reader that needs only a byte range of a shard
+(DCP resharding, a JAX shard of another process) fetches and checks only the
+blocks covering it. Optional like ``check``: a shard without them is read whole.
+
+``meta`` holds what the job attached to a step (its metrics, for retention by
+the best metric; the time of the save) and is covered by the manifest digest.
+
 Used by every tier, the agent, the restore planner and the training-process
 library; it does no I/O beyond hashing buffers it is given.
 """
@@ -48,6 +56,7 @@ from turbok.checkpoint.errors import ManifestError
 
 __all__ = [
     "ALIGN",
+    "BLOCK",
     "CHECK_ALGO",
     "HASH_ALGO",
     "SHARD_ALIGN",
@@ -55,8 +64,10 @@ __all__ = [
     "PartKey",
     "Shard",
     "align_up",
+    "block_checks",
     "check_bytes",
     "check_shards",
+    "checks_and_blocks",
     "hash_bytes",
     "hash_shards",
     "shard_matches",
@@ -65,6 +76,8 @@ __all__ = [
 
 ALIGN = 4096
 SHARD_ALIGN = 64
+#: bytes per block check (``Shard.blocks``)
+BLOCK = 4 << 20
 HASH_ALGO = "blake3"
 CHECK_ALGO = "xxh3-128"
 _FORMAT = 1
@@ -115,9 +128,17 @@ class Shard:
     dtype: str = ""
     shape: tuple[int, ...] = ()
     check: str = ""  # XXH3-128 of the same bytes (see the module docstring)
+    blocks: tuple[str, ...] = ()  # XXH3-64 of each BLOCK of the bytes
+
+    def block_span(self, start: int, end: int) -> tuple[int, int]:
+        """The byte range (relative to the shard) of the blocks covering ``[start, end)``."""
+        lo = start // BLOCK * BLOCK
+        hi = min(self.size, -(-end // BLOCK) * BLOCK)
+        return lo, hi
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        extra: dict[str, Any] = {"blocks": list(self.blocks)} if self.blocks else {}
+        return {**extra,
             "name": self.name,
             "offset": self.offset,
             "size": self.size,
@@ -141,6 +162,7 @@ class Manifest:
     created: float = field(default_factory=time.time)
     origin: str = ""
     hash_algo: str = HASH_ALGO
+    meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def hashed(self) -> bool:
@@ -159,9 +181,21 @@ class Manifest:
         """The shards whose recorded hash (``checks``: XXH3 check) differs from ``digests``, in shard order."""
         return [s for s, d in zip(self.shards, digests, strict=True) if d != (s.check if checks else s.hash)]
 
-    def with_hashes(self, hashes: list[str], checks: list[str] | None = None) -> Manifest:
+    def with_hashes(self, hashes: list[str], checks: list[str] | None = None,
+                    blocks: list[tuple[str, ...]] | None = None) -> Manifest:
         checks = checks if checks is not None else [s.check for s in self.shards]
-        return replace(self, shards=tuple(replace(s, hash=h, check=c) for s, h, c in zip(self.shards, hashes, checks, strict=True)))
+        blocks = blocks if blocks is not None else [s.blocks for s in self.shards]
+        return replace(self, shards=tuple(replace(s, hash=h, check=c, blocks=b)
+                                          for s, h, c, b in zip(self.shards, hashes, checks, blocks, strict=True)))
+
+    def has(self, name: str) -> bool:
+        return any(s.name == name for s in self.shards)
+
+    def shard(self, name: str) -> Shard:
+        for s in self.shards:
+            if s.name == name:
+                return s
+        raise ManifestError(f"{self.key}: no shard named {name!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -176,6 +210,7 @@ class Manifest:
             "origin": self.origin,
             "shards": [s.to_dict() for s in self.shards],
             "tree": self.tree,
+            **({"meta": self.meta} if self.meta else {}),
         }
 
     def to_json(self) -> bytes:
@@ -214,6 +249,7 @@ class Manifest:
                     kind=str(s.get("kind", "bytes")),
                     dtype=str(s.get("dtype", "")),
                     shape=tuple(_int(d) for d in s.get("shape", [])),
+                    blocks=tuple(str(b) for b in s.get("blocks", [])),
                 )
                 for s in doc["shards"]
             )
@@ -225,6 +261,7 @@ class Manifest:
                 tree=doc.get("tree"),
                 created=float(doc.get("created", 0.0)),
                 origin=str(doc.get("origin", "")),
+                meta=dict(doc.get("meta") or {}),
             )
         except ManifestError:
             raise
@@ -246,6 +283,9 @@ class Manifest:
             end = s.offset + s.size
         if len({s.name for s in self.shards}) != len(self.shards):
             raise ManifestError(f"{self.key}: duplicate shard names")
+        for s in self.shards:
+            if s.blocks and len(s.blocks) != -(-s.size // BLOCK):
+                raise ManifestError(f"{self.key}: shard {s.name!r} has {len(s.blocks)} block checks for {s.size} bytes")
 
 
 def _int(v: Any) -> int:
@@ -279,6 +319,27 @@ def check_bytes(data: Any) -> str:
 def check_shards(buf: memoryview, shards: tuple[Shard, ...] | list[Shard]) -> list[str]:
     """The XXH3 check of every shard's range of ``buf``."""
     return [check_bytes(buf[s.offset : s.offset + s.size]) for s in shards]
+
+
+def block_checks(data: Any) -> tuple[str, ...]:
+    """XXH3-64 of every ``BLOCK`` of ``data`` (a shard's bytes)."""
+    mv = memoryview(data).cast("B")
+    return tuple(xxhash.xxh3_64_hexdigest(mv[off : off + BLOCK]) for off in range(0, mv.nbytes, BLOCK))
+
+
+def checks_and_blocks(buf: memoryview, shards: tuple[Shard, ...] | list[Shard]) -> tuple[list[str], list[tuple[str, ...]]]:
+    """Each shard's XXH3-128 check and its block checks, in one pass over each block."""
+    checks, blocks = [], []
+    for s in shards:
+        h = xxhash.xxh3_128()
+        per = []
+        for off in range(s.offset, s.offset + s.size, BLOCK):
+            piece = buf[off : min(off + BLOCK, s.offset + s.size)]
+            h.update(piece)
+            per.append(xxhash.xxh3_64_hexdigest(piece))
+        checks.append(str(h.hexdigest()))
+        blocks.append(tuple(per))
+    return checks, blocks
 
 
 def verify_shards(buf: memoryview, manifest: Manifest) -> list[Shard]:

@@ -9,6 +9,12 @@ Names:
 - ``turbok_checkpoint_commits_total{tier}``     parts committed
 - ``turbok_checkpoint_latest_step{job,tier}``   newest committed step of a job per tier
 - ``turbok_checkpoint_memory_used_bytes``       bytes held by the memory tier (parts and pooled buffers)
+- ``turbok_checkpoint_evictions_total{job}``    memory parts of a job dropped for room (durable on disk)
+
+Failures by op: ``write`` (disk), ``verify`` (a copy failed its hashes on that
+tier: memory, disk, peer, object), ``quota``, ``replicate``, ``backup``,
+``restore`` (a step no copy could restore), ``lost`` (a staged part an agent
+restart could not recover).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ class Metrics:
         self.failures = Counter("turbok_checkpoint_failures", "Failed operations per tier", ["tier", "op"], registry=r)
         self.commits = Counter("turbok_checkpoint_commits", "Parts committed per tier", ["tier"], registry=r)
         self.latest = Gauge("turbok_checkpoint_latest_step", "Newest committed step per job and tier", ["job", "tier"], registry=r)
+        self.evictions = Counter("turbok_checkpoint_evictions", "Memory parts evicted for room, per job", ["job"], registry=r)
         self.memory_used = Gauge("turbok_checkpoint_memory_used_bytes", "Bytes held by the memory tier", registry=r)
 
     def moved(self, tier: str, op: str, nbytes: int, seconds: float) -> None:

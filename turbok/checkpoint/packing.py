@@ -8,9 +8,11 @@ scalars and the shape of the structure stay in the manifest's ``tree``.
 Anything else (arbitrary objects) is refused with UnsupportedStateError: the
 format never unpickles, so restoring a checkpoint cannot run code.
 
-``Packing.copy_into(buf)`` is the copy training waits for: one memcpy of
+``Packing.copy_into(buf)`` is the copy into the memory tier: one memcpy of
 every leaf into memory that is already touched, spread over a few threads
-(copying.py says why). ``unpack(buf, manifest)`` builds new
+(copying.py says why); saving.py decides whether training waits for it.
+A ``Deferred`` leaf is an array known by shape and dtype now and fetched at
+copy time (a JAX array: its device-to-host transfer runs in the background). ``unpack(buf, manifest)`` builds new
 objects; ``unpack(..., into=state)`` copies into the caller's existing tensors
 and arrays instead (the fast path: their memory is already touched, as with
 DCP's in-place load).
@@ -29,7 +31,23 @@ from turbok.checkpoint.copying import copy_checked, parallel_copy
 from turbok.checkpoint.errors import ManifestError, UnsupportedStateError
 from turbok.checkpoint.manifest import SHARD_ALIGN, Manifest, PartKey, Shard, align_up, check_bytes
 
-__all__ = ["Packing", "Unpacker", "plan", "unpack", "unpack_checked"]
+__all__ = ["Deferred", "Packing", "Unpacker", "plan", "unpack", "unpack_checked"]
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """An array leaf whose bytes are fetched only when the save copies it (``fetch()``)."""
+
+    shape: tuple[int, ...]
+    dtype: Any  # a numpy dtype
+    fetch: Any  # Callable[[], np.ndarray]: C-contiguous, of this shape and dtype
+
+    @property
+    def nbytes(self) -> int:
+        n = int(np.dtype(self.dtype).itemsize)
+        for d in self.shape:
+            n *= int(d)
+        return n
 
 
 @dataclass
@@ -44,11 +62,15 @@ class Packing:
     def manifest(self, key: PartKey, world_size: int) -> Manifest:
         return Manifest(key=key, world_size=world_size, data_size=self.data_size, shards=tuple(self.shards), tree=self.tree)
 
-    def copy_into(self, buf: memoryview) -> None:
-        """Copy every leaf into ``buf`` at its shard's offset."""
+    def copy_into(self, buf: memoryview, indices: Any = None) -> None:
+        """Copy every leaf (or those of ``indices``) into ``buf`` at its shard's offset."""
         dst = np.frombuffer(buf, dtype=np.uint8)
         flat: list[tuple[np.ndarray, np.ndarray]] = []
-        for shard, leaf in zip(self.shards, self.leaves, strict=True):
+        wanted = range(len(self.shards)) if indices is None else indices
+        for i in wanted:
+            shard, leaf = self.shards[i], self.leaves[i]
+            if isinstance(leaf, Deferred):
+                leaf = np.ascontiguousarray(leaf.fetch())
             target = dst[shard.offset : shard.offset + shard.size]
             raw = _raw_bytes(leaf, shard)
             if raw is not None:
@@ -73,6 +95,10 @@ def plan(state: Any) -> Packing:
         if _is_torch(x):
             x = x.detach()
             shard = Shard(path, offset, x.numel() * x.element_size(), kind="tensor", dtype=str(x.dtype).removeprefix("torch."), shape=tuple(x.shape))
+        elif isinstance(x, Deferred):
+            dt = np.dtype(x.dtype)
+            dtype = dt.name if dt.kind == "V" and dt.names is None else dt.str
+            shard = Shard(path, offset, x.nbytes, kind="ndarray", dtype=dtype, shape=tuple(int(d) for d in x.shape))
         elif isinstance(x, np.ndarray):
             if x.dtype.hasobject:
                 raise UnsupportedStateError(f"{path or '<root>'}: numpy arrays of Python objects cannot be checkpointed")
@@ -99,7 +125,7 @@ def plan(state: Any) -> Packing:
             return {"t": "dict", "k": keys, "v": [walk(f"{path}/{k}" if path else str(k), x[k]) for k in keys]}
         if isinstance(x, list | tuple):
             return {"t": "list" if isinstance(x, list) else "tuple", "v": [walk(f"{path}/{i}" if path else str(i), v) for i, v in enumerate(x)]}
-        if _is_torch(x) or isinstance(x, np.ndarray | bytes | bytearray | memoryview):
+        if _is_torch(x) or isinstance(x, np.ndarray | bytes | bytearray | memoryview | Deferred):
             return leaf(path, x)
         raise UnsupportedStateError(
             f"{path or '<root>'}: cannot checkpoint a {type(x).__module__}.{type(x).__qualname__}; "
@@ -171,24 +197,25 @@ def _np_dtype(shard: Shard) -> np.dtype[Any]:
             raise ManifestError(f"shard {shard.name!r}: unknown numpy dtype {shard.dtype!r}") from None
 
 
-def unpack(buf: memoryview, manifest: Manifest, into: Any = None) -> Any:
+def unpack(buf: memoryview, manifest: Manifest, into: Any = None, *, device: Any = None) -> Any:
     """Rebuild the state from a part's blob (copying: ``buf`` may be reused later).
 
     With ``into``, leaves that exist there with the same shape and dtype are
     filled in place and kept; the returned structure is otherwise new. The
     copies run at the end, together, over a few threads.
     """
-    return unpack_checked(buf, manifest, into, check=False)[0]
+    return unpack_checked(buf, manifest, into, check=False, device=device)[0]
 
 
-def unpack_checked(buf: memoryview, manifest: Manifest, into: Any = None, *, check: bool = True) -> tuple[Any, list[Shard]]:
+def unpack_checked(buf: memoryview, manifest: Manifest, into: Any = None, *, check: bool = True,
+                   device: Any = None) -> tuple[Any, list[Shard]]:
     """``unpack``, also returning the shards whose XXH3 ``check`` fails (``check=True``).
 
     Each leaf copied into place is checked in the same pass, 1 MiB at a time
     while the bytes are still in cache (copying.copy_checked); the shards not
     copied that way (bytes, strided or device targets) are checked in ``buf``.
     """
-    u = Unpacker(buf, manifest, into)
+    u = Unpacker(buf, manifest, into, device=device)
     bad = u.copy(range(len(manifest.shards)), check=check)
     return u.state(), bad
 
@@ -197,14 +224,18 @@ class Unpacker:
     """``unpack`` in steps, for a blob that is still arriving: make the destinations, copy the
     shards whose bytes are in (``copy``), in any number of calls, then ``state()``.
 
-    Destinations are the caller's tensors and arrays (``into``) where they fit, else new ones.
+    Destinations are the caller's tensors and arrays (``into``) where they fit, else new ones;
+    the caller's tensors on an accelerator are filled straight from ``buf`` through ``device``
+    (a device.DeviceStager), with no host tensor in between.
     """
 
-    def __init__(self, buf: memoryview, manifest: Manifest, into: Any = None) -> None:
+    def __init__(self, buf: memoryview, manifest: Manifest, into: Any = None, *, device: Any = None) -> None:
         self.buf, self.manifest = buf, manifest
+        self.device = device
         self.dests: dict[int, Any] = {}  # shard index -> the object returned for it
         self._fast: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._slow: dict[int, tuple[Any, Any]] = {}
+        self._device: dict[int, tuple[np.ndarray, Any]] = {}
         self._walk(manifest.tree, into)
 
     def _view(self, shard: Shard) -> Any:
@@ -239,6 +270,9 @@ class Unpacker:
             else:
                 dest = returned = np.empty(view.shape, dtype=view.dtype)
             self.dests[index] = returned
+            if self.device is not None and shard.kind == "tensor" and shard.size and self.device.backend.is_device(dest):
+                self._device[index] = (np.frombuffer(self.buf, dtype=np.uint8, count=shard.size, offset=shard.offset), dest)
+                return
             raw = _raw_bytes(dest, shard) if shard.size else None
             if raw is not None:
                 self._fast[index] = (raw, np.frombuffer(self.buf, dtype=np.uint8, count=shard.size, offset=shard.offset))
@@ -260,6 +294,11 @@ class Unpacker:
             bad += [shards[i] for i in wanted if i not in done and check_bytes(self.buf[shards[i].offset : shards[i].offset + shards[i].size]) != shards[i].check]
         else:
             parallel_copy([self._fast[i] for i in fast])
+        on_device = [self._device[i] for i in wanted if i in self._device]
+        if on_device:
+            if check:
+                bad += [shards[i] for i in wanted if i in self._device and check_bytes(self._device[i][0]) != shards[i].check]
+            self.device.restore_into(np.frombuffer(self.buf, dtype=np.uint8), on_device)
         for i in wanted:  # strided targets, tensors on other devices
             if i in self._slow:
                 dest, view = self._slow[i]

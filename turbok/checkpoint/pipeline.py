@@ -1,18 +1,28 @@
 """The agent's background work on a part: hash, disk, peers, object store, retention.
 
 ``submit(manifest)`` queues a part that is in the memory tier. ``_drain``
-hashes its shards (BLAKE3, and the XXH3 checks of manifest.py) while the disk
-tier writes the same mapping (two passes over tmpfs in parallel: hashing is
-CPU-bound, O_DIRECT is DMA), commits in memory, then on disk once both the
-write's fsync and the hashes are done, pushes replicas to the peers placement.py picks, queues the
-backup, and applies retention. Each outcome is recorded per (part, tier) so
-``wait`` (the library's ``CheckpointManager.wait``) can block until a given
-tier holds the step, and ``errors()`` reports the last failure per tier.
+hashes its shards (BLAKE3, the XXH3 checks and block checks of manifest.py)
+while the disk tier writes the same mapping (two passes over tmpfs in
+parallel: hashing is CPU-bound, O_DIRECT is DMA), commits in memory, then on
+disk once both the write's fsync and the hashes are done, pushes replicas to
+the peers placement.py picks, queues the backup, and applies retention. A
+disk write that fails is retried (``_DISK_ATTEMPTS`` times, with a short
+pause) before the disk tier is marked failed for that part; every failure is
+an event and a ``failures_total`` count. Each outcome is recorded per (part,
+tier) so ``wait`` (the library's ``SaveFuture`` and ``CheckpointManager.wait``)
+can block until a tier holds the step, and ``errors()`` reports the last
+failure per tier.
+
+A part the pipeline never heard of and no tier holds is answered "lost" by
+``wait`` (with the reason from the event log when the agent recorded one),
+never waited on: that is how a library learns that the agent restarted
+between ``staged`` and the memory commit and the bytes were gone.
 
 Backups run on their own worker: an unreachable object store costs retries
 with exponential backoff (obstore's within one attempt, ours between
 attempts, capped at ``backup_retry_max_s``) and never delays saves, drains or
-other tiers. Called only by agent.py.
+other tiers. Fault injection stages: ``memory.before_commit``,
+``disk.before_commit``, ``object.before_commit``. Called by the agent's roles.
 """
 
 from __future__ import annotations
@@ -23,28 +33,29 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from turbok.checkpoint.context import AgentContext, QuotaError
 from turbok.checkpoint.errors import CheckpointError
-from turbok.checkpoint.manifest import Manifest, PartKey, check_shards, hash_shards
+from turbok.checkpoint.leases import Pin
+from turbok.checkpoint.manifest import Manifest, PartKey, checks_and_blocks, hash_shards
 from turbok.checkpoint.placement import choose_peers
 from turbok.checkpoint.restore import Catalog
 from turbok.checkpoint.retention import Retention, plan_deletions
 
-if TYPE_CHECKING:
-    from turbok.checkpoint.agent import Agent
-
-__all__ = ["Pipeline"]
+__all__ = ["TIERS", "Pipeline"]
 
 log = logging.getLogger(__name__)
 _DONE = "done"
 _KEEP_PROGRESS = 4096
+_DISK_ATTEMPTS = 3
+#: the tiers a part goes through, in order
+TIERS = ("memory", "disk", "peers", "object")
 
 
 class Pipeline:
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
+    def __init__(self, ctx: AgentContext) -> None:
+        self.ctx = ctx
         self.drains = ThreadPoolExecutor(max_workers=4, thread_name_prefix="checkpoint-drain")
         self.io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="checkpoint-io")
         self.progress: OrderedDict[PartKey, dict[str, str]] = OrderedDict()
@@ -62,7 +73,7 @@ class Pipeline:
 
     def stop(self) -> None:
         self._stop.set()
-        self.agent.notify()
+        self.ctx.notify()
         self.drains.shutdown(wait=True, cancel_futures=True)
         self.io.shutdown(wait=True, cancel_futures=True)
         if self._worker is not None:
@@ -70,7 +81,8 @@ class Pipeline:
 
     # -- progress -------------------------------------------------------------------------------
     def _mark(self, key: PartKey, tier: str, outcome: str) -> None:
-        with self.agent.cond:
+        cond = self.ctx.cond
+        with cond:
             if tier == "memory":
                 self.unhashed.discard(key)
             self.progress.setdefault(key, {})[tier] = outcome
@@ -81,114 +93,158 @@ class Pipeline:
                 self._errors.pop(tier, None)
             else:
                 self._errors[tier] = f"{key}: {outcome}"
-            self.agent.cond.notify_all()
+            cond.notify_all()
 
     def errors(self) -> dict[str, str]:
-        with self.agent.cond:
+        with self.ctx.cond:
             return dict(self._errors)
+
+    def status(self, key: PartKey) -> dict[str, str]:
+        """Every tier's outcome for ``key`` so far ("done", "failed: ...", "retrying: ...", "skipped: ...")."""
+        with self.ctx.cond:
+            out = dict(self.progress.get(key, {}))
+        for tier, local in (("memory", self.ctx.memory), ("disk", self.ctx.disk)):
+            if tier not in out and local.exists(key):
+                out[tier] = _DONE
+        return out
 
     def settle(self, job: str, timeout: float) -> None:
         """Wait until every staged part of ``job`` is committed in memory (or failed)."""
         deadline = time.monotonic() + timeout
-        with self.agent.cond:
+        with self.ctx.cond:
             while any(k.job == job for k in self.unhashed) and time.monotonic() < deadline:
-                self.agent.cond.wait(0.1)
+                self.ctx.cond.wait(0.1)
+
+    def _known(self, key: PartKey) -> bool:
+        with self.ctx.cond:
+            if key in self.progress or key in self.unhashed:
+                return True
+        c = self.ctx
+        return (c.residency.leased(key) or c.residency.receiving(key) is not None or c.memory.exists(key)
+                or c.disk.exists(key) or c.memory.staged_manifest(key) is not None)
 
     def wait(self, key: PartKey, tier: str, timeout: float) -> dict[str, Any]:
         """Block until ``tier`` ("memory", "disk", "peers", "object") is done with ``key``."""
+        if tier not in TIERS:
+            raise CheckpointError(f"unknown tier {tier!r} (one of {', '.join(TIERS)})")
+        if not self._known(key):
+            lost = self.ctx.events.about(key, ("Lost", "LeaseReleased", "Interrupted"))
+            why = lost["message"] if lost else "this agent has no record of it (it restarted, and the memory tier was emptied?)"
+            raise CheckpointError(f"{key} was lost: {why}")
         deadline = time.monotonic() + timeout
-        with self.agent.cond:
+        with self.ctx.cond:
             while True:
-                outcome = self.progress.get(key, {}).get(tier)
-                if outcome is None and tier in ("memory", "disk"):
-                    local = self.agent.memory if tier == "memory" else self.agent.disk
-                    if local.exists(key):
-                        outcome = _DONE
+                outcome = self.status(key).get(tier)
                 if outcome is not None and not outcome.startswith("retrying"):
                     if outcome == _DONE or outcome.startswith("skipped"):
-                        return {"tier": tier, "outcome": outcome}
+                        return {"tier": tier, "outcome": outcome, "tiers": self.status(key)}
                     raise CheckpointError(f"{key} on {tier}: {outcome}")
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise CheckpointError(f"{key} not on {tier} after {timeout:.0f}s ({outcome or 'pending'})")
-                self.agent.cond.wait(min(left, 0.5))
+                self.ctx.cond.wait(min(left, 0.5))
 
     # -- drain ----------------------------------------------------------------------------------
     def submit(self, manifest: Manifest, *, hashed: bool, replicate: bool = True, backup: bool = True) -> None:
-        with self.agent.cond:
-            self.agent.pinned[manifest.key] = time.monotonic() + 3600
+        key = manifest.key
+        pin = self.ctx.residency.pin(key)
+        fresh = not hashed  # a newly staged part supersedes any older copy of the same key
+        redo = [t for t, again in (("memory", fresh), ("disk", fresh or not self.ctx.disk.exists(key)),
+                                   ("peers", replicate), ("object", backup)) if again]
+        with self.ctx.cond:
             if not hashed:
-                self.unhashed.add(manifest.key)
-        self.drains.submit(self._drain, manifest, hashed, replicate, backup)
+                self.unhashed.add(key)
+            for tier in redo:  # a part drained again (healed, overwritten) reports afresh
+                self.progress.get(key, {}).pop(tier, None)
+        self.drains.submit(self._drain, manifest, pin, hashed, replicate, backup)
 
-    def _drain(self, manifest: Manifest, hashed: bool, replicate: bool, backup: bool) -> None:
-        a, key = self.agent, manifest.key
+    def _drain(self, manifest: Manifest, pin: Pin, hashed: bool, replicate: bool, backup: bool) -> None:
+        c, key = self.ctx, manifest.key
         try:
-            view = a.memory.view(key, manifest.data_size)
+            view = c.memory.view(key, manifest.data_size)
             disk: Future[None] | None = None
-            if not a.disk.exists(key):
+            if not hashed or not c.disk.exists(key):  # a new save of an existing step overwrites it
                 disk = self.io.submit(self._write_disk, key, view)
             if not hashed:
-                a.fault("memory.before_commit")
+                c.fault("memory.before_commit", key)
                 t0 = time.perf_counter()
-                manifest = manifest.with_hashes(hash_shards(view, manifest.shards), check_shards(view, manifest.shards))
-                a.memory.commit(manifest)
-                a.metrics.moved("memory", "hash", manifest.data_size, time.perf_counter() - t0)
-                a.metrics.committed("memory", key.job, key.step)
+                checks, blocks = checks_and_blocks(view, manifest.shards)
+                manifest = manifest.with_hashes(hash_shards(view, manifest.shards), checks, blocks)
+                c.memory.commit(manifest)
+                c.metrics.moved("memory", "hash", manifest.data_size, time.perf_counter() - t0)
+                c.metrics.committed("memory", key.job, key.step)
             self._mark(key, "memory", _DONE)
             if disk is not None:
                 try:
                     disk.result()
-                    a.fault("disk.before_commit")
-                    a.disk.commit(manifest)
-                    a.metrics.committed("disk", key.job, key.step)
+                    c.fault("disk.before_commit", key)
+                    c.disk.commit(manifest)
+                    c.metrics.committed("disk", key.job, key.step)
                     self._mark(key, "disk", _DONE)
+                except QuotaError as e:
+                    c.metrics.failed("disk", "quota")
+                    c.events.record("DiskQuota", f"{key} not written to disk: {e}", key, tier="disk")
+                    self._mark(key, "disk", f"failed: {e}")
                 except (OSError, CheckpointError) as e:
-                    a.metrics.failed("disk", "write")
-                    log.error("checkpoint agent: disk tier failed for %s: %s", key, e)
+                    c.metrics.failed("disk", "write")
+                    c.events.record("DiskWriteFailed", f"{key}: {e}", key, tier="disk")
                     self._mark(key, "disk", f"failed: {e}")
             else:
                 self._mark(key, "disk", _DONE)
             if replicate:
                 self._replicate(manifest, view)
-            a.unpin(key)
             if backup:
-                if a.object is not None and self._should_backup(manifest):
+                if c.object is not None and self._should_backup(manifest):
                     self._queue_backup(key, 0, 0.0)
                 else:
-                    self._mark(key, "object", "skipped: not a backup step" if a.object is not None else "skipped: no object store")
+                    self._mark(key, "object", "skipped: not a backup step" if c.object is not None else "skipped: no object store")
+            pin.release()
             self._retention(key.job)
         except Exception as e:
             log.exception("checkpoint agent: draining %s failed", key)
-            for tier in ("memory", "disk", "peers", "object"):
+            c.events.record("DrainFailed", f"{key}: {e}", key)
+            for tier in TIERS:
                 if tier not in self.progress.get(key, {}):
                     self._mark(key, tier, f"failed: {e}")
         finally:
-            a.unpin(key)
-            a.metrics.memory_used.set(a.memory.used())
+            pin.release()
+            with c.cond:
+                self.unhashed.discard(key)
+            c.metrics.memory_used.set(c.memory.used())
 
     def _write_disk(self, key: PartKey, view: memoryview) -> None:
-        t0 = time.perf_counter()
-        self.agent.disk.put(key, view)
-        self.agent.metrics.moved("disk", "write", view.nbytes, time.perf_counter() - t0)
+        self.ctx.disk_room(key, view.nbytes)
+        for attempt in range(_DISK_ATTEMPTS):
+            t0 = time.perf_counter()
+            try:
+                self.ctx.disk.put(key, view)
+            except OSError as e:
+                if attempt + 1 == _DISK_ATTEMPTS:
+                    raise
+                log.warning("checkpoint agent: disk write of %s failed (attempt %d), retrying: %s", key, attempt + 1, e)
+                self.ctx.metrics.failed("disk", "write")
+                time.sleep(0.1 * 2**attempt)
+                continue
+            self.ctx.metrics.moved("disk", "write", view.nbytes, time.perf_counter() - t0)
+            return
 
     def _replicate(self, manifest: Manifest, view: memoryview) -> None:
-        a, key = self.agent, manifest.key
-        targets = choose_peers(key.job, key.rank, a.settings.peers, a.settings.replication_factor, self_address=a.settings.self_address)
+        c, key = self.ctx, manifest.key
+        targets = choose_peers(key.job, key.rank, c.peer_addresses(), c.settings.replication_factor, self_address=c.address)
         if not targets:
-            self._mark(key, "peers", "skipped: no peers" if a.settings.replication_factor else "skipped: replicationFactor is 0")
+            self._mark(key, "peers", "skipped: no peers" if c.settings.replication_factor else "skipped: replicationFactor is 0")
             return
 
         def push(address: str) -> str:
-            peer = a.peer(address)
+            peer = c.peer(address)
             t0 = time.perf_counter()
             try:
                 peer.replicate(manifest, view)
             except CheckpointError as e:
-                a.metrics.failed(peer.name, "replicate")
+                c.metrics.failed(peer.name, "replicate")
                 log.warning("checkpoint agent: replicating %s to %s failed: %s", key, address, e)
                 return f"{address}: {e}"
-            a.metrics.moved(peer.name, "replicate", manifest.data_size, time.perf_counter() - t0)
+            c.metrics.moved(peer.name, "replicate", manifest.data_size, time.perf_counter() - t0)
             return ""
 
         failures = [f for f in self.io.map(push, targets) if f]
@@ -196,7 +252,7 @@ class Pipeline:
 
     # -- backup ---------------------------------------------------------------------------------
     def _should_backup(self, manifest: Manifest) -> bool:
-        s, key = self.agent.settings, manifest.key
+        s, key = self.ctx.settings, manifest.key
         if not s.backup_every_steps and not s.backup_interval_s:
             return True
         if s.backup_every_steps and key.step % s.backup_every_steps == 0:
@@ -209,13 +265,13 @@ class Pipeline:
         return False
 
     def _queue_backup(self, key: PartKey, attempt: int, delay: float) -> None:
-        with self.agent.cond:
+        with self.ctx.cond:
             self._seq += 1
             heapq.heappush(self._backups, (time.monotonic() + delay, self._seq, key, attempt))
-            self.agent.cond.notify_all()
+            self.ctx.cond.notify_all()
 
     def _backup_loop(self) -> None:
-        cond = self.agent.cond
+        cond = self.ctx.cond
         while not self._stop.is_set():
             with cond:
                 if not self._backups or self._backups[0][0] > time.monotonic():
@@ -223,34 +279,40 @@ class Pipeline:
                     cond.wait(max(0.01, min(wait, 1.0)))
                     continue
                 _, _, key, attempt = heapq.heappop(self._backups)
-            self._backup(key, attempt)
+            try:
+                self._backup(key, attempt)
+            except Exception as e:  # a bug must not end the worker
+                log.exception("checkpoint agent: backup of %s failed", key)
+                self._mark(key, "object", f"failed: {e}")
 
     def _backup(self, key: PartKey, attempt: int) -> None:
-        a = self.agent
-        assert a.object is not None
-        source: memoryview | Path
-        manifest = a.disk.committed_manifest(key)
-        if manifest is not None:
-            source = a.disk.data_path(key)
-        else:
-            manifest = a.memory.committed_manifest(key)
-            if manifest is None:
-                self._mark(key, "object", "failed: the step left the local tiers before it could be backed up")
+        c = self.ctx
+        assert c.object is not None
+        with c.residency.pin(key):
+            source: memoryview | Any
+            manifest = c.disk.committed_manifest(key)
+            if manifest is not None:
+                source = c.disk.data_path(key)
+            else:
+                manifest = c.memory.committed_manifest(key)
+                if manifest is None:
+                    self._mark(key, "object", "failed: the step left the local tiers before it could be backed up")
+                    return
+                source = c.memory.view(key, manifest.data_size)
+            t0 = time.perf_counter()
+            try:
+                c.object.put(key, source)
+                c.fault("object.before_commit", key)
+                c.object.commit(manifest)
+            except CheckpointError as e:
+                c.metrics.failed("object", "backup")
+                delay = min(2.0**attempt, c.settings.backup_retry_max_s)
+                log.warning("checkpoint agent: backup of %s failed (attempt %d), retrying in %.0fs: %s", key, attempt + 1, delay, e)
+                self._mark(key, "object", f"retrying: {e}")
+                self._queue_backup(key, attempt + 1, delay)
                 return
-            source = a.memory.view(key, manifest.data_size)
-        t0 = time.perf_counter()
-        try:
-            a.object.put(key, source)
-            a.object.commit(manifest)
-        except CheckpointError as e:
-            a.metrics.failed("object", "backup")
-            delay = min(2.0**attempt, a.settings.backup_retry_max_s)
-            log.warning("checkpoint agent: backup of %s failed (attempt %d), retrying in %.0fs: %s", key, attempt + 1, delay, e)
-            self._mark(key, "object", f"retrying: {e}")
-            self._queue_backup(key, attempt + 1, delay)
-            return
-        a.metrics.moved("object", "backup", manifest.data_size, time.perf_counter() - t0)
-        a.metrics.committed("object", key.job, key.step)
+        c.metrics.moved("object", "backup", manifest.data_size, time.perf_counter() - t0)
+        c.metrics.committed("object", key.job, key.step)
         self._mark(key, "object", _DONE)
         try:
             self._object_retention(key.job)
@@ -259,24 +321,22 @@ class Pipeline:
 
     # -- retention ------------------------------------------------------------------------------
     def _retention(self, job: str) -> None:
-        a = self.agent
-        newest = Catalog(job, [a.memory, a.disk, *[a.peer(p) for p in a.settings.peers if p != a.settings.self_address]]).newest_complete()
-        now = time.monotonic()
-        with a.cond:
-            busy = {k for k, t in a.pinned.items() if t > now} | a.filling | set(a.receiving)
-        for tier, keep in ((a.memory, a.settings.keep_memory), (a.disk, a.settings.keep_disk)):
+        c = self.ctx
+        newest = Catalog(job, [c.memory, c.disk, *[c.peer(p) for p in c.peer_addresses()]]).newest_complete()
+        busy = c.residency.busy()
+        for tier, keep in ((c.memory, c.settings.keep_memory), (c.disk, c.settings.keep_disk)):
             committed = [s.key for s in tier.list(job) if s.committed]
             doomed = set(plan_deletions([k.step for k in committed], Retention(keep), newest_complete=newest))
             for k in committed:
                 if k.step in doomed and k not in busy:
                     tier.delete(k)
-        a.metrics.memory_used.set(a.memory.used())
+        c.metrics.memory_used.set(c.memory.used())
 
     def _object_retention(self, job: str) -> None:
-        obj = self.agent.object
+        obj = self.ctx.object
         assert obj is not None
         catalog = Catalog(job, [obj])
-        s = self.agent.settings
+        s = self.ctx.settings
         policy = Retention(s.keep_object_last, s.keep_object_every)
         doomed = set(plan_deletions(list(catalog.steps()), policy, newest_complete=catalog.newest_complete()))
         for _, state in catalog.states:

@@ -8,7 +8,7 @@ only if every shard matches) and the Tier contract's ``put`` then ``commit``
 A body lands in a pooled buffer of the memory tier when one is free, else on
 the disk tier; a replica committed in memory then goes down to disk through
 the agent's pipeline like a local step, without being replicated again.
-Fault injection: ``replicate.before_commit``. Called only by agent.py.
+Fault injection: ``replicate.before_commit``. Called by the agent's wire server (server.py).
 """
 
 from __future__ import annotations
@@ -16,17 +16,17 @@ from __future__ import annotations
 import mmap
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from turbok.checkpoint.context import AgentContext
 from turbok.checkpoint.copying import ShardHasher
 from turbok.checkpoint.errors import CheckpointError, StagingBusyError
+from turbok.checkpoint.leases import Pin
 from turbok.checkpoint.manifest import Manifest, PartKey, verify_shards
+from turbok.checkpoint.pipeline import Pipeline
 from turbok.checkpoint.tiers.disk import DiskTier
 from turbok.checkpoint.tiers.memory import MemoryTier
 from turbok.checkpoint.wire import recv_into
-
-if TYPE_CHECKING:
-    from turbok.checkpoint.agent import Agent
 
 __all__ = ["Replicas"]
 
@@ -34,8 +34,10 @@ _CHUNK = 16 << 20
 
 
 class Replicas:
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
+    def __init__(self, ctx: AgentContext, pipeline: Pipeline) -> None:
+        self.ctx = ctx
+        self.pipeline = pipeline
+        self._pins: dict[PartKey, Pin] = {}
 
     def put(self, sock: socket.socket, key: PartKey, size: int) -> str:
         """Receive a body uncommitted; the tier it landed in ("memory" or "disk")."""
@@ -64,20 +66,21 @@ class Replicas:
 
         With ``layout``, the shards are hashed while the bytes arrive; the hasher is returned.
         """
-        agent = self.agent
-        with agent.cond:
-            busy = key in agent.filling or key in agent.receiving
-        if busy:
-            discard(sock, size)
-            raise CheckpointError(f"{key} is already being written on {agent.settings.self_address}")
-        agent.disk.delete(key)  # an overwrite uncommits every local copy first
+        ctx = self.ctx
         try:
-            agent.reserve(key, size, timeout=0.0)
+            ctx.residency.begin_receiving(key, "memory")
+        except CheckpointError:
+            discard(sock, size)
+            raise CheckpointError(f"{key} is already being written on {ctx.address}") from None
+        ctx.disk.delete(key)  # an overwrite uncommits every local copy first
+        try:
+            ctx.reserve(key, size, timeout=0.0)
             target = "memory"
         except (StagingBusyError, CheckpointError):
             target = "disk"
-        with agent.cond:
-            agent.receiving[key] = target
+        ctx.residency.retarget(key, target)
+        with ctx.cond:
+            self._pins[key] = ctx.residency.pin(key)
         # In memory the bytes stay put: hash them on a worker while the next ones arrive. On the
         # disk path the receive buffer is reused at once, so hash each chunk before writing it.
         hasher = None
@@ -87,17 +90,15 @@ class Replicas:
         try:
             t0 = time.perf_counter()
             if target == "memory":
-                recv_into(sock, agent.memory.view(key, size), on_chunk=hasher.feed if hasher else None)
+                recv_into(sock, ctx.memory.view(key, size), on_chunk=hasher.feed if hasher else None)
             else:
                 self._receive_to_disk(sock, key, size, hasher)
-            agent.metrics.moved(target, "receive", size, time.perf_counter() - t0)
+            ctx.metrics.moved(target, "receive", size, time.perf_counter() - t0)
         except BaseException:
             if hasher is not None:
                 hasher.close()
-            with agent.cond:
-                agent.receiving.pop(key, None)
-            (agent.memory if target == "memory" else agent.disk).delete(key)
-            agent.unpin(key)
+            (ctx.memory if target == "memory" else ctx.disk).delete(key)
+            self._done(key)
             raise
         return target, hasher
 
@@ -105,7 +106,7 @@ class Replicas:
         buf = mmap.mmap(-1, _CHUNK)
         try:
             view = memoryview(buf)
-            with self.agent.disk.writer(key, size) as w:
+            with self.ctx.disk.writer(key, size) as w:
                 for off in range(0, size, _CHUNK):
                     n = min(_CHUNK, size - off)
                     recv_into(sock, view[:n])
@@ -118,37 +119,43 @@ class Replicas:
 
     def _commit(self, manifest: Manifest, hasher: ShardHasher | None) -> None:
         """Verify a received replica (hashes computed while receiving, or a pass now) and commit it."""
-        agent, key = self.agent, manifest.key
-        with agent.cond:
-            target = agent.receiving.get(key)
+        ctx, key = self.ctx, manifest.key
+        target = ctx.residency.receiving(key)
         if target is None:
-            raise CheckpointError(f"{key}: commit without a put on {agent.settings.self_address}")
+            raise CheckpointError(f"{key}: commit without a put on {ctx.address}")
         try:
-            agent.fault("replicate.before_commit")
-            tier: MemoryTier | DiskTier = agent.memory if target == "memory" else agent.disk
+            ctx.fault("replicate.before_commit", key)
+            tier: MemoryTier | DiskTier = ctx.memory if target == "memory" else ctx.disk
             if hasher is not None:
                 bad = hasher.bad()
             else:
-                view = (agent.memory.view(key, manifest.data_size) if target == "memory"
-                        else memoryview(agent.disk.read_uncommitted(key)))
+                view = (ctx.memory.view(key, manifest.data_size) if target == "memory"
+                        else memoryview(ctx.disk.read_uncommitted(key)))
                 bad = verify_shards(view, manifest)
             if bad:
                 tier.delete(key)
-                agent.metrics.failed(target, "verify")
+                ctx.metrics.failed(target, "verify")
+                ctx.events.record("ReplicaRejected", f"{key}: replica shards {[s.name for s in bad][:5]} do not match "
+                                  "their hashes; not committed", key, tier=target)
                 raise CheckpointError(
                     f"{key}: replica shards {[s.name for s in bad][:5]} do not match their hashes; not committed")
             tier.commit(manifest)
-            agent.metrics.committed(tier.name, key.job, key.step)
+            ctx.metrics.committed(tier.name, key.job, key.step)
+            if target == "memory":
+                self.pipeline.submit(manifest, hashed=True, replicate=False, backup=False)
         except BaseException:
             if hasher is not None:
                 hasher.close()
             raise
         finally:
-            with agent.cond:
-                agent.receiving.pop(key, None)
-            agent.unpin(key)
-        if target == "memory":
-            agent.pipeline.submit(manifest, hashed=True, replicate=False, backup=False)
+            self._done(key)
+
+    def _done(self, key: PartKey) -> None:
+        self.ctx.residency.end_receiving(key)
+        with self.ctx.cond:
+            pin = self._pins.pop(key, None)
+        if pin is not None:
+            pin.release()
 
 
 def discard(sock: socket.socket, size: int) -> None:

@@ -133,6 +133,7 @@ def fetch(
     observe: Observer | None = None,
     progress: Callable[[int], None] | None = None,
     repaired: list[Shard] | None = None,
+    on_bad: Callable[[str, Shard], None] | None = None,
 ) -> Manifest:
     """Fill ``dest`` (at least ``data_size`` bytes) with verified bytes of ``key``.
 
@@ -140,6 +141,8 @@ def fetch(
     memory tier's own); only verify it, repairing bad shards from ``sources``.
     ``progress(n)``: the first ``n`` bytes of the first whole read are in ``dest``
     (not yet verified). ``repaired``: filled with the shards rewritten after it.
+    ``on_bad(tier name, shard)``: told of every copy of a shard that failed its
+    hash (so the caller counts it and heals that tier).
     """
     if not sources and have is None:
         raise StepNotFoundError(f"{key}: no committed copy on any reachable tier")
@@ -169,7 +172,10 @@ def fetch(
             raise IntegrityError(f"{key}: every tier failed to deliver it ({', '.join(s.tier.name for s in sources)})")
     for shard in bad:
         view = dest[shard.offset : shard.offset + shard.size]
-        log.warning("checkpoint restore: shard %r of %s failed its hash on %s", shard.name, key, sources[start].tier.name if not have_whole else "memory")
+        first = sources[start].tier.name if not have_whole else "memory"
+        log.warning("checkpoint restore: shard %r of %s failed its hash on %s", shard.name, key, first)
+        if on_bad is not None:
+            on_bad(first, shard)
         for src in sources[start + (0 if have_whole else 1) :]:
             try:
                 _timed(observe, src.tier.name, shard.size, partial(src.tier.read_into, key, shard.offset, view))
@@ -180,6 +186,8 @@ def fetch(
                 if repaired is not None:
                     repaired.append(shard)
                 break
+            if on_bad is not None:
+                on_bad(src.tier.name, shard)
         else:
             raise IntegrityError(f"{key}: shard {shard.name!r} matches its hash on no tier ({', '.join(s.tier.name for s in sources)})")
     return manifest

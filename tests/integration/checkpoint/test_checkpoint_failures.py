@@ -50,13 +50,14 @@ def _parts(root: str, job: str) -> list[tuple[int, bool]]:
     return sorted((s.key.step, s.committed) for s in DiskTier(root, name="x").list(job))
 
 
-def test_training_process_killed_right_after_save_returns(agents: Callable[..., Agent]) -> None:
+def test_training_process_killed_right_after_its_snapshot_is_copied(agents: Callable[..., Agent]) -> None:
+    # ``save()`` returns before the copy; once ``copied`` is set the agent owns the step.
     agent = agents("a")
     child = textwrap.dedent(f"""
         import os, signal, numpy as np
         from turbok.checkpoint import CheckpointManager
         m = CheckpointManager("crash", agent="{agent.address}")
-        m.save(7, {{"w": np.arange(1 << 20, dtype=np.float32)}})
+        m.save(7, {{"w": np.arange(1 << 20, dtype=np.float32)}}).wait_copied()
         os.kill(os.getpid(), signal.SIGKILL)
     """)
     proc = subprocess.run([sys.executable, "-c", child], timeout=60)
@@ -119,26 +120,49 @@ def test_cluster_loss_restores_from_object_storage(agent_procs: Callable[..., Ag
             assert _metric(m, "turbok_checkpoint_bytes_total", tier="object", op="restore") > 0
 
 
-def test_agent_killed_during_a_save_keeps_the_previous_step(agent_procs: Callable[..., AgentProc]) -> None:
+def test_agent_killed_right_after_acknowledging_a_save_adopts_it_when_it_restarts(agent_procs: Callable[..., AgentProc]) -> None:
+    """Issue 12, item 9: the agent persisted the layout before answering ``staged``."""
     a = agent_procs("a").start()
     with CheckpointManager("k9", agent=a.address) as m:
-        m.save(1, _state(1, n=8 << 20))
-        m.wait(1, "disk")
+        m.save(1, _state(1, n=8 << 20)).result()
     a.restart(fault_delays={"memory.before_commit": 60})
-    with CheckpointManager("k9", agent=a.address) as m:
-        m.save(2, _state(2, n=8 << 20))
-    time.sleep(1.0)  # the disk write of step 2 runs; its commit waits behind the memory commit
-    assert (2, False) in _parts(a.config["memory_dir"], "k9")
-    a.kill()
-    a.start(fault_delays={})
-    with CheckpointManager("k9", agent=a.address) as m:
+    with CheckpointManager("k9", agent=a.address, agent_retry_s=30) as m:
+        future = m.save(2, _state(2, n=8 << 20))
+        future.wait_copied(30)
+        time.sleep(0.5)  # the agent sits before its memory commit
+        assert (2, False) in _parts(a.config["memory_dir"], "k9")
+        a.kill()
+        a.start(fault_delays={})
+        assert future.result(timeout=60).tiers["disk"] == "done"  # the library's wait reconnected
         restored = m.restore()
-        assert restored.step == 1
-        np.testing.assert_array_equal(restored.state["w"], _state(1, n=8 << 20)["w"])
-        with pytest.raises(StepNotFoundError):
-            m.restore(step=2)
-    assert _parts(a.config["memory_dir"], "k9") == [(1, True)], "the partial step was not cleaned up"
-    assert _parts(a.config["disk_dir"], "k9") == [(1, True)]
+        assert restored.step == 2
+        np.testing.assert_array_equal(restored.state["w"], _state(2, n=8 << 20)["w"])
+        assert any(e["reason"] == "Adopted" and e["step"] == 2 for e in m.events())
+
+
+def test_a_save_lost_with_the_agent_is_reported_not_waited_on(agent_procs: Callable[..., AgentProc]) -> None:
+    """The node rebooted between ``staged`` and the commit: tmpfs is empty, the loss is visible."""
+    a = agent_procs("a").start()
+    with CheckpointManager("k9lost", agent=a.address) as m:
+        m.save(1, _state(1)).result()
+    a.restart(fault_delays={"memory.before_commit": 60})
+    with CheckpointManager("k9lost", agent=a.address, agent_retry_s=30) as m:
+        future = m.save(2, _state(2))
+        future.wait_copied(30)
+        time.sleep(0.3)
+        a.kill()
+        shutil.rmtree(Path(a.config["memory_dir"]) / "k9lost" / f"{2:012d}")
+        a.start(fault_delays={})
+        deadline = time.monotonic() + 60
+        while not future.done():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        with pytest.raises(CheckpointError, match="step 2 failed.*lost"):
+            m.save(3, _state(3))  # nobody looked at the failed future: the next save says so
+        with pytest.raises(CheckpointError, match="lost"):
+            future.result()
+        assert m.latest_step() == 1, "a lost step is never reported"
+        m.save(3, _state(3)).result()
 
 
 def test_agent_killed_during_replication_offers_only_the_previous_replica(agent_procs: Callable[..., AgentProc]) -> None:
@@ -203,7 +227,7 @@ def test_a_full_memory_tier_fails_clearly_and_keeps_the_previous_step(agents: Ca
         m.save(1, _state(1, n=4 << 20))
         m.wait(1, "disk")
         with pytest.raises(CapacityError, match="inMemoryVolumeSize"):
-            m.save(2, _state(2, n=16 << 20))
+            m.save(2, _state(2, n=16 << 20)).result()
         assert agent.memory.exists(PartKey("full", 1, 0))
         np.testing.assert_array_equal(m.restore().state["w"], _state(1, n=4 << 20)["w"])
 

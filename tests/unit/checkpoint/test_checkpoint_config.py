@@ -103,9 +103,11 @@ def test_crd_is_cluster_scoped_and_declares_every_example_field() -> None:
         assert _fields(schema, doc) == [], example
     # every spec field of the CRD is understood by the agent's settings (or documented as scheduler-only)
     spec_fields = set(schema["properties"]["spec"]["properties"])
-    assert spec_fields - {"nodeSelector", "tolerations"} <= {
+    scheduling = {"nodeSelector", "tolerations", "image", "port", "hostNetwork", "tokenSecretRef"}  # operator.py
+    assert spec_fields - scheduling <= {
         "storageURL", "cloudStorageBucketName", "storageOptions", "inMemoryVolumeSize", "inMemoryPath",
         "localDiskPath", "replicationFactor", "peers", "backupInterval", "backupEverySteps", "retention",
+        "jobMemoryQuota", "diskQuota", "leaseTimeout",
     }
 
 

@@ -84,3 +84,51 @@ def test_a_marker_that_does_not_match_the_manifest_is_not_a_commit(tmp_path: Pat
     tier.paths(key)[2].write_text("0" * 64)
     assert not tier.exists(key)
     assert [s.committed for s in tier.list("j")] == [False]
+
+
+def test_deleting_a_sibling_part_never_removes_the_directory_a_writer_just_made(tmp_path: Path) -> None:
+    """Issue 12, bug 3: an incoming replica's ``delete`` of rank 1 removed the step directory the
+    local writer of rank 0 had just created; the write failed with ENOENT and never reached disk."""
+    import threading
+
+    tier = DiskTier(tmp_path)
+    mine, sibling = PartKey("rs2", 5, 0), PartKey("rs2", 5, 1)
+    manifest, data = make_part(mine)
+    reuse = tier._reuse
+
+    def racing_reuse(path: Path, size: int) -> None:
+        # Between the writer making the step directory and opening its file, the replica path
+        # deletes its own (absent) part of the same step, in another thread.
+        t = threading.Thread(target=tier.delete, args=(sibling,))
+        t.start()
+        t.join(timeout=0.5)
+        reuse(path, size)
+
+    tier._reuse = racing_reuse  # type: ignore[method-assign]
+    tier.put(mine, data)
+    tier.commit(manifest)
+    assert bytes(tier.get(mine)) == data
+
+
+def test_listing_skips_a_step_directory_deleted_while_it_lists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retention (or a delete) removed a step directory between listing the job and listing the
+    step: the drain's retention pass failed with FileNotFoundError (the JAX drill met it)."""
+    tier = DiskTier(tmp_path)
+    key = PartKey("j", 5, 0)
+    manifest, data = make_part(key)
+    tier.put(key, data)
+    tier.commit(manifest)
+    gone = tier.data_path(key).parent.parent / f"{6:012d}"  # step 6: deleted while we list
+    gone.mkdir()  # still there when the listing looks at it...
+    real_iterdir, real_scandir = Path.iterdir, Path._scandir  # type: ignore[attr-defined]
+
+    def vanished(real):  # type: ignore[no-untyped-def]
+        def read(self: Path):  # type: ignore[no-untyped-def]
+            if self == gone:  # ...gone when it reads it
+                raise FileNotFoundError(2, "No such file or directory", str(self))
+            return real(self)
+        return read
+
+    monkeypatch.setattr(Path, "iterdir", vanished(real_iterdir))
+    monkeypatch.setattr(Path, "_scandir", vanished(real_scandir))
+    assert [(s.key, s.committed) for s in tier.list("j")] == [(key, True)]

@@ -27,6 +27,10 @@ At any time:
   empty list, not an error (the caller decides, across tiers).
 - ``delete(key)``: idempotent. Removes the marker first, so a part is never
   committed with some of its data gone.
+- ``quarantine(key, reason)``: a committed copy found corrupt stops being
+  committed (the marker goes) but its bytes stay for inspection; ``list``
+  shows it with ``corrupt`` set, it is never offered again, and only
+  ``delete`` (retention, ``turbok checkpoint repair``) or a new ``put`` removes it.
 
 Tiers are used from several threads at once; each implementation says what it
 assumes. Nothing here verifies hashes: that is the caller's job (restore.py),
@@ -56,6 +60,7 @@ class PartState:
     committed: bool
     manifest: Manifest | None = None
     size: int = 0
+    corrupt: bool = False
 
 
 class Tier(ABC):
@@ -89,6 +94,10 @@ class Tier(ABC):
     @abstractmethod
     def delete(self, key: PartKey) -> None:
         """Forget ``key`` (marker first); no error when absent."""
+
+    @abstractmethod
+    def quarantine(self, key: PartKey, reason: str) -> None:
+        """Uncommit a copy that failed its hashes, keeping its bytes; no error when absent."""
 
     def read_into(self, key: PartKey, offset: int, dest: memoryview, on_chunk: OnChunk | None = None) -> None:
         """Fill ``dest`` with the committed bytes of ``key`` from ``offset``."""

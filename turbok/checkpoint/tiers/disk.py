@@ -96,7 +96,10 @@ class DiskTier(DirectoryTier):
         with self._pool_lock:
             self.pool.mkdir(exist_ok=True)
             pooled = sum(1 for _ in self.pool.iterdir())
-            if pooled < self.pool_files:
+            empty = True
+            with contextlib.suppress(FileNotFoundError):
+                empty = data.stat().st_size == 0
+            if pooled < self.pool_files and not empty:
                 with contextlib.suppress(FileNotFoundError):
                     os.rename(data, self.pool / f"buf-{uuid.uuid4().hex}")
                     return
@@ -104,8 +107,11 @@ class DiskTier(DirectoryTier):
 
     def _reuse(self, data: Path, size: int) -> None:
         """Put a retired file at ``data`` (the closest in size), if there is one."""
-        if data.exists() or not self.pool.is_dir():
+        if not self.pool.is_dir():
             return
+        with contextlib.suppress(FileNotFoundError):
+            if data.stat().st_size:  # a previous copy of the same part is overwritten in place
+                return
         with self._pool_lock:
             files = []
             for p in self.pool.iterdir():
@@ -113,6 +119,16 @@ class DiskTier(DirectoryTier):
                     files.append((abs(p.stat().st_size - size), p))
             if files:
                 os.rename(min(files)[1], data)
+
+    def largest_pooled(self) -> int:
+        """Size of the largest retired file (the next write of that size costs no new space)."""
+        if not self.pool.is_dir():
+            return 0
+        sizes = [0]
+        for p in self.pool.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                sizes.append(p.stat().st_size)
+        return max(sizes)
 
     def clear_pool(self) -> None:
         with self._pool_lock:

@@ -5,18 +5,26 @@ Layout under the tier's root::
     <job>/<step:012d>/rank-<rank:05d>.data            the blob
     <job>/<step:012d>/rank-<rank:05d>.manifest.json   written after the data is durable
     <job>/<step:012d>/rank-<rank:05d>.commit          the manifest's digest, written last
+    <job>/<step:012d>/rank-<rank:05d>.corrupt         instead of .commit: quarantined (why, as text)
 
 Manifest and marker are each written to a temporary name, fsync'd (on a
 durable tier), renamed into place, and the directory fsync'd, so a crash at
 any point leaves either a committed part or a partial one that ``list`` shows
 as partial and the agent deletes on start. Subclasses decide how the blob is
 written and read (memory.py: shared-memory mappings; disk.py: O_DIRECT).
+
+Directories: ``_prepare`` makes the step directory and, under the same lock,
+an (empty) data file in it, and ``delete`` removes empty directories under
+that lock; so a delete of one rank's part never removes the directory another
+rank's writer has just made (issue 12, bug 3: a replica's delete raced the
+local writer).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from pathlib import Path
 
 from turbok.checkpoint.errors import ManifestError, StepNotFoundError
@@ -58,6 +66,18 @@ class DirectoryTier(Tier):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.name = name
+        self._dirs = threading.Lock()  # making a step directory and its first file vs removing it
+
+    def used(self) -> int:
+        """Bytes of every file under the root, pool included, each inode once (a rename during
+        the walk would otherwise count a buffer twice)."""
+        sizes: dict[tuple[int, int], int] = {}
+        for dirpath, _, files in os.walk(self.root):
+            for f in files:
+                with contextlib.suppress(FileNotFoundError):
+                    st = os.stat(os.path.join(dirpath, f))
+                    sizes[(st.st_dev, st.st_ino)] = st.st_size
+        return sum(sizes.values())
 
     def paths(self, key: PartKey) -> tuple[Path, Path, Path]:
         d = self.root / key.job / key.step_dir
@@ -66,10 +86,35 @@ class DirectoryTier(Tier):
     def data_path(self, key: PartKey) -> Path:
         return self.paths(key)[0]
 
+    def corrupt_path(self, key: PartKey) -> Path:
+        return self.paths(key)[2].with_suffix(".corrupt")
+
+    def staged_path(self, key: PartKey) -> Path:
+        """The layout of a staged, not yet committed part (memory tier: what a restarted agent adopts)."""
+        return self.paths(key)[2].with_suffix(".staged.json")
+
+    def write_staged(self, manifest: Manifest) -> None:
+        write_atomic(self.staged_path(manifest.key), manifest.to_json(), durable=self.durable)
+
+    def staged_manifest(self, key: PartKey) -> Manifest | None:
+        try:
+            raw = self.staged_path(key).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        try:
+            return Manifest.from_json(raw, where=f"{self.name} staged layout of {key}")
+        except ManifestError:
+            return None
+
     def _prepare(self, key: PartKey) -> Path:
+        """Uncommit ``key`` and make sure its data file exists (empty if new); returns its path."""
         data, _, marker = self.paths(key)
-        data.parent.mkdir(parents=True, exist_ok=True)
-        marker.unlink(missing_ok=True)  # an overwrite uncommits first
+        with self._dirs:
+            data.parent.mkdir(parents=True, exist_ok=True)
+            marker.unlink(missing_ok=True)  # an overwrite uncommits first
+            self.corrupt_path(key).unlink(missing_ok=True)
+            self.staged_path(key).unlink(missing_ok=True)
+            os.close(os.open(data, os.O_WRONLY | os.O_CREAT, 0o644))
         return data
 
     def commit(self, manifest: Manifest) -> None:
@@ -82,9 +127,22 @@ class DirectoryTier(Tier):
             raise ManifestError(f"{self.name}: {manifest.key} holds {size} bytes, manifest says {manifest.data_size}")
         write_atomic(man, manifest.to_json(), durable=self.durable)
         write_atomic(marker, manifest.digest().encode(), durable=self.durable)
+        self.staged_path(manifest.key).unlink(missing_ok=True)
 
     def uncommit(self, key: PartKey) -> None:
         self.paths(key)[2].unlink(missing_ok=True)
+
+    def quarantine(self, key: PartKey, reason: str) -> None:
+        _, _, marker = self.paths(key)
+        if not marker.exists():
+            return
+        write_atomic(self.corrupt_path(key), reason.encode(), durable=self.durable)
+        marker.unlink(missing_ok=True)
+        if self.durable:
+            _fsync_dir(marker.parent)
+
+    def is_corrupt(self, key: PartKey) -> bool:
+        return self.corrupt_path(key).exists()
 
     def committed_manifest(self, key: PartKey) -> Manifest | None:
         """The manifest, if a marker matching it exists; None otherwise."""
@@ -125,12 +183,12 @@ class DirectoryTier(Tier):
         out: list[PartState] = []
         jobs = [self.root / job] if job is not None else sorted(p for p in self.root.iterdir() if not p.name.startswith("."))
         for jdir in jobs:
-            if not jdir.is_dir():
-                continue
-            for sdir in sorted(jdir.iterdir()):
+            for sdir in _entries(jdir):
                 if not sdir.name.isdigit():
                     continue
-                for data in sorted(sdir.glob("rank-*.data")):
+                for data in _entries(sdir):
+                    if not (data.name.startswith("rank-") and data.name.endswith(".data")):
+                        continue
                     try:
                         key = PartKey(jdir.name, int(sdir.name), int(data.name[5:10]))
                     except (ValueError, ManifestError):
@@ -140,17 +198,22 @@ class DirectoryTier(Tier):
                     except ManifestError:
                         manifest = None  # a malformed manifest is never offered
                     with contextlib.suppress(FileNotFoundError):
-                        out.append(PartState(key, self.name, manifest is not None, manifest, data.stat().st_size))
+                        size = data.stat().st_size
+                        corrupt = manifest is None and self.corrupt_path(key).exists()
+                        out.append(PartState(key, self.name, manifest is not None, manifest, size, corrupt))
         return out
 
     def delete(self, key: PartKey) -> None:
         data, man, marker = self.paths(key)
         marker.unlink(missing_ok=True)
+        self.corrupt_path(key).unlink(missing_ok=True)
+        self.staged_path(key).unlink(missing_ok=True)
         man.unlink(missing_ok=True)
         self._drop_data(key, data)
-        for d in (data.parent, data.parent.parent):
-            with contextlib.suppress(OSError):
-                d.rmdir()  # only when empty
+        with self._dirs:
+            for d in (data.parent, data.parent.parent):
+                with contextlib.suppress(OSError):
+                    d.rmdir()  # only when empty
 
     def _drop_data(self, key: PartKey, data: Path) -> None:
         data.unlink(missing_ok=True)
@@ -158,3 +221,12 @@ class DirectoryTier(Tier):
     def read_uncommitted(self, key: PartKey) -> bytes:
         """The blob as written so far, committed or not (to verify a replica before committing it)."""
         return self.paths(key)[0].read_bytes()
+
+
+def _entries(directory: Path) -> list[Path]:
+    """``directory``'s entries, sorted; none when it is gone (deleted by retention or a delete
+    while we list: a step directory goes as soon as its last part does)."""
+    try:
+        return sorted(directory.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []

@@ -28,7 +28,7 @@ import os
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from turbok.checkpoint.errors import CapacityError, StagingBusyError
@@ -115,17 +115,6 @@ class MemoryTier(DirectoryTier):
         self._lock = threading.RLock()
 
     # -- capacity -------------------------------------------------------------------------------
-    def used(self) -> int:
-        """Bytes of every file under the root, each inode once (a rename during the walk
-        would otherwise count a buffer twice)."""
-        sizes: dict[tuple[int, int], int] = {}
-        for dirpath, _, files in os.walk(self.root):
-            for f in files:
-                with contextlib.suppress(FileNotFoundError):
-                    st = os.stat(os.path.join(dirpath, f))
-                    sizes[(st.st_dev, st.st_ino)] = st.st_size
-        return sum(sizes.values())
-
     def _pool_files(self) -> list[tuple[int, Path]]:
         out = []
         for p in self.pool.iterdir():
@@ -133,10 +122,22 @@ class MemoryTier(DirectoryTier):
                 out.append((p.stat().st_size, p))
         return sorted(out)
 
-    def reserve(self, key: PartKey, size: int, evictable: Iterable[PartKey] = ()) -> Path:
+    def used_by(self, job: str) -> int:
+        """Bytes of the files of one job (its parts, committed or not)."""
+        sizes: dict[tuple[int, int], int] = {}
+        for dirpath, _, files in os.walk(self.root / job):
+            for f in files:
+                with contextlib.suppress(FileNotFoundError):
+                    st = os.stat(os.path.join(dirpath, f))
+                    sizes[(st.st_dev, st.st_ino)] = st.st_size
+        return sum(sizes.values())
+
+    def reserve(self, key: PartKey, size: int, evictable: Iterable[PartKey] = (),
+                on_evict: Callable[[PartKey], None] | None = None) -> Path:
         """Give ``key`` a data file of at least ``size`` bytes, reusing pooled buffers.
 
-        ``evictable``: parts the caller allows to be dropped, in the order to drop them.
+        ``evictable``: parts the caller allows to be dropped, in the order to drop them;
+        ``on_evict(key)`` is told of each one dropped.
         """
         need = align_up(size)
         if need > self.capacity:
@@ -146,9 +147,10 @@ class MemoryTier(DirectoryTier):
             )
         victims = list(evictable)
         with self._lock:
-            data = self._prepare(key)
-            if data.exists():
+            data = self._prepare(key)  # an empty placeholder keeps the step directory while we pick a buffer
+            if data.stat().st_size:
                 self._drop_data(key, data)
+                os.close(os.open(data, os.O_WRONLY | os.O_CREAT, 0o600))
             while True:
                 pool = self._pool_files()
                 fit = [p for s, p in pool if s >= need]
@@ -161,12 +163,15 @@ class MemoryTier(DirectoryTier):
                     os.truncate(data, need)  # grow the largest buffer; its touched pages stay
                     return data
                 if free >= need:
-                    fd = os.open(data, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+                    fd = os.open(data, os.O_RDWR | os.O_CREAT, 0o600)
                     os.ftruncate(fd, need)
                     os.close(fd)
                     return data
                 if victims:
-                    self.delete(victims.pop(0))
+                    victim = victims.pop(0)
+                    self.delete(victim)
+                    if on_evict is not None:
+                        on_evict(victim)
                     continue
                 if pool:  # buffers too small to reuse: give their space back
                     self.maps.forget(pool[0][1])
@@ -201,6 +206,9 @@ class MemoryTier(DirectoryTier):
         # Under the lock ``reserve`` holds while it measures ``used()``: a buffer mid-rename
         # must not be missed (or counted twice) by that walk.
         with self._lock, contextlib.suppress(FileNotFoundError):
+            if data.stat().st_size == 0:  # a placeholder, nothing worth pooling
+                data.unlink()
+                return
             os.rename(data, self.pool / f"buf-{uuid.uuid4().hex}")
 
     def clear_pool(self) -> None:

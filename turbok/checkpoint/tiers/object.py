@@ -99,8 +99,9 @@ class ObjectTier(Tier):
     def put(self, key: PartKey, data: memoryview | bytes | Path) -> None:
         src: Any = data if isinstance(data, Path) else memoryview(data).cast("B")
         try:
-            with contextlib.suppress(*_NOT_FOUND):
-                obstore.delete(self.store, self._path(key, "commit"))  # an overwrite uncommits first
+            for suffix in ("commit", "corrupt"):  # an overwrite uncommits first
+                with contextlib.suppress(*_NOT_FOUND):
+                    obstore.delete(self.store, self._path(key, suffix))
             obstore.put(self.store, self._path(key, "data"), src, chunk_size=self.chunk_size, max_concurrency=self.concurrency)
         except _FAILED as e:
             raise self._fail("upload of", key, e) from e
@@ -188,13 +189,22 @@ class ObjectTier(Tier):
                     manifest = self.manifest(key)
                 except ManifestError:
                     manifest = None
-            return PartState(key, self.name, manifest is not None, manifest, files["data"])
+            corrupt = manifest is None and "corrupt" in files
+            return PartState(key, self.name, manifest is not None, manifest, files["data"], corrupt)
 
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             return [s for s in pool.map(state, sorted(found.items())) if s is not None]
 
+    def quarantine(self, key: PartKey, reason: str) -> None:
+        try:
+            obstore.put(self.store, self._path(key, "corrupt"), reason.encode())
+            with contextlib.suppress(*_NOT_FOUND):
+                obstore.delete(self.store, self._path(key, "commit"))
+        except _FAILED as e:
+            raise self._fail("quarantine of", key, e) from e
+
     def delete(self, key: PartKey) -> None:
-        for suffix in ("commit", "manifest.json", "data"):
+        for suffix in ("commit", "corrupt", "manifest.json", "data"):
             try:
                 obstore.delete(self.store, self._path(key, suffix))
             except _NOT_FOUND:

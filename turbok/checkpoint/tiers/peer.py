@@ -38,13 +38,15 @@ def state_to_wire(s: PartState) -> dict[str, Any]:
         "committed": s.committed,
         "size": s.size,
         "manifest": s.manifest.to_dict() if s.manifest is not None else None,
+        **({"corrupt": True} if s.corrupt else {}),
     }
 
 
 def state_from_wire(d: dict[str, Any], tier: str | None = None) -> PartState:
     manifest = Manifest.from_dict(d["manifest"], where=f"manifest from {tier}") if d.get("manifest") else None
     return PartState(
-        PartKey(d["job"], d["step"], d["rank"]), tier or d["tier"], bool(d["committed"]), manifest, int(d.get("size", 0))
+        PartKey(d["job"], d["step"], d["rank"]), tier or d["tier"], bool(d["committed"]), manifest, int(d.get("size", 0)),
+        bool(d.get("corrupt", False)),
     )
 
 
@@ -127,6 +129,9 @@ class PeerTier(Tier):
 
     def delete(self, key: PartKey) -> None:
         self._call("delete", **self._key(key))
+
+    def quarantine(self, key: PartKey, reason: str) -> None:
+        self._call("quarantine", reason=reason, **self._key(key))
 
     def close(self) -> None:
         self.client.close()
