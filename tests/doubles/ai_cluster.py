@@ -159,10 +159,12 @@ class AiClusterDouble:
         if "nvidia-smi -L" in script:
             uuid = "GPU-5d1e0a77-1c2b-4e9f-9a33-0b6f2c7d8e11" if node_name == "gpu-node-2" else "GPU-c2f76b33-7953-256e-8f33-1343419b1a1c"
             return f"GPU 0: NVIDIA L4 (UUID: {uuid})\n"
-        if "uname -r" in script:
+        if "PROBE release" in script:  # turbok.conformance.checks.sandboxing's isolation probe
             sandboxed = (pod.get("spec") or {}).get("runtimeClassName") == "gvisor" and self.conformant
             release, version = (GVISOR_RELEASE, GVISOR_VERSION) if sandboxed else (kernel, f"Linux version {kernel} (buildd@lcy02) #16-Ubuntu SMP")
-            return f"RELEASE={release}\nVERSION={version}\n"
+            boot = f"5a1d-{pod['metadata']['name']}" if sandboxed else f"b007-{node_name}"
+            return (f"PROBE release={release}\nPROBE version={version}\nPROBE boot_id={boot}\nPROBE pids=2\nPROBE daemons=\n"
+                    "PROBE memory=\nPROBE host_paths=\nPROBE interfaces=lo eth0 \nPROBE loopback_port=10248 closed\nPROBE done\n")
         if "IFACES=" in script:
             annotated = "k8s.v1.cni.cncf.io/networks" in ((pod.get("metadata") or {}).get("annotations") or {})
             claimed = bool((pod.get("spec") or {}).get("resourceClaims"))

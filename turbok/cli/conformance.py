@@ -60,7 +60,7 @@ def _guard(fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 @app.command("list")
 def list_requirements(
-    version: str | None = typer.Option(None, "--version", help="One checklist version (1.33 .. 1.36, or the 1.37 draft)."),
+    version: str | None = typer.Option(None, "--version", help="One checklist version (1.33 .. 1.37)."),
     output: str = typer.Option("table", "--output", "-o", help="table or json."),
     drafts: bool = typer.Option(True, "--drafts/--no-drafts", help="Include draft requirements of future versions."),
 ) -> None:
@@ -136,7 +136,8 @@ class _Progress:
         s = result.status.value
         r = result.requirement
         line = Text(f"  {_ICON[s]} {s:<8}", style=_STYLE[s])
-        line.append(f"{r.id} [{r.level}{', draft' if r.draft else ''}] ", style="bold")
+        origin = ", draft" if r.draft else (f", newer v{r.version}" if r.extra else "")
+        line.append(f"{r.id} [{r.level}{origin}] ", style="bold")
         line.append(f"{result.reason} ({result.duration:.1f}s)")
         self.progress.console.print(line)
         if self.task is not None:
@@ -163,7 +164,8 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Detect the version and print what would run; create nothing."),
     cleanup: bool = typer.Option(False, "--cleanup", help="Only delete leftovers labelled by earlier (interrupted) runs."),
     output: str = typer.Option("table", "--output", "-o", help="table or json (the results document on stdout)."),
-    drafts: bool = typer.Option(True, "--drafts/--no-drafts", help="Also run checks of draft requirements (never affect the exit code)."),
+    drafts: bool = typer.Option(True, "--drafts/--no-drafts", help="Also run checks of requirements that newer checklists "
+                                "add (and drafts) as extras; they never affect the exit code."),
     timeout: float = typer.Option(300.0, "--timeout", min=1, help="Seconds to wait for each thing a check waits for."),
     negative_wait: float = typer.Option(30.0, "--negative-wait", min=0, help="Seconds to watch that something does NOT happen."),
     autoscaling_timeout: float = typer.Option(900.0, "--autoscaling-timeout", min=1, help="Seconds to wait for nodes to come and go."),

@@ -2,14 +2,17 @@
 
 Commands: ``plan`` (an ordered, skew-checked plan with emulated versions and
 rollback points), ``check`` (removed/deprecated APIs in manifests, Helm output
-and live objects; skew violations; risky feature gates) and ``apis`` (the
-deprecation data turbok uses).
+and live objects; skew violations; risky feature gates), ``apis`` (the
+deprecation data turbok uses) and ``rehearse`` (a plan run step by step, with
+its rollbacks, on the user's own binaries).
 
 Exit codes, for CI: 0 clean, 2 deprecated APIs or other warnings, 3 removed
 APIs or skew violations (blockers), 1 usage or input error (one line on
 stderr: bad flags, unknown versions, malformed manifests, an unreachable
 cluster, a rollback outside the emulation window). Click's own usage errors
-are mapped to 1 as well, so 2 always means "deprecated".
+are mapped to 1 as well, so 2 always means "deprecated". ``rehearse`` has its
+own codes: 0 every step and rollback passed, 1 one failed, 2 usage or input
+error, 130 interrupted.
 
 Heavy imports stay inside the commands; the logic lives in ``turbok.upgrade``.
 """
@@ -30,6 +33,7 @@ from turbok.cli.output import console, err_console, fail, print_data, say_error
 
 if TYPE_CHECKING:
     from turbok.upgrade.cluster import ClusterSnapshot
+    from turbok.upgrade.components import ComponentFlags
     from turbok.upgrade.manifests import ManifestObject
     from turbok.upgrade.plan import ClusterState
     from turbok.upgrade.versions import Version
@@ -71,6 +75,17 @@ class _Command(TyperCommand):
             raise _usage_exit(e, _path(parent, info_name)) from None
 
 
+class _RehearseCommand(TyperCommand):
+    """``rehearse`` keeps the usual meaning of 2 (usage), since its 1 means "a step failed"."""
+
+    def make_context(self, info_name: Any, args: Any, parent: Any = None, **extra: Any) -> Any:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except _USAGE_ERRORS as e:
+            exit_ = _usage_exit(e, _path(parent, info_name))
+            raise typer.Exit(2 if exit_.exit_code == 1 else exit_.exit_code) from None
+
+
 class _Group(TyperGroup):
     def make_context(self, info_name: Any, args: Any, parent: Any = None, **extra: Any) -> Any:
         try:
@@ -102,9 +117,9 @@ class Output(StrEnum):
 
 class StrategyOpt(StrEnum):
     auto = "auto"
-    skip = "skip"
     minor = "minor"
     classic = "classic"
+    skip = "skip"
 
 
 @contextlib.contextmanager
@@ -157,6 +172,13 @@ _KUBECONFIG = typer.Option(None, "--kubeconfig", help="Read the live cluster thi
                            exists=False, dir_okay=False)
 _CONTEXT = typer.Option(None, "--context", help="kubeconfig context (default: current-context).")
 _OUTPUT = typer.Option(Output.table, "--output", "-o", help="table, json or yaml.")
+_STRATEGY = typer.Option(StrategyOpt.auto, "--strategy",
+                         help="auto (= minor): one kube-apiserver minor at a time, each emulating the previous one "
+                              "first; classic: one minor at a time, no emulation; skip: skip binary minors with "
+                              "emulation (KEP-4330, alpha) - UNSUPPORTED upstream, the plan says so.")
+_FLAGS_FROM = typer.Option(None, "--flags-from", help="kubeadm static Pod manifests (/etc/kubernetes/manifests) or "
+                           "ClusterConfiguration files: their flags and feature gates are checked against every binary "
+                           "the plan installs (repeatable).")
 
 
 @app.command("plan", cls=_Command)
@@ -171,9 +193,10 @@ def plan_cmd(
     kube_proxy: str | None = typer.Option(None, "--kube-proxy-version", help="Oldest kube-proxy (default: kubelet's)."),
     ccm: str | None = typer.Option(None, "--ccm-version", "--cloud-controller-manager-version",
                                    help="Version of your cloud-controller-manager, if you run one."),
-    strategy: StrategyOpt = typer.Option(StrategyOpt.auto, "--strategy",
-                                         help="auto, skip (skip binaries with emulation), minor (emulate each "
-                                              "minor), classic (no emulation)."),
+    strategy: StrategyOpt = _STRATEGY,
+    etcd: str | None = typer.Option(None, "--etcd-version", help="The etcd your control plane runs (e.g. 3.5.24): "
+                                    "etcd steps are planned one etcd minor at a time."),
+    flags_from: list[str] | None = _FLAGS_FROM,
     kubeconfig: Path | None = _KUBECONFIG,
     context: str | None = _CONTEXT,
     manifests: list[str] | None = _MANIFESTS,
@@ -198,8 +221,9 @@ def plan_cmd(
         elif from_ is None:
             fail("--from is required unless --kubeconfig names a cluster to read it from")
         start = _start(snap, from_=from_, emulated=from_emulated, min_compat=min_compat, kubelet=kubelet,
-                       kube_proxy=kube_proxy, ccm=ccm)
-        plan = make_plan(PlanRequest(start, target, Strategy(strategy.value), objects))
+                       kube_proxy=kube_proxy, ccm=ccm, etcd=etcd, flags_from=flags_from)
+        flags = _flags(snap, flags_from)
+        plan = make_plan(PlanRequest(start, target, Strategy(strategy.value), objects, flags))
         if snap is not None:
             plan.findings.extend(check_skew_now(snap.versions))
             plan.findings.extend(check_feature_gates(snap.feature_gates or []))
@@ -214,13 +238,32 @@ def plan_cmd(
     raise typer.Exit(plan.exit_code)
 
 
+def _flags(snap: ClusterSnapshot | None, flags_from: list[str] | None) -> ComponentFlags | None:
+    """The components' flags: files given with --flags-from, else the cluster's control-plane Pods."""
+    from turbok.upgrade.components import read_flag_files
+
+    if flags_from:
+        return read_flag_files(flags_from)
+    return snap.flags if snap is not None and snap.flags else None
+
+
 def _start(snap: ClusterSnapshot | None, *, from_: str | None, emulated: str | None, min_compat: str | None,
-           kubelet: str | None, kube_proxy: str | None, ccm: str | None) -> ClusterState:
-    """The starting state: flags win; the cluster fills in what they leave out."""
+           kubelet: str | None, kube_proxy: str | None, ccm: str | None, etcd: str | None = None,
+           flags_from: list[str] | None = None) -> ClusterState:
+    """The starting state: flags win; the cluster (or the static Pods in --flags-from) fills in what they leave out."""
+    from turbok.upgrade.components import read_flag_files
+    from turbok.upgrade.etcd import parse_etcd_version
     from turbok.upgrade.planner import start_state
     from turbok.upgrade.skew import Component
     from turbok.upgrade.versions import catalog
 
+    etcd_version = parse_etcd_version(etcd) if etcd else None
+    if etcd_version is None and flags_from:
+        image = read_flag_files(flags_from).etcd_image
+        if image:
+            etcd_version = parse_etcd_version(image.rpartition(":")[2], what=f"etcd image {image}")
+    if etcd_version is None and snap is not None:
+        etcd_version = snap.etcd
     binary = _version(from_, "--from")
     emu = _version(emulated, "--from-emulated-version")
     mc = _version(min_compat, "--min-compatibility-version")
@@ -242,7 +285,7 @@ def _start(snap: ClusterSnapshot | None, *, from_: str | None, emulated: str | N
         cc = cc or min((i.version for i in v.of(Component.CLOUD_CONTROLLER_MANAGER)), default=None)
     assert binary is not None
     catalog().require(binary, what="--from")
-    state = start_state(binary, emulated=emu, min_compat=mc, kubelet=kl, kube_proxy=kp, ccm=cc)
+    state = start_state(binary, emulated=emu, min_compat=mc, kubelet=kl, kube_proxy=kp, ccm=cc, etcd=etcd_version)
     return state.with_(controllers=controllers) if controllers is not None else state
 
 
@@ -331,5 +374,69 @@ def apis_cmd(
         if target is not None and apis.availability(e.api_version, e.kind, target).status.value not in ("deprecated", "removed"):
             continue
         rows.append({"apiVersion": e.api_version, "kind": e.kind, "stage": e.stage, "deprecatedIn": str(e.deprecated_in),
-                     "removedIn": str(e.removed_in), "replacement": e.replacement, "source": e.source, "notes": e.notes})
+                     "removedIn": str(e.removed_in) if e.removed_in is not None else None, "replacement": e.replacement, "source": e.source, "notes": e.notes})
     _emit({"kind": "DeprecatedApiList", "asOf": apis.as_of, "items": rows}, output)
+
+
+@app.command("rehearse", cls=_RehearseCommand)
+def rehearse_cmd(
+    to: str = typer.Option(..., "--to", help="Target version: 1.37 (the newest patch among --assets) or 1.37.2."),
+    from_: str = typer.Option(..., "--from", help="The control plane's version now; its binaries must be in --assets."),
+    assets: list[Path] = typer.Option(..., "--assets", help="Your binaries: a directory laid out like unpack.sh's "
+                                      "output (one folder per version) or like KUBEBUILDER_ASSETS (repeatable).",
+                                      file_okay=False),
+    from_emulated: str | None = typer.Option(None, "--from-emulated-version",
+                                             help="The --emulated-version the control plane runs with now, if any."),
+    min_compat: str | None = typer.Option(None, "--min-compatibility-version",
+                                          help="The --min-compatibility-version it runs with now (1.35+), if set."),
+    strategy: StrategyOpt = _STRATEGY,
+    manifests: list[str] | None = _MANIFESTS,
+    paths: list[str] | None = _PATHS,
+    output: Output = _OUTPUT,
+) -> None:
+    """Run a plan step by step on a scratch control plane made of your own binaries, with every rollback.
+
+    Exit codes: 0 every step and rollback passed, 1 one failed, 2 usage or input error, 130 interrupted.
+    """
+    from dataclasses import replace
+
+    from turbok.upgrade.assets import find_assets
+    from turbok.upgrade.errors import UpgradeError
+    from turbok.upgrade.manifests import read_manifests
+    from turbok.upgrade.planner import PlanRequest, Strategy, make_plan, start_state
+    from turbok.upgrade.rehearsal import StepResult, rehearse
+    from turbok.upgrade.report import render_rehearsal, render_step_result
+    from turbok.upgrade.versions import catalog
+
+    progress_console = err_console if output is not Output.table else console
+    try:
+        found = find_assets(assets)
+        releases = catalog()
+        newest = {v.mm: s.version.patch or 0 for v, s in sorted(found.sets.items())}
+        # plan with the patches the user has, not the newest ones turbok knows of
+        releases = replace(releases, latest_patch={**releases.latest_patch, **newest})
+        target = _version(to, "--to")
+        binary = _version(from_, "--from")
+        assert target is not None and binary is not None
+        binary = found.get(binary).version
+        start = start_state(binary, emulated=_version(from_emulated, "--from-emulated-version"),
+                            min_compat=_version(min_compat, "--min-compatibility-version"))
+        read = read_manifests(_paths(manifests, paths))
+        bodies = [o.body for o in read.objects if o.body is not None]
+        plan = make_plan(PlanRequest(start, target, Strategy(strategy.value)), releases=releases)
+
+        def progress(step: StepResult) -> None:
+            render_step_result(step, progress_console)
+
+        result = rehearse(plan, found, bodies, progress=progress)
+    except KeyboardInterrupt:
+        say_error("interrupted: every process of the scratch control plane was stopped")
+        raise typer.Exit(130) from None
+    except UpgradeError as e:
+        say_error(str(e))
+        raise typer.Exit(2) from None
+    if output is Output.table:
+        render_rehearsal(result, console)
+    else:
+        _emit(result.to_dict(), output)
+    raise typer.Exit(0 if result.ok else 1)

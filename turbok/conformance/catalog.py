@@ -1,9 +1,11 @@
 """The requirement catalog: every official AI Conformance checklist, per Kubernetes version.
 
 The data is packaged YAML in ``checklists/``: verbatim copies of the CNCF
-checklists (``AIConformance-1.33.yaml`` .. ``1.36``) and ``drafts.yaml`` for
-requirements accepted upstream but not yet frozen (``workload_sandboxing``,
-v1.37). Nothing here talks to a cluster. Callers: the runner (which checklist
+checklists (``AIConformance-1.33.yaml`` .. ``1.37``) and ``drafts.yaml`` for
+requirements accepted upstream but not yet frozen (none since v1.37 froze
+``workload_sandboxing``). ``newer_requirements`` lists what later checklists
+add to a version's, for runs that check those as extras. Nothing here talks to
+a cluster. Callers: the runner (which checklist
 a cluster is measured against), reports (PRODUCT.yaml drafts start from the
 checklist text), the validator (id, description and level must be unchanged)
 and ``turbok conformance list``.
@@ -33,6 +35,7 @@ __all__ = [
     "draft_versions",
     "drafts",
     "frozen_versions",
+    "newer_requirements",
     "normalize_version",
     "version_key",
 ]
@@ -54,6 +57,12 @@ class Requirement:
     version: str
     draft: bool = False
     source: str | None = None
+    extra: bool = False  # added by a checklist newer than the one a run measures: checked, never counted
+
+    @property
+    def counted(self) -> bool:
+        """Whether it belongs to the checklist measured (drafts and newer requirements are extras)."""
+        return not self.draft and not self.extra
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -199,6 +208,25 @@ def checklist(version: str) -> Checklist:
         return Checklist(version=v, draft=True, metadata=metadata, requirements=tuple(merged))
     known = ", ".join(frozen_versions() + draft_versions())
     raise UnsupportedVersionError(f"no AI Conformance checklist for Kubernetes {v}: known versions are {known}")
+
+
+def newer_requirements(version: str) -> tuple[Requirement, ...]:
+    """Requirements that checklists newer than ``version`` (frozen or draft) add, each from the first one that has it.
+
+    They are marked ``extra``: a run against an older checklist checks them so a
+    platform can see where it stands, and they never change its exit code.
+    """
+    base = normalize_version(version)
+    have = {r.id for r in checklist(base).requirements}
+    out: list[Requirement] = []
+    for v in sorted(frozen_versions() + draft_versions(), key=version_key):
+        if version_key(v) <= version_key(base):
+            continue
+        for r in checklist(v).requirements:
+            if r.id not in have:
+                have.add(r.id)
+                out.append(Requirement(r.id, r.category, r.level, r.description, r.version, r.draft, r.source, extra=True))
+    return tuple(out)
 
 
 def checklist_for_cluster(major: int, minor: int) -> tuple[Checklist, str | None]:

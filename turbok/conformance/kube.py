@@ -1,6 +1,9 @@
-"""A small Kubernetes API client over httpx: discovery, CRUD, logs, service proxy.
+"""The checks' view of a cluster: discovery, CRUD, logs, service proxy, over ``turbok.client.api.Api``.
 
-Why not the ``kubernetes`` package: the checks need unstructured objects of
+Every request goes through the project's one REST client (``turbok.client.api``: transport, rate limit,
+429 handling, the ``Status`` error mapping); this module adds discovery of what the cluster serves and
+turns the client's errors into the conformance error tree (``errors.api_error_for``). Why not the
+``kubernetes`` package: the checks need unstructured objects of
 CRDs that may or may not exist (Kueue, Gateway API, KubeRay...), server-side
 discovery to decide what to check, and raw text endpoints (pod logs, the
 service proxy for Prometheus and metrics exporters). A thin client over the
@@ -19,16 +22,17 @@ cached token.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
+from turbok.api import status as st
+from turbok.client.api import Api, status_code, status_reason
+from turbok.client.errors import ConnectionFailed
 from turbok.client.kubeconfig import ClusterConfig
 from turbok.conformance.errors import (
-    ApiError,
     ClusterError,
     ClusterUnreachableError,
     NotFoundError,
@@ -173,7 +177,7 @@ class KubeClient:
         # TLS, credentials (fresh per request), proxy-url and tls-server-name come from the kubeconfig;
         # may raise KubeconfigError (unusable certificates, a failing exec plugin). The environment's
         # proxies are ignored: only the kubeconfig says how to reach the cluster.
-        self._http = config.http_client(timeout=timeout, headers={"User-Agent": _USER_AGENT}, trust_env=False)
+        self.api = Api(config, timeout=timeout, user_agent=_USER_AGENT, trust_env=False)
         self.discovery = Discovery(self)
 
     def __enter__(self) -> KubeClient:
@@ -183,7 +187,7 @@ class KubeClient:
         self.close()
 
     def close(self) -> None:
-        self._http.close()
+        self.api.close()
 
     # -- raw HTTP ---------------------------------------------------------------------------
 
@@ -199,35 +203,14 @@ class KubeClient:
         timeout: float | None = None,
     ) -> httpx.Response:
         """One API call; a failure status becomes the matching ``ApiError``."""
-        headers = {"Accept": accept}
-        content = None
-        if body is not None:
-            headers["Content-Type"] = content_type
-            content = json.dumps(body).encode()
-        kwargs: dict[str, Any] = {}
-        if timeout is not None:
-            kwargs["timeout"] = timeout
         try:
-            resp = self._http.request(method, path, params=params, content=content, headers=headers, **kwargs)
-        except httpx.TimeoutException as e:
-            raise ClusterUnreachableError(f"{method} {self.config.server}{path}: timed out") from e
-        except httpx.TransportError as e:
-            raise ClusterUnreachableError(f"cannot reach {self.config.server}: {e}") from e
-        if resp.status_code >= 400:
-            raise self._error(resp, method, path)
-        return resp
-
-    @staticmethod
-    def _error(resp: httpx.Response, method: str, path: str) -> ApiError:
-        reason, message = resp.reason_phrase or "Error", resp.text[:500]
-        try:
-            status = resp.json()
-            if isinstance(status, dict) and status.get("kind") == "Status":
-                reason = status.get("reason") or reason
-                message = status.get("message") or message
-        except ValueError:
-            pass
-        return api_error_for(code=resp.status_code, reason=reason, message=message, method=method, path=path)
+            return self.api.send(method, path, params=params, body=body, content_type=content_type, accept=accept,
+                                 timeout=timeout)
+        except ConnectionFailed as e:
+            raise ClusterUnreachableError(str(e)) from e
+        except st.ApiError as e:
+            raise api_error_for(code=status_code(e), reason=status_reason(e) or e.reason, message=e.message[:500],
+                                method=method, path=path) from e
 
     def get_json(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         resp = self.request("GET", path, params=params)

@@ -23,6 +23,7 @@ import yaml
 
 from turbok import __version__
 from turbok.conformance import catalog
+from turbok.conformance.catalog import Requirement
 from turbok.conformance.results import CheckResult, RunReport, Status
 
 __all__ = ["junit_xml", "product_yaml", "write_reports"]
@@ -34,12 +35,17 @@ def _timestamp(report: RunReport) -> str:
     return report.started_at or ""
 
 
+def _origin(r: Requirement) -> str:
+    """``draft `` or ``newer `` for requirements outside the checklist measured, else nothing."""
+    return "draft " if r.draft else ("newer " if r.extra else "")
+
+
 def evidence_markdown(report: RunReport, result: CheckResult) -> str:
     r = result.requirement
     lines = [
         f"# {r.id}: {result.status.value}",
         "",
-        f"Requirement ({'draft ' if r.draft else ''}v{r.version}, {r.level}, {r.category}): {r.description}",
+        f"Requirement ({_origin(r)}v{r.version}, {r.level}, {r.category}): {r.description}",
         "",
         f"Checked by turbok {__version__} (`turbok conformance run`, run {report.run_id}) on {result.started_at or report.started_at} "
         f"against {report.cluster.server} (context {report.cluster.context}, Kubernetes {report.cluster.git_version or '?'}, "
@@ -106,7 +112,7 @@ def junit_xml(report: RunReport) -> str:
         ET.SubElement(props, "property", {"name": name, "value": value})
     for res in report.results:
         r = res.requirement
-        tag = f"{r.level}, draft v{r.version}" if r.draft else r.level
+        tag = f"{r.level}, {_origin(r)}v{r.version}" if not r.counted else r.level
         case = ET.SubElement(suite, "testcase", {"name": f"[{tag}] {r.id}", "classname": f"ai-conformance.{r.category}",
                                                  "time": f"{res.duration:.3f}"})
         if not res.selected or res.status is Status.SKIPPED:

@@ -64,8 +64,8 @@ class CheckResult:
 
     @property
     def counts_for_exit(self) -> bool:
-        """Whether this result can make the run fail: a selected, frozen MUST requirement."""
-        return self.selected and not self.requirement.draft and self.requirement.level == "MUST"
+        """Whether this result can make the run fail: a selected MUST requirement of the checklist measured."""
+        return self.selected and self.requirement.counted and self.requirement.level == "MUST"
 
     @property
     def satisfied(self) -> bool:
@@ -78,6 +78,7 @@ class CheckResult:
             "category": r.category,
             "level": r.level,
             "draft": r.draft,
+            "extra": r.extra,
             "selected": self.selected,
             "status": self.status.value,
             "reason": self.reason,

@@ -97,10 +97,17 @@ def select(requirements: list[Requirement], focus: str | None, skip: str | None)
     ]
 
 
-def detect_engine(client: KubeClient) -> str:
-    """``turbok`` for turbok's embedded control plane (Sandboxes, no core Pods), else ``kubernetes``."""
+def detect_engine(client: KubeClient, info: dict[str, Any] | None = None) -> str:
+    """``turbok`` for turbok's embedded control plane, else ``kubernetes``.
+
+    turbok says so in its ``gitVersion`` (``v1.34.0-turbok.0.1.0``) and publishes its
+    router in the kubeconfig; older ones are recognised by Sandboxes served without
+    core Pods.
+    """
+    if "turbok" in str((info or {}).get("gitVersion", "")):
+        return "turbok"
     disc = client.discovery
-    if disc.has_group("agents.x-k8s.io") and not disc.has_resource("", "pods", "v1"):
+    if disc.has_group("agents.x-k8s.io") and (client.config.router_url or not disc.has_resource("", "pods", "v1")):
         return "turbok"
     return "kubernetes"
 
@@ -161,7 +168,7 @@ class Runner:
         info = self.client.version()
         notes: list[str] = []
         checklist = self._checklist(info, notes)
-        engine = detect_engine(self.client)
+        engine = detect_engine(self.client, info)
         report = RunReport(
             checklist_version=checklist.version, checklist_draft=checklist.draft,
             cluster=ClusterInfo(self.client.config.server, self.client.config.context, str(info.get("gitVersion", "")),
@@ -174,7 +181,7 @@ class Runner:
             notes.append("turbok embedded control plane: it serves Sandboxes, not Pods; pod-based checks are skipped")
         candidates = list(checklist.requirements)
         if self.settings.include_drafts and not checklist.draft:
-            candidates += [d for d in catalog.drafts() if checklist.get(d.id) is None and catalog.version_key(d.version) > catalog.version_key(checklist.version)]
+            candidates += catalog.newer_requirements(checklist.version)
         self._candidates = candidates
         chosen = select(candidates, self.settings.focus, self.settings.skip)
         chosen_ids = {r.id for r in chosen}

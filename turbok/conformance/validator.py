@@ -10,7 +10,11 @@ file's ``kubernetesVersion``:
   optional), each also accepted in snake_case (``website_url``); from v1.35
   on ``k8sConformanceUrl`` is required too and must look like
   ``https://github.com/cncf/k8s-conformance/tree/(master|main)/vX.Y/PRODUCT``;
-  values must be non-empty strings and not ``[placeholders]``;
+  values must be non-empty strings, not ``[placeholders]`` and not the
+  example values of the submission instructions (the "Turbo Encabulator" of
+  "Yoyodyne": ``https://github.com/yoyo.dyne/turbo-encabulator``,
+  ``https://yoyo.dyne/assets/turbo-encabulator.svg``...); ``productLogoUrl``
+  must be an SVG, AI or EPS file ("not a PNG", the instructions say);
 - spec: every category and requirement of the checklist, with ``id``,
   ``description`` and ``level`` unchanged (whitespace aside: YAML folding
   changes it), nothing added;
@@ -19,6 +23,9 @@ file's ``kubernetesVersion``:
   no evidence); MUST items must be ``Implemented``, except that a conditional
   MUST ("If the platform provides ...") may be ``N/A`` as the program's FAQ
   allows (a warning: the upstream script refuses it); ``N/A`` needs ``notes``;
+  ``Implemented`` with notes that open by saying the requirement does not
+  apply (``N/A``, "not applicable") contradicts itself (an error; the phrase
+  later in the notes is a warning);
 - evidence: a list; relative paths (a ``#fragment`` is ignored) must exist
   next to the PRODUCT.yaml; URLs are fetched only with ``check_urls``.
 
@@ -50,6 +57,11 @@ REQUIRED_METADATA = ("kubernetesVersion", "platformName", "platformVersion", "ve
                      "productLogoUrl", "description", "contactEmailAddress")
 OPTIONAL_METADATA = ("repoUrl",)
 K8S_CONFORMANCE_URL = re.compile(r"^https://github\.com/cncf/k8s-conformance/tree/(master|main)/v\d+\.\d+/[^/]+/?$")
+#: The fictional product of cncf/k8s-ai-conformance's instructions.md example, left in by copy and paste.
+EXAMPLE_VALUES = re.compile(r"turbo[- ]encabulator|yoyo\.dyne|yoyodyne", re.I)
+LOGO_FORMATS = (".svg", ".ai", ".eps")
+_RASTER = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".ico", ".tif", ".tiff")
+_NOT_APPLICABLE = re.compile(r"\b(not applicable|n/a|does not apply|doesn't apply|not relevant)\b", re.I)
 USER_AGENT = "turbok-conformance-validator (+https://github.com/cncf/k8s-ai-conformance)"
 
 Severity = Literal["error", "warning"]
@@ -187,15 +199,31 @@ def _metadata(doc: dict[str, Any], rep: _Report, version: str | None) -> None:
             continue
         if value.startswith("[") and value.endswith("]"):
             rep.error(path, loc, f"still has the placeholder value {value}")
+        elif EXAMPLE_VALUES.search(value):
+            rep.error(path, loc, f"{value!r} is the example of the submission instructions (Yoyodyne's Turbo "
+                                 "Encabulator), not your product's")
         elif name == "k8sConformanceUrl" and not K8S_CONFORMANCE_URL.match(value):
             rep.error(path, loc, f"invalid URL {value}: expected https://github.com/cncf/k8s-conformance/tree/master/vX.Y/PRODUCT")
         elif name.endswith("Url") and name != "k8sConformanceUrl" and not re.match(r"https?://", value):
             rep.warn(path, loc, f"{value!r} does not look like a URL")
+        elif name == "productLogoUrl":
+            _logo(value, path, loc, rep)
         elif name == "contactEmailAddress" and "@" not in value:
             rep.warn(path, loc, f"{value!r} does not look like an email address")
     for key in meta:
         if key not in known and key not in {snake_case(k) for k in known}:
             rep.warn(("metadata", key), f"metadata.{key}", "not a field of the submission format")
+
+
+def _logo(url: str, path: Path_, loc: str, rep: _Report) -> None:
+    """The logo must be SVG, AI or EPS (instructions.md: "must be in SVG, AI or EPS format -- not a PNG")."""
+    file = url.split("?", 1)[0].split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1].lower()
+    suffix = "." + file.rsplit(".", 1)[1] if "." in file else ""
+    if suffix in _RASTER:
+        rep.error(path, loc, f"the logo is a {suffix[1:].upper()} file: the program asks for SVG, AI or EPS "
+                             "(instructions.md: \"not a PNG\")")
+    elif suffix not in LOGO_FORMATS:
+        rep.warn(path, loc, f"cannot tell the logo's format from {url}: it must be SVG, AI or EPS")
 
 
 def _spec(doc: dict[str, Any], rep: _Report, checklist: catalog.Checklist, base_dir: Path, urls: list[tuple[Path_, str, str]]) -> None:
@@ -279,6 +307,14 @@ def _item(item: dict[str, Any], req: catalog.Requirement, path: Path_, loc: str,
         rep.error((*path, "status"), f"{loc}.status", f"is {status!r} but the requirement is MUST: it must be 'Implemented'")
     if status == "N/A" and not (isinstance(notes, str) and notes.strip()):
         rep.error((*path, "notes"), f"{loc}.notes", "notes are required to justify N/A")
+    if status == "Implemented" and isinstance(notes, str):
+        m = _NOT_APPLICABLE.search(notes)
+        if m and not notes[: m.start()].strip(" \t\n-:.("):
+            rep.error((*path, "notes"), f"{loc}.notes", f"status is 'Implemented' but the notes say it does not apply "
+                                                        f"({notes.strip()[:60]!r}): use 'N/A' with these notes, or correct them")
+        elif m:
+            rep.warn((*path, "notes"), f"{loc}.notes", f"status is 'Implemented' but the notes say {m.group(0)!r}: "
+                                                       "check that the requirement really is implemented")
     if req.level == "MUST" and not [e for e in evidence if e]:
         rep.warn((*path, "evidence"), f"{loc}.evidence", "MUST requirement without evidence")
     for j, entry in enumerate(evidence):

@@ -3,14 +3,19 @@
 Three kinds of evidence become ``Finding`` records:
 
 * objects (from manifests, Helm output or a live cluster) whose apiVersion +
-  kind the target release removed, deprecates, or does not serve yet;
+  kind the target release removed, deprecates, or does not serve yet; beta
+  versions the target serves only when ``--runtime-config`` turns them on
+  (every beta API since 1.24, KEP-3136), and alpha versions (always off by
+  default, no upgrade guarantees, not usable with ``--emulated-version``);
 * component versions outside the skew policy, now or once the control plane
   is at the target;
 * feature gates a cluster reports: alpha gates switched on (not supported
   under ``--emulated-version``, KEP-4330 non-goals) and deprecated ones.
 
 Exit codes (documented in docs/upgrade.md): 0 clean, 2 warnings (deprecated
-APIs, alpha gates), 3 blockers (removed or unavailable APIs, skew violations).
+APIs, APIs off by default, alpha APIs and gates), 3 blockers (removed or
+unavailable APIs, skew violations, flags and feature gates the target binary
+refuses).
 Usage and input errors exit 1 from the CLI, never from here.
 
 Pure functions over data; called by the CLI and the planner.
@@ -26,7 +31,15 @@ from typing import Any
 from turbok.upgrade.apis import ApiCatalog, ApiStatus
 from turbok.upgrade.emulation import ControlPlaneVersion
 from turbok.upgrade.manifests import ManifestObject
-from turbok.upgrade.skew import KEP_4330_URL, ClusterVersions, Component, Instance, SkewViolation, check_skew
+from turbok.upgrade.skew import (
+    KEP_4330_URL,
+    ClusterVersions,
+    Component,
+    Instance,
+    SkewViolation,
+    check_skew,
+    mixed_binaries,
+)
 from turbok.upgrade.versions import Version
 
 __all__ = [
@@ -43,6 +56,7 @@ __all__ = [
 ]
 
 FEATURE_GATES_URL = "https://kubernetes.io/docs/reference/command-line-tools-reference/feature-gates/"
+KEP_3136_URL = "https://github.com/kubernetes/enhancements/tree/master/keps/sig-architecture/3136-beta-apis-off-by-default"
 
 
 class Severity(IntEnum):
@@ -57,8 +71,12 @@ class FindingKind(StrEnum):
     REMOVED = "removed"
     UNAVAILABLE = "unavailable"
     DEPRECATED = "deprecated"
+    OFF_BY_DEFAULT = "off-by-default"
+    ALPHA = "alpha-api"
     SKEW = "skew"
     FEATURE_GATE = "feature-gate"
+    FLAG = "flag"
+    ETCD = "etcd"
 
 
 @dataclass(frozen=True)
@@ -119,28 +137,59 @@ def check_objects(objects: Iterable[ManifestObject], target: Version, catalog: A
             now = catalog.availability(obj.api_version, obj.kind, current).status
             if now not in (ApiStatus.SERVED, ApiStatus.DEPRECATED):
                 continue
-        a = catalog.availability(obj.api_version, obj.kind, target)
-        e = a.entry
-        if a.status is ApiStatus.REMOVED and e is not None:
-            use = f"use {a.replacement}" if a.replacement else "no replacement API exists"
-            out.append(Finding(
-                FindingKind.REMOVED, Severity.BLOCKER, obj.ref(),
-                f"{obj.api_version} {obj.kind} is not served since {e.removed_in}: {use}. {e.notes}".strip(),
-                obj.where(), obj.api_version, a.replacement or "", str(e.deprecated_in), str(e.removed_in), e.source))
-        elif a.status is ApiStatus.DEPRECATED and e is not None:
-            when = f"planned for removal in {e.removed_in}" if a.planned_removal else f"removed in {e.removed_in}"
-            out.append(Finding(
-                FindingKind.DEPRECATED, Severity.WARNING, obj.ref(),
-                f"{obj.api_version} {obj.kind} is deprecated since {e.deprecated_in} and {when}: "
-                f"migrate to {a.replacement or 'a supported API'}. {e.notes}".strip(),
-                obj.where(), obj.api_version, a.replacement or "", str(e.deprecated_in), str(e.removed_in), e.source))
-        elif a.status is ApiStatus.UNAVAILABLE and a.introduced_in is not None:
-            out.append(Finding(
-                FindingKind.UNAVAILABLE, Severity.BLOCKER, obj.ref(),
-                f"{obj.api_version} {obj.kind} is first served in {a.introduced_in}; a {target.mm} control plane "
-                f"cannot serve it (keep an older apiVersion for this object until then)",
-                obj.where(), obj.api_version, source="https://github.com/kubernetes/api"))
+        finding = _object_finding(obj, target, catalog)
+        if finding is not None:
+            out.append(finding)
     return out
+
+
+def _runtime_config(api_version: str) -> str:
+    return f"--runtime-config={api_version}=true"
+
+
+def _off_by_default(api_version: str, stage: str) -> str:
+    if stage == "alpha":
+        return (f"{api_version} is an alpha API: off by default (it needs {_runtime_config(api_version)} and its "
+                "feature gate), with no upgrade or rollback guarantees, and alpha APIs cannot be used together with "
+                "--emulated-version (KEP-4330)")
+    return (f"{api_version} is a beta API that kube-apiserver serves only when {_runtime_config(api_version)} "
+            "turns it on (beta APIs are off by default since 1.24, KEP-3136)")
+
+
+def _object_finding(obj: ManifestObject, target: Version, catalog: ApiCatalog) -> Finding | None:
+    a = catalog.availability(obj.api_version, obj.kind, target)
+    e = a.entry
+    if a.status is ApiStatus.REMOVED and e is not None:
+        use = f"use {a.replacement}" if a.replacement else "no replacement API exists"
+        return Finding(
+            FindingKind.REMOVED, Severity.BLOCKER, obj.ref(),
+            f"{obj.api_version} {obj.kind} is not served since {e.removed_in}: {use}. {e.notes}".strip(),
+            obj.where(), obj.api_version, a.replacement or "", str(e.deprecated_in), str(e.removed_in), e.source)
+    if a.status is ApiStatus.DEPRECATED and e is not None:
+        if e.removed_in is None:
+            when = "no removal is planned"
+        else:
+            when = f"planned for removal in {e.removed_in}" if a.planned_removal else f"removed in {e.removed_in}"
+        off = f" It is also off by default: {_off_by_default(obj.api_version, a.stage)}." if not a.enabled_by_default else ""
+        return Finding(
+            FindingKind.DEPRECATED, Severity.WARNING, obj.ref(),
+            f"{obj.api_version} {obj.kind} is deprecated since {e.deprecated_in} and {when}: "
+            f"migrate to {a.replacement or 'a supported API'}.{off} {e.notes}".strip(),
+            obj.where(), obj.api_version, a.replacement or "", str(e.deprecated_in),
+            str(e.removed_in) if e.removed_in is not None else "", e.source)
+    if a.status is ApiStatus.UNAVAILABLE and a.introduced_in is not None:
+        return Finding(
+            FindingKind.UNAVAILABLE, Severity.BLOCKER, obj.ref(),
+            f"{obj.api_version} {obj.kind} is first served in {a.introduced_in}; a {target.mm} control plane "
+            f"cannot serve it (keep an older apiVersion for this object until then)",
+            obj.where(), obj.api_version, source="https://github.com/kubernetes/api")
+    # custom resources (UNKNOWN) are never judged: "v1alpha1" of a CRD says nothing about kube-apiserver
+    if a.status is ApiStatus.SERVED and not a.enabled_by_default:
+        kind = FindingKind.ALPHA if a.stage == "alpha" else FindingKind.OFF_BY_DEFAULT
+        source = (KEP_4330_URL.replace("#skew", "#non-goals") if a.stage == "alpha" else KEP_3136_URL)
+        return Finding(kind, Severity.WARNING, obj.ref(), f"{_off_by_default(obj.api_version, a.stage)} at {target.mm}.",
+                       obj.where(), obj.api_version, source=source)
+    return None
 
 
 def _skew_finding(v: SkewViolation, context: str) -> Finding:
@@ -149,8 +198,13 @@ def _skew_finding(v: SkewViolation, context: str) -> Finding:
 
 
 def check_skew_now(versions: ClusterVersions) -> list[Finding]:
-    """Skew violations in the versions a cluster reports today."""
-    return [_skew_finding(v, "") for v in check_skew(versions)]
+    """Skew violations in the versions a cluster reports today (and apiserver binaries no rule covers)."""
+    out = [_skew_finding(v, "") for v in check_skew(versions)]
+    mixed = mixed_binaries(versions)
+    if mixed:
+        out.append(Finding(FindingKind.SKEW, Severity.INFO, "kube-apiserver binaries", mixed, where="cluster",
+                           source=KEP_4330_URL))
+    return out
 
 
 def check_skew_at(versions: ClusterVersions, target: Version) -> list[Finding]:

@@ -3,11 +3,15 @@
 What is read, and what each read is for:
 
 * ``/version``: the apiserver's binary version and, when it emulates, its
-  emulated and min compatibility versions (KEP-4330 "Version introspection").
+  emulated and min compatibility versions (KEP-4330 "Version introspection";
+  reported from 1.33 on: for a 1.32 apiserver the ``--emulated-version`` of its
+  control-plane Pod is used, or a note says it could not be told).
 * nodes: ``status.nodeInfo.kubeletVersion`` and ``kubeProxyVersion`` (skew).
 * kube-system pods labelled ``tier=control-plane`` (kubeadm and similar): the
   image tag and ``--emulated-version``/``--min-compatibility-version`` flags of
-  every apiserver, controller-manager, scheduler and cloud-controller-manager.
+  every apiserver, controller-manager, scheduler and cloud-controller-manager,
+  their whole command lines (checked against the target binaries' flags and
+  feature gates), and the etcd Pod's image tag.
 * ``/metrics``: ``kubernetes_feature_enabled`` for the apiserver's feature gates.
 * objects of every built-in kind the deprecation data covers: the apiVersion
   in ``kubectl.kubernetes.io/last-applied-configuration`` (what users wrote)
@@ -18,8 +22,9 @@ What is read, and what each read is for:
 Reads that the cluster refuses (RBAC) or does not serve become notes, never
 failures; only an unreachable or unauthenticated apiserver is an error.
 ``connect`` opens the connection from a kubeconfig (read by
-``turbok.client.kubeconfig``, whose errors become ``ClusterError`` here); the
-CLI hands its client to ``ClusterReader``.
+``turbok.client.kubeconfig``, whose errors become ``ClusterError`` here) as the
+project's one REST client (``turbok.client.api.Api``); the CLI hands it to
+``ClusterReader``.
 """
 
 from __future__ import annotations
@@ -38,11 +43,15 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from turbok.client.errors import KubeconfigError
+from turbok.api import status as st
+from turbok.client.api import Api, status_code, status_reason
+from turbok.client.errors import ConnectionFailed, KubeconfigError
 from turbok.client.kubeconfig import load_kubeconfig
 from turbok.upgrade.checker import FeatureGate
+from turbok.upgrade.components import ComponentFlags
 from turbok.upgrade.emulation import ControlPlaneVersion
 from turbok.upgrade.errors import ClusterError, ManifestError, PlanRefusedError, VersionError
+from turbok.upgrade.etcd import parse_etcd_version
 from turbok.upgrade.manifests import ManifestObject, objects_from_text
 from turbok.upgrade.skew import ClusterVersions, Component, Instance
 from turbok.upgrade.versions import Version, parse_version
@@ -60,7 +69,7 @@ _COMPONENT_LABELS = {
     "cloud-controller-manager": Component.CLOUD_CONTROLLER_MANAGER,
 }
 # Kinds whose objects controllers write, or that cannot be listed: not worth a cluster-wide list.
-_NOT_LISTED = {"Event", "Lease", "LeaseCandidate", "EndpointSlice", "IPAddress", "ResourceSlice", "TokenReview",
+_NOT_LISTED = {"Event", "Endpoints", "ComponentStatus", "Lease", "LeaseCandidate", "EndpointSlice", "IPAddress", "ResourceSlice", "TokenReview",
                "SubjectAccessReview", "SelfSubjectAccessReview", "LocalSubjectAccessReview",
                "SelfSubjectRulesReview", "SelfSubjectReview", "ControllerRevision", "CertificateSigningRequest",
                "StorageVersionMigration", "PodCertificateRequest", "ResourcePoolStatusRequest"}
@@ -72,7 +81,7 @@ class Connection:
 
     server: str
     context: str
-    client: httpx.Client
+    client: Api
 
 
 def connect(path: Path, *, context: str | None = None, timeout_s: float = 30.0) -> Connection:
@@ -83,8 +92,8 @@ def connect(path: Path, *, context: str | None = None, timeout_s: float = 30.0) 
     """
     try:
         config = load_kubeconfig(path, context)
-        client = config.http_client(timeout=timeout_s, follow_redirects=False,
-                                    headers={"Accept": "application/json", "User-Agent": "turbok-upgrade"})
+        client = Api(config, timeout=timeout_s, user_agent="turbok-upgrade", follow_redirects=False,
+                     trust_env=True, headers={"Accept": "application/json"})
     except KubeconfigError as e:
         raise ClusterError(str(e)) from e
     return Connection(server=config.server, context=config.context, client=client)
@@ -99,6 +108,8 @@ class ClusterSnapshot:
     versions: ClusterVersions
     feature_gates: list[FeatureGate] | None = None
     notes: list[str] = field(default_factory=list)
+    flags: ComponentFlags = field(default_factory=ComponentFlags)
+    etcd: Version | None = None
 
 
 def parse_feature_gates(text: str) -> list[FeatureGate]:
@@ -137,12 +148,14 @@ def _kube_version(flag_value: str | None) -> Version | None:
 
 
 class ClusterReader:
-    """Reads one cluster through ``client`` (an ``httpx.Client`` with the server as base URL)."""
+    """Reads one cluster through ``client`` (``turbok.client.api.Api``)."""
 
-    def __init__(self, client: httpx.Client, server: str) -> None:
+    def __init__(self, client: Api, server: str) -> None:
         self.client = client
         self.server = server
         self.notes: list[str] = []
+        self.flags = ComponentFlags()
+        self.etcd: Version | None = None
 
     # --- HTTP ---
 
@@ -151,19 +164,22 @@ class ClusterReader:
         """GET ``path``; None (and a note) when ``optional`` and the cluster refuses or lacks it."""
         log.debug("GET %s %s", path, params or "")
         try:
-            r = self.client.get(path, params=params, headers=headers)
-        except httpx.HTTPError as e:
+            return self.client.send("GET", path, params=params, headers=headers,
+                                    accept=(headers or {}).get("Accept", "application/json"))
+        except ConnectionFailed as e:
             raise ClusterError(f"cannot reach the apiserver at {self.server}: {e}") from e
         except KubeconfigError as e:  # a token file or exec plugin that failed since connect()
             raise ClusterError(str(e)) from e
-        if r.status_code == 401:
-            raise ClusterError(f"the apiserver at {self.server} refused the kubeconfig's credentials (401 Unauthorized)")
-        if r.status_code >= 400:
+        except st.ApiError as e:
+            code = status_code(e)
+            if code == 401:
+                raise ClusterError(f"the apiserver at {self.server} refused the kubeconfig's credentials "
+                                   "(401 Unauthorized)") from e
+            why = status_reason(e) or re.sub(r"\s+", " ", e.message[:80])
             if optional:
-                self.notes.append(f"{optional} not read: GET {path} answered {r.status_code} {_reason(r)}")
+                self.notes.append(f"{optional} not read: GET {path} answered {code} {why}")
                 return None
-            raise ClusterError(f"GET {path} answered {r.status_code} {_reason(r)}")
-        return r
+            raise ClusterError(f"GET {path} answered {code} {why}") from e
 
     def _json(self, r: httpx.Response) -> dict[str, Any]:
         try:
@@ -219,6 +235,9 @@ class ClusterReader:
         out: list[Instance] = []
         for pod in pods or ():
             labels = (pod.get("metadata") or {}).get("labels") or {}
+            if labels.get("component") == "etcd":
+                self._etcd_pod(pod)
+                continue
             component = _COMPONENT_LABELS.get(labels.get("component", ""))
             if component is None:
                 continue
@@ -237,8 +256,24 @@ class ClusterReader:
                     self.notes.append(f"{name}: version not understood ({e})")
                     break
                 out.append(Instance(component, name, binary, control))
+                if component is not Component.CLOUD_CONTROLLER_MANAGER:
+                    self.flags.add(component.value, args, f"cluster: kube-system/{name}")
                 break
         return out
+
+    def _etcd_pod(self, pod: dict[str, Any]) -> None:
+        name = str((pod.get("metadata") or {}).get("name", ""))
+        for c in (pod.get("spec") or {}).get("containers") or []:
+            image = str(c.get("image", ""))
+            if "etcd" not in image:
+                continue
+            try:
+                found = parse_etcd_version(image.rpartition(":")[2], what=f"{name} image tag")
+            except VersionError as e:
+                self.notes.append(f"{name}: etcd version not understood ({e})")
+                return
+            self.etcd = found if self.etcd is None else min(self.etcd, found)
+            return
 
     def nodes(self) -> list[Instance]:
         items = self._list("/api/v1/nodes", optional="nodes")
@@ -263,6 +298,19 @@ class ClusterReader:
     def snapshot(self, *, kubectl: Version | None = None) -> ClusterSnapshot:
         apiserver = self.apiserver_version()
         instances = self.control_plane()
+        if apiserver.binary.minor == 32 and not apiserver.emulating:
+            # /version reports emulationMinor from 1.33 on: a 1.32 apiserver's flag is the only witness
+            pods = [i.control for i in instances if i.component is Component.APISERVER and i.control is not None
+                    and i.version.same_minor(apiserver.binary)]
+            emulating = [c for c in pods if c.emulating]
+            if emulating:
+                apiserver = min(emulating, key=lambda c: c.emulated)
+                self.notes.append(f"kube-apiserver {apiserver.binary} does not report its emulated version in /version "
+                                  f"(from 1.33 it does); its control-plane Pod runs --emulated-version={apiserver.emulated}")
+            elif not pods:
+                self.notes.append(f"kube-apiserver {apiserver.binary} does not report an emulated version in /version "
+                                  "(emulationMinor appears in 1.33) and its Pod is not visible: turbok assumed it emulates "
+                                  "nothing; pass --from-emulated-version if it runs with --emulated-version")
         if not any(i.component is Component.APISERVER for i in instances):
             # managed control planes hide their pods: /version is all we know
             instances.append(Instance(Component.APISERVER, "apiserver (/version)", apiserver.binary, apiserver))
@@ -274,7 +322,8 @@ class ClusterReader:
         gates = self.feature_gates()
         log.info("read %s: apiserver %s, %d component instance(s), %s feature gate(s)", self.server, apiserver,
                  len(instances), "no" if gates is None else len(gates))
-        return ClusterSnapshot(self.server, apiserver, ClusterVersions(tuple(instances)), gates, self.notes)
+        return ClusterSnapshot(self.server, apiserver, ClusterVersions(tuple(instances)), gates, self.notes,
+                               self.flags, self.etcd)
 
     # --- objects ---
 
@@ -371,11 +420,3 @@ def _decode_helm_release(data: str) -> dict[str, Any]:
     if not isinstance(release, dict):
         raise ValueError("not a release object")
     return release
-
-
-def _reason(r: httpx.Response) -> str:
-    try:
-        body = r.json()
-        return str(body.get("reason") or body.get("message") or "")
-    except ValueError:
-        return re.sub(r"\s+", " ", r.text[:80])

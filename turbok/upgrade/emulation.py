@@ -11,7 +11,7 @@ The rule turbok implements, and where it comes from:
   - 1.32: the floor is 1.31, i.e. N-1 (component-base v0.32.0
     ``effectiveVersion.Validate``: ``minEmuVer := binaryVersion.SubtractMinor(1)``).
   - 1.33 and newer: the floor is ``max(N-3, 1.31)`` (apiserver
-    ``pkg/util/compatibility.kubeEffectiveVersionFloors``, v0.33.0 to v0.36.3;
+    ``pkg/util/compatibility.kubeEffectiveVersionFloors``, v0.33.0 to v0.37.2;
     1.31 is ``minimumKubeEmulationVersion``).
 
 * The *min compatibility version* is the oldest version whose data and
@@ -23,6 +23,9 @@ The rule turbok implements, and where it comes from:
 
 * cloud-controller-manager (k8s.io/cloud-provider, v0.36.2) has no
   ``--emulated-version``: it follows the apiserver's emulated version by binary.
+
+The 1.35.4, 1.36.3 and 1.37.2 binaries print the same ranges in ``--help`` and
+refuse anything else (tests/integration/upgrade/test_binary_facts.py).
 
 Sources: https://github.com/kubernetes/enhancements/tree/master/keps/sig-architecture/4330-compatibility-versions,
 https://kubernetes.io/docs/concepts/cluster-administration/compatibility-version/.

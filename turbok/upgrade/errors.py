@@ -2,8 +2,9 @@
 
 Every one of them is a usage or input error: the CLI prints its message as one
 line and exits 1, which CI can tell apart from the findings codes (0 clean,
-2 deprecated, 3 removed or skew violation). Messages say what was wrong and
-what to do instead.
+2 deprecated, 3 removed or skew violation); ``turbok upgrade rehearse`` exits 2
+for them (its 1 means a step failed). ``ScratchError`` inside a rehearsal is a
+failed check, not an error. Messages say what was wrong and what to do instead.
 
     TurbokError
      └── UpgradeError
@@ -12,6 +13,8 @@ what to do instead.
           ├── PlanRefusedError        no safe plan exists (rollback beyond the emulation window...)
           ├── ManifestError           a manifest that cannot be read or parsed (names file:line)
           ├── ClusterError            the cluster could not be read (kubeconfig, HTTP, TLS)
+          ├── AssetsError             the binaries given to a rehearsal are missing or unusable
+          ├── ScratchError            a scratch control plane (etcd, kube-apiserver...) did not start
           └── DataError               the packaged data file is broken (a bug in turbok)
 
 Only this module's classes are raised out of ``turbok.upgrade``; third-party
@@ -23,10 +26,12 @@ from __future__ import annotations
 from turbok.errors import TurbokError
 
 __all__ = [
+    "AssetsError",
     "ClusterError",
     "DataError",
     "ManifestError",
     "PlanRefusedError",
+    "ScratchError",
     "UnknownVersionError",
     "UpgradeError",
     "VersionError",
@@ -64,6 +69,14 @@ class ManifestError(UpgradeError):
 
 class ClusterError(UpgradeError):
     """The cluster named by the kubeconfig could not be read."""
+
+
+class AssetsError(UpgradeError):
+    """The binaries named by ``--assets`` are missing, of the wrong version, or cannot be run."""
+
+
+class ScratchError(UpgradeError):
+    """A process of a scratch control plane did not start or become ready; the message has its last log lines."""
 
 
 class DataError(UpgradeError):

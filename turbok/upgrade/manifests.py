@@ -54,6 +54,7 @@ class ManifestObject:
     item: int | None = None
     template: str = ""
     origin: str = ""  # for live objects: "last-applied", "managedFields (manager)", "helm release"
+    body: dict[str, Any] | None = field(default=None, compare=False, repr=False)  # the document, for rehearsals
 
     def where(self) -> str:
         loc = f"{self.path}:{self.line}" if self.line else self.path
@@ -197,13 +198,14 @@ def _objects(doc: Any, path: str, line: int, template: str) -> Iterator[Manifest
             elif "apiVersion" not in item or "kind" not in item:
                 raise ManifestError(f"items[{i}] of a List needs apiVersion and kind", path=path, line=line)
             for obj in _objects(item, path, line, template):
-                yield ManifestObject(obj.api_version, obj.kind, obj.name, obj.namespace, path, line, i, template)
+                yield ManifestObject(obj.api_version, obj.kind, obj.name, obj.namespace, path, line, i, template,
+                                     body=obj.body)
         return
     metadata = doc.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise ManifestError(f"{kind}: metadata must be a mapping", path=path, line=line)
     yield ManifestObject(api_version, kind, _name(doc), str((metadata or {}).get("namespace") or ""), path, line,
-                         template=template)
+                         template=template, body=doc)
 
 
 def _name(doc: dict[str, Any]) -> str:

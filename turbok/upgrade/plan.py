@@ -2,11 +2,13 @@
 
 A ``Plan`` is an ordered list of ``Step``s. Each step says what to do
 (``actions``, in order), the ``ClusterState`` it leaves behind (every
-component's binary, emulated and min compatibility version), how to get back
-to the state before it (``Rollback``: safe when the KEP-4330 emulation rules
-allow it, otherwise a restore from the etcd snapshot taken in preflight), and
-whether it can be skipped. The planner builds these; the report renders them.
-No logic beyond small derived values lives here.
+component's binary, emulated and min compatibility version, and etcd), who
+supports the step itself (``Support``: upstream Kubernetes, a named vendor, or
+nobody), how to get back to the state before it (``Rollback``, labelled the same
+way: upstream documents only lowering ``--emulated-version``; a binary minor
+downgrade is a vendor feature; anything else needs the etcd snapshot taken in
+preflight), and whether it can be skipped. The planner builds these; the report
+renders them. No logic beyond small derived values lives here.
 """
 
 from __future__ import annotations
@@ -20,16 +22,36 @@ from turbok.upgrade.emulation import ControlPlaneVersion
 from turbok.upgrade.skew import ClusterVersions, Component, Instance
 from turbok.upgrade.versions import Version
 
-__all__ = ["ClusterState", "Plan", "Rollback", "Step", "StepKind"]
+__all__ = ["ClusterState", "Plan", "Rollback", "Step", "StepKind", "Support"]
 
 
 class StepKind(StrEnum):
     PREFLIGHT = "preflight"
+    ETCD = "etcd"
     APISERVER = "kube-apiserver"
     CONTROLLERS = "controllers"
     EMULATION = "emulated-version"
     CLOUD_CONTROLLER_MANAGER = "cloud-controller-manager"
     NODES = "nodes"
+
+
+class Support(StrEnum):
+    """Who supports a step, or the way back from it.
+
+    ``upstream``: the Kubernetes project documents it (the skew policy, KEP-4330's
+    emulated-version rollback). ``vendor``: only named managed services offer it
+    (a binary minor downgrade: GKE, EKS); elsewhere it is untested territory.
+    ``etcd-snapshot``: nobody offers it in place; restoring the etcd snapshot taken
+    in preflight (losing every write since) is the way back. ``unsupported``: a step
+    upstream says not to take (skipping kube-apiserver minors). ``not-needed``:
+    nothing changed.
+    """
+
+    UPSTREAM = "upstream"
+    VENDOR = "vendor"
+    ETCD_SNAPSHOT = "etcd-snapshot"
+    UNSUPPORTED = "unsupported"
+    NOT_NEEDED = "not-needed"
 
 
 @dataclass(frozen=True)
@@ -46,6 +68,7 @@ class ClusterState:
     ccm: Version | None
     kubelet: Version
     kube_proxy: Version
+    etcd: Version | None = None
 
     @property
     def effective(self) -> Version:
@@ -53,7 +76,8 @@ class ClusterState:
         return self.apiserver.emulated
 
     def kubectl_range(self) -> tuple[Version, Version]:
-        return (self.effective.add_minor(-1), self.effective.add_minor(1))
+        """kubectl versions supported: min compatibility .. emulated + 1 (KEP-4330 "Skew")."""
+        return (self.apiserver.min_compat, self.effective.add_minor(1))
 
     def instances(self, tag: str = "") -> list[Instance]:
         out = [
@@ -88,29 +112,43 @@ class ClusterState:
             "kubelet": str(self.kubelet),
             "kube-proxy": str(self.kube_proxy),
             "kubectl": {"min": str(lo), "max": str(hi)},
+            "etcd": str(self.etcd) if self.etcd is not None else None,
         }
 
 
 @dataclass(frozen=True)
 class Rollback:
-    """How to return to the state before a step.
+    """How to return to the state before a step, and who supports that way back.
 
-    ``safe`` is False when the only way back is restoring the etcd snapshot
-    (losing every write since); ``to_step`` is the step whose end state it
-    restores (0 is the starting state).
+    ``to_step`` is the step whose end state it restores (0 is the starting
+    state); ``vendors`` names the managed services that offer it when
+    ``support`` is ``vendor``; ``note`` says what the label rests on.
     """
 
     to_step: int
-    safe: bool
+    support: Support
     actions: tuple[str, ...]
+    vendors: tuple[str, ...] = ()
+    note: str = ""
+
+    @property
+    def safe(self) -> bool:
+        """True when upstream Kubernetes documents this way back in place (or nothing changed)."""
+        return self.support in (Support.UPSTREAM, Support.NOT_NEEDED)
+
+    def label(self) -> str:
+        if self.support is Support.VENDOR:
+            return f"vendor ({', '.join(self.vendors)})"
+        return str(self.support)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"toStep": self.to_step, "safe": self.safe, "actions": list(self.actions)}
+        return {"toStep": self.to_step, "supportedBy": str(self.support), "safe": self.safe,
+                "vendors": list(self.vendors), "actions": list(self.actions), "note": self.note or None}
 
 
 @dataclass(frozen=True)
 class Step:
-    """One step: what to do, the state after it, how to undo it, whether it is optional."""
+    """One step: what to do, the state after it, who supports it, how to undo it, whether it is optional."""
 
     number: int
     kind: StepKind
@@ -121,6 +159,9 @@ class Step:
     skippable: bool = False
     skip_reason: str = ""
     findings: tuple[Finding, ...] = ()
+    support: Support = Support.UPSTREAM
+    vendors: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
     @property
     def emulated_version(self) -> str:
@@ -133,11 +174,14 @@ class Step:
             "kind": str(self.kind),
             "title": self.title,
             "actions": list(self.actions),
+            "supportedBy": str(self.support),
+            "vendors": list(self.vendors),
             "emulatedVersion": str(self.state.apiserver.emulated) if self.state.apiserver.emulating else None,
             "components": self.state.to_dict(),
             "rollback": self.rollback.to_dict(),
             "skippable": self.skippable,
             "skipReason": self.skip_reason or None,
+            "notes": list(self.notes),
             "blockers": [f.to_dict() for f in self.findings],
         }
 
@@ -154,6 +198,8 @@ class Plan:
     skipped_binaries: list[Version] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    supported: bool = True  # False: upstream says not to take some step (skipping kube-apiserver minors)
+    warnings: list[str] = field(default_factory=list)  # why it is unsupported, quoting the sources
 
     @property
     def end(self) -> ClusterState:
@@ -174,6 +220,8 @@ class Plan:
             "from": self.start.to_dict(),
             "to": str(self.target),
             "exitCode": self.exit_code,
+            "supportedUpstream": self.supported,
+            "warnings": self.warnings,
             "skippedBinaries": [str(v) for v in self.skipped_binaries],
             "notes": self.notes,
             "findings": [f.to_dict() for f in self.findings],

@@ -12,9 +12,16 @@ apiserver's *emulated* version, ``E``, and its min compatibility version ``C``):
   binaries either (KEP-4330, "API availability in forward-compatible mode":
   apiservers are upgraded before other components).
 * kubelet, kube-proxy: not newer than the oldest apiserver's emulated version,
-  at most three minors older than the newest (two for kubelet/kube-proxy < 1.25).
+  not older than ``C - 2`` of every apiserver (KEP-4330: "{minCompatibilityVersion-2}..{emulationVersion}";
+  without emulation ``C = E-1``, which is the policy's "three minors older").
+  kubelet/kube-proxy older than 1.25 may lag two minors only: ``C - 1``.
 * kube-proxy: within three minors of the kubelet on its node (two if < 1.25).
-* kubectl: within one minor (older or newer) of every apiserver.
+* kubectl: ``C..E+1`` of every apiserver (KEP-4330; without emulation, the
+  policy's one minor older or newer).
+
+Apiserver *binaries* more than one minor apart (1.32.4 beside 1.35.7 emulating
+1.32) pass these rules, but neither the policy nor KEP-4330 covers them:
+``mixed_binaries`` says so, for plans and live clusters to report.
 
 ``check_skew`` returns every violation; it never raises for a violation.
 Called by the planner (to prove each step) and by the checker (live clusters).
@@ -29,7 +36,17 @@ from enum import StrEnum
 from turbok.upgrade.emulation import ControlPlaneVersion
 from turbok.upgrade.versions import Version
 
-__all__ = ["SKEW_POLICY_URL", "ClusterVersions", "Component", "Instance", "SkewViolation", "check_skew", "node_lag_limit"]
+__all__ = [
+    "SKEW_POLICY_URL",
+    "ClusterVersions",
+    "Component",
+    "Instance",
+    "SkewViolation",
+    "check_skew",
+    "mixed_binaries",
+    "node_floor",
+    "node_lag_limit",
+]
 
 SKEW_POLICY_URL = "https://kubernetes.io/releases/version-skew-policy/"
 KEP_4330_URL = "https://github.com/kubernetes/enhancements/tree/master/keps/sig-architecture/4330-compatibility-versions#skew"
@@ -97,12 +114,30 @@ class SkewViolation:
 
 
 def node_lag_limit(node_version: Version) -> int:
-    """How many minors a kubelet or kube-proxy may lag the apiserver (3, or 2 before 1.25)."""
+    """How many minors a kubelet or kube-proxy may lag the apiserver without emulation (3, or 2 before 1.25)."""
     return 3 if node_version.minor >= 25 else 2
+
+
+def _compat(a: Instance) -> Version:
+    """An apiserver's min compatibility version (emulated - 1 when it reports none)."""
+    return a.control.min_compat if a.control is not None else a.effective.add_minor(-1)
+
+
+def node_floor(apiserver: ControlPlaneVersion, node_version: Version) -> Version:
+    """The oldest kubelet/kube-proxy minor ``apiserver`` supports: min compatibility - 2 (KEP-4330 "Skew").
+
+    Without emulation that is the policy's "three minors older"; kubelets older
+    than 1.25 keep their two-minor limit (min compatibility - 1).
+    """
+    return apiserver.min_compat.add_minor(-(node_lag_limit(node_version) - 1))
 
 
 def _range(lo: Version, hi: Version) -> str:
     return str(lo) if lo == hi else f"{lo}..{hi}"
+
+
+def _emulating(apis: Sequence[Instance]) -> bool:
+    return any(a.control is not None and a.control.emulating for a in apis)
 
 
 def check_skew(versions: ClusterVersions) -> list[SkewViolation]:
@@ -121,17 +156,34 @@ def check_skew(versions: ClusterVersions) -> list[SkewViolation]:
                     "kube-apiserver instances must be within one minor version of each other",
                 ))
     out.extend(_check_controllers(versions, apis))
-    out.extend(_check_nodes(versions, oldest, newest))
+    out.extend(_check_nodes(versions, apis))
+    source = KEP_4330_URL if _emulating(apis) else SKEW_POLICY_URL
     for k in versions.of(Component.KUBECTL):
-        lo, hi = newest.add_minor(-1), oldest.add_minor(1)
+        lo, hi = max(_compat(a) for a in apis), oldest.add_minor(1)
         if not lo <= k.version.mm <= hi:
             out.append(SkewViolation(Component.KUBECTL, k.name, str(k.version), _range(lo, hi),
-                                     "kubectl must be within one minor version of kube-apiserver"))
+                                     "kubectl must be within kube-apiserver's range: one minor older or newer "
+                                     "(under --emulated-version: min compatibility version to emulated version + 1)",
+                                     source=source))
     return out
 
 
+def mixed_binaries(versions: ClusterVersions) -> str | None:
+    """A note when apiserver binaries are more than one minor apart (uncovered by the policy and KEP-4330)."""
+    apis = versions.of(Component.APISERVER)
+    if not apis:
+        return None
+    lo = min(apis, key=lambda a: a.version)
+    hi = max(apis, key=lambda a: a.version)
+    if hi.version.minors_since(lo.version) <= 1:
+        return None
+    return (f"kube-apiserver {lo.describe()} and {hi.describe()} run side by side: binaries more than one minor "
+            "apart are not covered by KEP-4330 (its skew rules speak of emulated versions and say nothing of mixed "
+            "binaries in HA) nor by the version skew policy (one minor between apiservers)")
+
+
 def _check_controllers(versions: ClusterVersions, apis: Sequence[Instance]) -> Iterable[SkewViolation]:
-    lo = max(a.control.min_compat if a.control else a.effective.add_minor(-1) for a in apis)
+    lo = max(_compat(a) for a in apis)
     hi = min(a.effective for a in apis)
     oldest_binary = min(a.version for a in apis)
     for component in CONTROLLERS:
@@ -149,18 +201,24 @@ def _check_controllers(versions: ClusterVersions, apis: Sequence[Instance]) -> I
                                     "(older than its min compatibility version)")
 
 
-def _check_nodes(versions: ClusterVersions, oldest: Version, newest: Version) -> Iterable[SkewViolation]:
+def _check_nodes(versions: ClusterVersions, apis: Sequence[Instance]) -> Iterable[SkewViolation]:
     kubelets = {k.name: k for k in versions.of(Component.KUBELET)}
+    hi = min(a.effective for a in apis)
+    source = KEP_4330_URL if _emulating(apis) else SKEW_POLICY_URL
     for component in NODE_COMPONENTS:
         for n in versions.of(component):
             v = n.version.mm
-            lo = newest.add_minor(-node_lag_limit(v))
-            if v > oldest:
-                yield SkewViolation(component, n.name, str(n.version), _range(lo, oldest),
-                                    f"{component} must not be newer than kube-apiserver's (emulated) version")
+            lag = node_lag_limit(v)
+            lo = max(_compat(a).add_minor(-(lag - 1)) for a in apis)
+            if v > hi:
+                yield SkewViolation(component, n.name, str(n.version), _range(lo, hi),
+                                    f"{component} must not be newer than kube-apiserver's (emulated) version",
+                                    source=source)
             elif v < lo:
-                yield SkewViolation(component, n.name, str(n.version), _range(lo, oldest),
-                                    f"{component} may be at most {node_lag_limit(v)} minor versions older than kube-apiserver")
+                yield SkewViolation(component, n.name, str(n.version), _range(lo, hi),
+                                    f"{component} may be at most {lag} minor versions older than kube-apiserver "
+                                    "(under --emulated-version: no older than its min compatibility version - 2)",
+                                    source=source)
             if component is Component.KUBE_PROXY and n.name in kubelets:
                 kv = kubelets[n.name].version.mm
                 limit = node_lag_limit(v)

@@ -15,16 +15,29 @@ from turbok.upgrade.emulation import ControlPlaneVersion
 from turbok.upgrade.plan import ClusterState
 from turbok.upgrade.versions import Version
 
-__all__ = ["Phase", "StepText"]
+__all__ = ["VENDORS", "Phase", "StepText"]
 
 #: Which components a step changes, in the order it changes them.
-Phase = Literal["apiserver", "controllers", "ccm", "nodes"]
+Phase = Literal["etcd", "apiserver", "controllers", "ccm", "nodes"]
+
+#: Managed services that offer a control-plane binary minor downgrade (see ``sources``).
+VENDORS = ("GKE", "EKS")
 
 _ONE_AT_A_TIME = "one instance at a time, waiting for /readyz before the next"
 
 
 def _flag(cp: ControlPlaneVersion) -> str:
     return f" with --emulated-version={cp.emulated}" if cp.emulating else " without --emulated-version"
+
+
+def _check_emulation(binary: Version, emulated: Version) -> str:
+    """How to see that the apiservers emulate ``emulated``: /version reports it from 1.33 only."""
+    if binary.minor >= 33:
+        return (f"Check that `kubectl version` reports emulationMinor {emulated.minor} (and `kubectl get --raw /version` "
+                "minCompatibilityMinor) and that the cluster works before going on")
+    return (f"A {binary.mm} kube-apiserver does not report its emulated version (/version has emulationMinor from "
+            f"1.33 on): check --emulated-version={emulated} on each kube-apiserver's command line (its static Pod "
+            "manifest, or ps) and that the cluster works before going on")
 
 
 class StepText:
@@ -57,8 +70,7 @@ class StepText:
             out.append(f"{which} skipped: the {cp.binary.mm} binary emulates {cp.emulated} "
                        "(KEP-4330 skip-level binary upgrade)")
         if cp.emulating:
-            out.append(f"Check `kubectl version` reports emulationMinor {cp.emulated.minor} and the cluster works "
-                       "before going on")
+            out.append(_check_emulation(cp.binary, cp.emulated))
         return out
 
     def apiserver_back(self, old: ClusterState) -> list[str]:
@@ -68,8 +80,9 @@ class StepText:
         prev = old.apiserver
         if cp.binary.minor >= 32:
             return [f"Restart each kube-apiserver {cp.binary} with --emulated-version={prev.emulated}, "
-                    f"{_ONE_AT_A_TIME} (it stays compatible with {prev.emulated})",
-                    f"Then, to get the old binaries back, reinstall kube-apiserver {prev.binary}"]
+                    f"{_ONE_AT_A_TIME} (it stays compatible with {prev.emulated}: the rollback upstream documents)",
+                    f"Optionally reinstall kube-apiserver {prev.binary} afterwards: a binary minor downgrade, offered "
+                    "only by vendors (GKE while the cluster emulates the previous minor, EKS to the previous minor)"]
         return [f"Not reversible in place: a {cp.binary.mm} kube-apiserver cannot emulate {prev.emulated} "
                 "(emulation starts with 1.32 binaries)",
                 f"Stop the control plane, restore the etcd snapshot from preflight (writes since are lost) and "
@@ -88,9 +101,13 @@ class StepText:
 
     def raise_emulation(self, old: ClusterState, n: Version) -> list[str]:
         flag = f"--emulated-version={n}" if not n.same_minor(old.apiserver.binary) else "no --emulated-version (it defaults to the binary)"
+        check = (f"Check `kubectl version` (emulationMinor {n.minor}) and the cluster's health"
+                 if old.apiserver.binary.minor >= 33 else
+                 f"Check --emulated-version on each kube-apiserver's command line ({old.apiserver.binary.mm} does not "
+                 "report it in /version) and the cluster's health")
         return [f"Restart each kube-apiserver {old.apiserver.binary} with {flag}, {_ONE_AT_A_TIME}",
                 f"Then restart kube-controller-manager and kube-scheduler with {flag}",
-                f"Check `kubectl version` and the cluster's health: {n} APIs and features are now on"]
+                f"{check}: {n} APIs and features are now on"]
 
     def raise_emulation_back(self, old: ClusterState) -> list[str]:
         e = old.effective
@@ -108,6 +125,18 @@ class StepText:
                 else "no --emulated-version")
         return [f"Restart each kube-apiserver with {flag}, {_ONE_AT_A_TIME}",
                 f"Then restart kube-controller-manager and kube-scheduler with {flag}"]
+
+    # --- etcd ---
+
+    def etcd(self, old: Version, minor: Version, binary: Version) -> list[str]:
+        return [f"Move etcd {old} to the newest {old.mm} patch first (etcd upgrades from the newest patch of a minor)",
+                f"Then replace etcd member by member with the newest {minor} patch, checking `etcdctl endpoint health` "
+                f"after each: kubeadm installs etcd {minor} with Kubernetes {binary.mm}, and etcd supports one minor "
+                "per upgrade"]
+
+    def etcd_back(self, old: Version) -> list[str]:
+        return [f"Stop the control plane, restore the etcd snapshot taken in preflight with etcd {old} "
+                "(writes since are lost), start it again"]
 
     # --- cloud-controller-manager ---
 

@@ -1,4 +1,9 @@
-"""workload_sandboxing for real: against turbok's own embedded control plane, a Sandbox runs on another kernel.
+"""workload_sandboxing for real: against turbok's own embedded control plane, a Sandbox is isolated from the host.
+
+The probe runs in a gVisor Sandbox through turbok's router and is judged against
+this machine: another kernel identity (release, /proc/version, boot id), no host
+processes, no readable memory devices, no host paths, no host bridges, and the
+API server's port on the host's loopback out of reach.
 
 Needs the ``control_plane`` fixture of tests/conftest.py (``turbok serve`` on
 loopback with a temporary TURBOK_HOME) and gVisor (``runsc``) on this machine.
@@ -36,8 +41,13 @@ def test_sandbox_kernel_differs_from_host(control_plane: Any, tmp_path: Path) ->
     assert result["status"] == "Passed", result["reason"]
     sandbox, host = result["details"]["sandbox"], result["details"]["host"]
     assert host["release"] == os.uname().release
+    assert host["bootId"] == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     assert (sandbox["release"], sandbox["procVersion"]) != (host["release"], host["procVersion"])
     assert sandbox["release"] and sandbox["procVersion"].startswith("Linux version")
+    assert sandbox["bootId"] != host["bootId"]  # Debian's runsc (20221219) has no boot_id: ""
+    assert sandbox["hostDaemons"] == [] and sandbox["memoryDevices"] == [] and sandbox["hostPaths"] == []
+    assert sandbox["hostLoopback"] == "closed" and sandbox["pids"] >= 1
+    assert set(result["details"]["verdicts"]) == {"kernel", "processes", "memory", "filesystem", "network"}
     assert (out / "evidence" / "workload_sandboxing.md").exists()
 
     # the Sandbox it created is gone again

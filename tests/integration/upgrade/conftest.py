@@ -136,3 +136,11 @@ def kubeadm_131_double(tmp_path: Path) -> Iterator[tuple[KubeApiDouble, Path]]:
     api = KubeApiDouble(kubeadm_131_fixture(), token=TOKEN, routes=[("GET", "/metrics", _metrics)])
     with api.running():
         yield api, api.write_kubeconfig(tmp_path / "kubeconfig")
+
+
+@pytest.fixture(scope="session")
+def kube_assets() -> Path:
+    """../shared/kube's binaries unpacked (skipped, naming them, where they are absent)."""
+    from tests.integration.upgrade.kube_assets import kube_assets_dir
+
+    return kube_assets_dir()

@@ -102,12 +102,14 @@ def test_plan_from_the_cluster(kubeadm_131_double: tuple[KubeApiDouble, Path]) -
     assert start["kube-apiserver"]["binary"] == "1.31.4"
     assert start["kube-scheduler"]["binary"] == "1.30.2" and start["kubelet"] == "1.29.10"
     kinds = [s["kind"] for s in plan["steps"]]
-    # the 1.30 scheduler catches up first (a 1.33 binary emulating 1.31 is compatible back to 1.31 only);
-    # 1.33 can emulate 1.31: one binary install, then two emulation steps; kubelets 1.29 move before 1.33
-    assert kinds == ["preflight", "controllers", "kube-apiserver", "controllers", "emulated-version", "nodes",
-                     "emulated-version", "nodes"]
+    # the 1.30 scheduler catches up first (a 1.32 binary emulating 1.31 is compatible back to 1.31 only);
+    # then one minor at a time: 1.32 emulating 1.31, switch; 1.33 emulating 1.32, switch; kubelets 1.29 move
+    # before the control plane becomes compatible back to 1.32 only (KEP-4330: min compatibility - 2)
+    assert kinds == ["preflight", "controllers", "kube-apiserver", "controllers", "emulated-version",
+                     "kube-apiserver", "controllers", "nodes", "emulated-version", "nodes"]
     assert plan["steps"][1]["components"]["kube-scheduler"]["binary"].startswith("1.31.")
-    assert plan["steps"][2]["emulatedVersion"] == "1.31"
+    assert plan["steps"][2]["emulatedVersion"] == "1.31" and plan["steps"][5]["emulatedVersion"] == "1.32"
+    assert plan["supportedUpstream"] is True
     blockers = {s["step"]: [b["subject"] for b in s["blockers"]] for s in plan["steps"] if s["blockers"]}
     assert blockers == {5: ["FlowSchema/batch-jobs"]}  # breaks when the control plane behaves as 1.32
     already = [f["subject"] for f in plan["findings"] if f["kind"] == "removed"]
@@ -189,3 +191,38 @@ def test_kinds_served_only_in_a_non_preferred_version_are_found(tmp_path: Path) 
                                "-o", "json")
     [f] = json.loads(out)["findings"]
     assert code == 3 and (f["subject"], f["removedIn"], f["replacement"]) == ("CronJob/nightly -n ops", "1.25", "batch/v1")
+
+
+def _cluster_132(pods: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"version": {"major": "1", "minor": "32", "gitVersion": "v1.32.4", "platform": "linux/amd64"},
+            "resources": [{"apiVersion": "v1", "kind": "Pod", "name": "pods", "namespaced": True},
+                          {"apiVersion": "v1", "kind": "Node", "name": "nodes", "namespaced": False}],
+            "objects": pods}
+
+
+def _apiserver_pod(*args: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "kube-apiserver-cp1", "namespace": "kube-system",
+                         "labels": {"component": "kube-apiserver", "tier": "control-plane"}},
+            "spec": {"containers": [{"name": "kube-apiserver", "image": "registry.k8s.io/kube-apiserver:v1.32.4",
+                                     "command": ["kube-apiserver", *args]}]}}
+
+
+def test_a_132_apiserver_s_emulation_is_read_from_its_pod_not_version(tmp_path: Path) -> None:
+    """/version reports emulationMinor from 1.33 on: for 1.32, the Pod's flag is the witness, or a note says so."""
+    from tests.integration.upgrade.conftest import TOKEN
+
+    api = KubeApiDouble(_cluster_132([_apiserver_pod("--emulated-version=1.31")]), token=TOKEN)
+    with api.running():
+        conn = connect(api.write_kubeconfig(tmp_path / "kc"))
+        with conn.client:
+            snap = ClusterReader(conn.client, conn.server).snapshot()
+    assert snap.apiserver.emulating and str(snap.apiserver.emulated) == "1.31"
+    assert any("does not report its emulated version" in n for n in snap.notes)
+    hidden = KubeApiDouble(_cluster_132([]), token=TOKEN)
+    with hidden.running():
+        conn = connect(hidden.write_kubeconfig(tmp_path / "kc2"))
+        with conn.client:
+            snap = ClusterReader(conn.client, conn.server).snapshot()
+    assert not snap.apiserver.emulating
+    assert any("--from-emulated-version" in n and "assumed it emulates nothing" in n for n in snap.notes)

@@ -1,4 +1,4 @@
-"""The catalog is the four official checklists, exactly, plus the 1.37 draft requirement."""
+"""The catalog is the five official checklists (1.33 .. 1.37), exactly; no draft requirement is pending."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from turbok.conformance import catalog
 from turbok.conformance.errors import UnsupportedVersionError
 
 OFFICIAL = DATA / "checklists"
-VERSIONS = ("1.33", "1.34", "1.35", "1.36")
+VERSIONS = ("1.33", "1.34", "1.35", "1.36", "1.37")
 
 
 def _official(version: str) -> list[tuple[str, str, str, str]]:
@@ -51,22 +51,31 @@ def test_known_level_changes_between_versions() -> None:
         "advanced_inference_ingress", "high_performance_networking", "disaggregated_inference"}
 
 
-def test_draft_workload_sandboxing() -> None:
-    (draft,) = catalog.drafts()
-    assert (draft.id, draft.category, draft.level, draft.version, draft.draft) == ("workload_sandboxing", "security", "SHOULD", "1.37", True)
-    assert "strong isolation from the host node kernel" in draft.description
-    assert catalog.draft_versions() == ("1.37",)
-    for v in VERSIONS:
-        assert catalog.checklist(v).get("workload_sandboxing") is None
-    cl = catalog.checklist("v1.37")
-    assert cl.draft and cl.version == "1.37"
-    assert cl.get("workload_sandboxing") is not None and cl.get("workload_sandboxing").draft  # type: ignore[union-attr]
-    # the draft builds on the newest frozen checklist, categories kept together
-    base = catalog.checklist("1.36")
-    assert [r.id for r in cl.requirements if r.id != "workload_sandboxing"] == base.ids
-    ids = [r.id for r in cl.requirements]
+def test_1_37_is_1_36_plus_workload_sandboxing() -> None:
+    """cncf/k8s-ai-conformance 287b44f: 1.36's fourteen requirements unchanged, plus workload_sandboxing."""
+    cl, base = catalog.checklist("v1.37"), catalog.checklist("1.36")
+    assert not cl.draft and cl.version == "1.37" and cl.metadata["kubernetesVersion"] == "v1.37"
+    old = [(r.category, r.id, r.level, r.description) for r in base.requirements]
+    assert [(r.category, r.id, r.level, r.description) for r in cl.requirements if r.id != "workload_sandboxing"] == old
+    ws = cl.get("workload_sandboxing")
+    assert ws is not None and (ws.category, ws.level, ws.draft) == ("security", "SHOULD", False)
+    assert "process, memory, filesystem, and network access" in ws.description and "co-located pods" in ws.description
+    ids = cl.ids
     i = ids.index("workload_sandboxing")
-    assert cl.requirements[i - 1].id == "secure_accelerator_access" and cl.requirements[i + 1].category == "operator"
+    assert ids[i - 1] == "secure_accelerator_access" and cl.requirements[i + 1].category == "operator"
+    assert catalog.drafts() == () and catalog.draft_versions() == ()
+    for v in VERSIONS[:-1]:
+        assert catalog.checklist(v).get("workload_sandboxing") is None
+
+
+def test_newer_requirements_are_extras_from_the_first_checklist_that_has_them() -> None:
+    (ws,) = catalog.newer_requirements("1.36")
+    assert (ws.id, ws.version, ws.extra, ws.counted) == ("workload_sandboxing", "1.37", True, False)
+    newer = catalog.newer_requirements("1.35")
+    assert [(r.id, r.version) for r in newer] == [("advanced_inference_ingress", "1.36"),
+                                                  ("high_performance_networking", "1.36"),
+                                                  ("disaggregated_inference", "1.36"), ("workload_sandboxing", "1.37")]
+    assert catalog.newer_requirements("1.37") == ()
 
 
 @pytest.mark.parametrize(("text", "expected"), [("1.35", "1.35"), ("v1.35", "1.35"), ("v1.35.2", "1.35"), ("1.35.0-gke.1", "1.35")])
@@ -89,6 +98,6 @@ def test_checklist_for_cluster_versions() -> None:
     cl, note = catalog.checklist_for_cluster(1, 34)
     assert cl.version == "1.34" and note is None
     cl, note = catalog.checklist_for_cluster(1, 38)
-    assert cl.version == "1.36" and note is not None and "newer than the newest checklist (1.36)" in note
+    assert cl.version == "1.37" and note is not None and "newer than the newest checklist (1.37)" in note
     with pytest.raises(UnsupportedVersionError, match="start at 1.33.*--version"):
         catalog.checklist_for_cluster(1, 31)

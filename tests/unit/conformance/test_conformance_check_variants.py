@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 from aiohttp import web
@@ -15,6 +18,7 @@ from tests.doubles.kube_store import Event
 from tests.unit.conformance.support import Cluster, fast_options
 from turbok.client.kubeconfig import load_kubeconfig
 from turbok.conformance.checks import REGISTRY
+from turbok.conformance.checks.sandboxing import kernel_identity, parse_probe, probe_script
 from turbok.conformance.errors import InvalidOptionError
 from turbok.conformance.kube import KubeClient
 from turbok.conformance.results import CheckResult, Status
@@ -221,11 +225,29 @@ TURBOK_RESOURCES = [
 ]
 
 
-class TurbokDouble:
-    """DOUBLE of turbok's control plane: Sandboxes become Ready, its router runs commands "in" them."""
+GVISOR_PROBE = {"release": "4.4.0", "version": "Linux version 4.4.0 #1 SMP Sun Jan 10 15:06:54 PST 2016",
+                "boot_id": "0b1d7d1e-5a1d-4b0c-9a11-000000000001", "pids": "3", "daemons": "", "memory": "",
+                "host_paths": "", "interfaces": "lo ", "loopback_port": "0 closed"}
 
-    def __init__(self, tmp_path: Path, *, isolated: bool, ready: bool = True, router: bool = True) -> None:
+
+def probe_output(**overrides: str | None) -> str:
+    """What the isolation probe prints in a gVisor sandbox, with some lines changed (None: left out)."""
+    lines = {**GVISOR_PROBE, **overrides}
+    out = "".join(f"PROBE {k}={v}\n" for k, v in lines.items() if v is not None and k != "done")
+    return out + ("" if overrides.get("done", "yes") is None else "PROBE done\n")
+
+
+class TurbokDouble:
+    """DOUBLE of turbok's control plane: Sandboxes become Ready, its router runs commands "in" them.
+
+    ``isolated``: the router answers as a gVisor sandbox would (``probe`` changes lines of that
+    answer); otherwise it really runs the command on this machine, as an unsandboxed runtime would.
+    """
+
+    def __init__(self, tmp_path: Path, *, isolated: bool, ready: bool = True, router: bool = True,
+                 probe: dict[str, str | None] | None = None) -> None:
         self.isolated = isolated
+        self.probe = probe or {}
         self.executed: list[dict[str, Any]] = []
         self.api = KubeApiDouble({"version": {"major": "1", "minor": "35", "gitVersion": "v1.35.0+turbok"},
                                   "resources": TURBOK_RESOURCES,
@@ -249,9 +271,11 @@ class TurbokDouble:
         if self.api.store.get("agents.x-k8s.io/v1beta1", "Sandbox", request.headers["X-Sandbox-ID"], request.headers["X-Sandbox-Namespace"]) is None:
             return web.json_response({"error": "no such sandbox"}, status=404)
         if self.isolated:
-            out = "4.4.0\nLinux version 4.4.0 #1 SMP Sun Jan 10 15:06:54 PST 2016\n"
-        else:
-            out = f"{os.uname().release}\n{Path('/proc/version').read_text()}"
+            out = probe_output(**self.probe)
+        else:  # no sandbox at all: the command runs on this machine
+            done = await asyncio.to_thread(subprocess.run, ["/bin/sh", "-c", body["command"]], capture_output=True,
+                                           text=True, timeout=60, check=False)
+            out = done.stdout
         return web.json_response({"stdout": out, "stderr": "", "exit_code": 0, "timed_out": False})
 
     def run(self, **settings: Any) -> Any:
@@ -269,9 +293,15 @@ def test_turbok_sandbox_has_its_own_kernel(tmp_path: Path) -> None:
     assert report.cluster.engine == "turbok"
     sandboxing = by_id["workload_sandboxing"]
     assert sandboxing.status is Status.PASSED, sandboxing.reason
-    assert sandboxing.reason.startswith(f"turbok Sandbox tc-workload-sandboxing-{report.run_id}-sandbox reports kernel '4.4.0', the host runs '{os.uname().release}'")
+    assert sandboxing.reason.startswith(f"turbok Sandbox tc-workload-sandboxing-{report.run_id}-sandbox reports kernel "
+                                        "'4.4.0' (differs from the host in release, /proc/version, boot id); no host "
+                                        "processes, memory devices, host paths or host network in reach")
+    host = sandboxing.details["host"]
+    assert host["release"] == os.uname().release and host["bootId"] == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert set(sandboxing.details["verdicts"]) == {"kernel", "processes", "memory", "filesystem", "network"}
     (call,) = double.executed
-    assert call["body"] == {"command": "uname -r; cat /proc/version", "timeout_seconds": 30}
+    port = urlparse(double.api.url).port
+    assert call["body"] == {"command": probe_script(port or 0), "timeout_seconds": 60}  # the API's loopback port
     assert call["headers"]["X-Sandbox-ID"] == f"tc-workload-sandboxing-{report.run_id}-sandbox"
     assert call["headers"]["X-Sandbox-Namespace"] == report.namespace
     (sandbox,) = double.api.store.created_of("Sandbox")
@@ -285,10 +315,42 @@ def test_turbok_sandbox_has_its_own_kernel(tmp_path: Path) -> None:
 
 
 def test_turbok_sandbox_on_the_host_kernel_fails(tmp_path: Path) -> None:
+    """The probe really runs on this machine: same kernel and boot id, and the host's loopback answers."""
     report = TurbokDouble(tmp_path, isolated=False).run(focus="workload_sandboxing")
     (result,) = [r for r in report.results if r.selected]
     assert result.status is Status.FAILED
-    assert result.reason.startswith("turbok Sandbox") and f"runs on the host kernel {os.uname().release}" in result.reason
+    assert result.reason.startswith("turbok Sandbox") and "is not isolated from the host" in result.reason
+    assert f"it runs on the host's kernel {os.uname().release} (same release, /proc/version, boot id)" in result.reason
+    assert "it reaches a port the host listens on at 127.0.0.1" in result.reason
+    assert result.details["sandbox"]["bootId"] == result.details["host"]["bootId"] != ""
+
+
+@pytest.mark.parametrize(("probe", "reason"), [
+    ({"daemons": " kubelet containerd"}, "it sees host processes (containerd, kubelet)"),
+    ({"memory": " /dev/mem"}, "it can read /dev/mem"),
+    ({"host_paths": " /var/lib/kubelet"}, "host paths are mounted (/var/lib/kubelet)"),
+    ({"interfaces": "lo eth0 docker0 "}, "it sees host network interfaces (docker0)"),
+    ({"loopback_port": "6443 open"}, "it reaches a port the host listens on at 127.0.0.1"),
+])
+def test_each_isolation_breach_fails_the_check(tmp_path: Path, probe: dict[str, str], reason: str) -> None:
+    report = TurbokDouble(tmp_path, isolated=True, probe=dict(probe)).run(focus="workload_sandboxing")
+    (result,) = [r for r in report.results if r.selected]
+    assert result.status is Status.FAILED and reason in result.reason, result.reason
+    assert "runs on the host's kernel" not in result.reason  # the kernel itself is the sandbox's
+
+
+def test_a_probe_that_does_not_finish_is_unknown(tmp_path: Path) -> None:
+    report = TurbokDouble(tmp_path, isolated=True, probe={"done": None, "interfaces": None}).run(
+        focus="workload_sandboxing")
+    (result,) = [r for r in report.results if r.selected]
+    assert result.status is Status.UNKNOWN and "did not finish" in result.reason
+
+
+def test_probe_lines_parse() -> None:
+    p = parse_probe(probe_output(daemons=" kubelet", interfaces="lo eth0 "))
+    assert (p.release, p.boot_id, p.daemons, p.interfaces, p.loopback, p.done) == (
+        "4.4.0", GVISOR_PROBE["boot_id"], ["kubelet"], ["lo", "eth0"], "closed", True)
+    assert kernel_identity("6.1.0\nLinux version 6.1.0 (x)\n") == ("6.1.0", "Linux version 6.1.0 (x)")
 
 
 def test_turbok_sandbox_never_ready(tmp_path: Path) -> None:

@@ -33,7 +33,9 @@ CONFORMANT_1_35 = {
     "ai_service_metrics": "Prometheus at monitoring/prometheus-operated collected turbok_conformance_requests_total=",
     "secure_accelerator_access": "on gpu-node-1, only containers that requested an accelerator saw /dev/nvidia[0-9]*",
     "robust_controller": "KubeRay: CRD established, controller ready, webhook denied an invalid RayCluster, valid one reconciled",
-    "workload_sandboxing": "RuntimeClass gvisor on node cpu-node-1 reports kernel '4.4.0', the host runs '6.8.0-1015-gcp'",
+    "workload_sandboxing": "RuntimeClass gvisor on node cpu-node-1 reports kernel '4.4.0' (differs from the host in "
+                           "release, /proc/version, boot id); no host processes, memory devices, host paths or host "
+                           "network in reach",
 }
 CONFORMANT_1_36_ONLY = {
     "advanced_inference_ingress": "GatewayClass double-gateway accepted an HTTPRoute to an InferencePool (inference.networking.k8s.io/v1)",
@@ -46,11 +48,22 @@ def test_conformant_cluster_passes_1_35(conformant_cluster: Cluster) -> None:
     report = conformant_cluster.run()
     results = _by_id(report)
     assert report.checklist_version == "1.35" and report.cluster.git_version == "v1.35.2" and report.notes == []
-    assert list(results) == [*[r for r in CONFORMANT_1_35 if r != "workload_sandboxing"], "workload_sandboxing"]
-    for rid, reason in CONFORMANT_1_35.items():
+    # what the 1.36 and 1.37 checklists add runs after the 1.35 requirements, as extras
+    assert list(results) == [*[r for r in CONFORMANT_1_35 if r != "workload_sandboxing"], *CONFORMANT_1_36_ONLY,
+                             "workload_sandboxing"]
+    for rid, reason in {**CONFORMANT_1_35, **CONFORMANT_1_36_ONLY}.items():
         assert results[rid].status is Status.PASSED, (rid, results[rid].reason)
         assert results[rid].reason.startswith(reason), (rid, results[rid].reason)
-    assert results["workload_sandboxing"].requirement.draft
+    extras = [r.requirement for r in report.results if r.requirement.extra]
+    assert [(r.id, r.version) for r in extras] == [(rid, "1.36") for rid in CONFORMANT_1_36_ONLY] + [
+        ("workload_sandboxing", "1.37")]
+    assert not any(r.counts_for_exit for r in report.results if r.requirement.extra)
+    # workload_sandboxing compares the sandboxed pod with an unsandboxed control pod pinned to the same node
+    sandboxed, control = _created(conformant_cluster, "Pod", "workload_sandboxing")
+    assert sandboxed["spec"]["runtimeClassName"] == "gvisor" and "runtimeClassName" not in control["spec"]
+    assert control["spec"]["nodeName"] == "cpu-node-1"
+    verdicts = results["workload_sandboxing"].details["verdicts"]
+    assert verdicts["memory"] == "no raw memory device readable" and "closed" in verdicts["network"]
     assert report.must_satisfied and report.exit_code == 0
     # everything created was labelled and is gone again, the namespace too
     assert conformant_cluster.api.store.labelled(MANAGED_BY_SELECTOR) == []
@@ -140,7 +153,9 @@ NONCONFORMANT = {
     "ai_service_metrics": (Status.FAILED, "no monitoring system found"),
     "secure_accelerator_access": (Status.FAILED, "VIOLATION: a pod without an accelerator request saw /dev/nvidia[0-9]*; the non-requesting container"),
     "robust_controller": (Status.FAILED, "KubeRay has no ValidatingWebhookConfiguration for ray.io"),
-    "workload_sandboxing": (Status.FAILED, "RuntimeClass gvisor on node gpu-node-1 runs on the host kernel 5.15.0-1071-azure"),
+    "workload_sandboxing": (Status.FAILED, "RuntimeClass gvisor on node gpu-node-1 is not isolated from the host: it "
+                                           "runs on the host's kernel 5.15.0-1071-azure (same release, /proc/version, "
+                                           "boot id)"),
 }
 
 

@@ -29,12 +29,13 @@ def test_results_json(conformant_cluster: Cluster, tmp_path: Path) -> None:
     assert data["schema"] == "turbok.dev/conformance-results/v1"
     assert data["checklist"] == {"version": "1.35", "draft": False}
     assert data["cluster"]["gitVersion"] == "v1.35.2" and data["cluster"]["engine"] == "kubernetes"
-    assert data["summary"] == {"passed": 13, "failed": 0, "skipped": 0, "unknown": 0, "mustSatisfied": True, "exitCode": 0}
+    assert data["summary"] == {"passed": 16, "failed": 0, "skipped": 0, "unknown": 0, "mustSatisfied": True, "exitCode": 0}
     ids = [r["id"] for r in data["results"]]
-    assert ids == catalog.checklist("1.35").ids + ["workload_sandboxing"]
+    assert ids == catalog.checklist("1.35").ids + [r.id for r in catalog.newer_requirements("1.35")]
+    assert [r["id"] for r in data["results"] if r["extra"]][-1] == "workload_sandboxing"
     first = data["results"][0]
-    assert set(first) == {"id", "category", "level", "draft", "selected", "status", "reason", "notApplicable", "startedAt",
-                          "durationSeconds", "evidence", "details", "steps"}
+    assert set(first) == {"id", "category", "level", "draft", "extra", "selected", "status", "reason", "notApplicable",
+                          "startedAt", "durationSeconds", "evidence", "details", "steps"}
     assert first["evidence"] == "evidence/dra_support.md" and first["steps"][0]["message"]
     assert data["cleanup"] == {"deleted": 1, "leftovers": []}  # the namespace; checks clean their own objects
     assert data["runId"] == report.run_id
@@ -47,11 +48,11 @@ def test_junit_is_valid_and_complete(nonconformant_cluster: Cluster, tmp_path: P
     (suite,) = root.findall("testsuite")
     cases = suite.findall("testcase")
     assert len(cases) == len(report.results) == int(suite.get("tests", "-1"))
-    assert int(suite.get("failures", "-1")) == len([c for c in cases if c.find("failure") is not None]) == 10
+    assert int(suite.get("failures", "-1")) == len([c for c in cases if c.find("failure") is not None]) == 13
     assert int(suite.get("skipped", "-1")) == len([c for c in cases if c.find("skipped") is not None]) == 3
     assert int(suite.get("errors", "-1")) == len([c for c in cases if c.find("error") is not None]) == 0
     names = {c.get("name"): c for c in cases}
-    assert "[MUST] gang_scheduling" in names and "[SHOULD, draft v1.37] workload_sandboxing" in names
+    assert "[MUST] gang_scheduling" in names and "[SHOULD, newer v1.37] workload_sandboxing" in names
     gang = names["[MUST] gang_scheduling"]
     assert gang.get("classname") == "ai-conformance.schedulingOrchestration"
     assert gang.find("failure").get("message").startswith("no gang scheduling solution found")  # type: ignore[union-attr]
@@ -102,7 +103,7 @@ def test_product_yaml_draft(conformant_cluster: Cluster, tmp_path: Path) -> None
     assert {f.location for f in result.errors} == {f"metadata.{k}" for k in (
         "platformName", "platformVersion", "vendorName", "websiteUrl", "repoUrl", "documentationUrl", "productLogoUrl",
         "description", "contactEmailAddress", "k8sConformanceUrl")}
-    doc["metadata"].update(platformName="Turbo", platformVersion="1.0", vendorName="Yoyodyne", websiteUrl="https://y.example",
+    doc["metadata"].update(platformName="Turbo", platformVersion="1.0", vendorName="Acme", websiteUrl="https://y.example",
                            repoUrl="https://github.com/y/t", documentationUrl="https://y.example/docs", productLogoUrl="https://y.example/l.svg",
                            description="d", contactEmailAddress="t@y.example",
                            k8sConformanceUrl="https://github.com/cncf/k8s-conformance/tree/master/v1.35/turbo")

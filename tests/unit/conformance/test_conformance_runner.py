@@ -26,7 +26,7 @@ def _version_double(tmp_path: Path, version: dict[str, str]) -> tuple[KubeApiDou
     ({"major": "1", "minor": "33", "gitVersion": "v1.33.5"}, "1.33", None),
     ({"major": "1", "minor": "34+", "gitVersion": "v1.34.1-gke.1829001"}, "1.34", None),
     ({"gitVersion": "v1.36.0"}, "1.36", None),
-    ({"major": "1", "minor": "38", "gitVersion": "v1.38.0"}, "1.36", "cluster is Kubernetes 1.38, newer than the newest checklist (1.36); using 1.36"),
+    ({"major": "1", "minor": "38", "gitVersion": "v1.38.0"}, "1.37", "cluster is Kubernetes 1.38, newer than the newest checklist (1.37); using 1.37"),
 ])
 def test_checklist_follows_cluster_version(tmp_path: Path, version: dict[str, str], checklist: str, note: str | None) -> None:
     api, kc = _version_double(tmp_path, version)
@@ -70,7 +70,7 @@ def test_dry_run_creates_nothing(conformant_cluster: Cluster) -> None:
     assert conformant_cluster.api.store.created == []
     assert [r.method for r in conformant_cluster.api.requests if r.method != "GET"] == []
     selected = [r for r in report.results if r.selected]
-    assert len(selected) == 11 and all(r.status is Status.SKIPPED and r.reason.startswith("dry run: ") for r in selected)
+    assert len(selected) == 14 and all(r.status is Status.SKIPPED and r.reason.startswith("dry run: ") for r in selected)
     skipped = {r.requirement.id for r in report.results if not r.selected}
     assert skipped == {"cluster_autoscaling", "pod_autoscaling"}
 
@@ -78,6 +78,7 @@ def test_dry_run_creates_nothing(conformant_cluster: Cluster) -> None:
 def test_drafts_can_be_left_out(conformant_cluster: Cluster) -> None:
     report = conformant_cluster.run(dry_run=True, include_drafts=False)
     assert "workload_sandboxing" not in {r.requirement.id for r in report.results}
+    assert not any(r.requirement.extra for r in report.results)
 
 
 def test_ctrl_c_cleans_up(conformant_cluster: Cluster) -> None:
@@ -129,3 +130,24 @@ def test_sweep_deletes_only_labelled_leftovers(conformant_cluster: Cluster) -> N
     assert deleted == 4  # the pod inside the namespace went with it
     assert deleted_names[0] == "Namespace turbok-conformance-old1"
     assert set(deleted_names[1:]) == {"ClusterQueue tc-gang-old1-cq", "ResourceFlavor tc-gang-old1-flavor", "Pod default/stray"}
+
+
+_PODS = {"apiVersion": "v1", "kind": "Pod", "name": "pods", "namespaced": True}
+_SANDBOXES = {"apiVersion": "agents.x-k8s.io/v1beta1", "kind": "Sandbox", "name": "sandboxes", "namespaced": True}
+
+
+@pytest.mark.parametrize(("git_version", "resources", "engine"), [
+    # turbok serves core Pods since issue 10: its gitVersion says what it is
+    ("v1.37.0-turbok.0.1.0", [_PODS, _SANDBOXES], "turbok"),
+    # a real cluster with the Agent Sandbox controller installed is still Kubernetes
+    ("v1.37.2", [_PODS, _SANDBOXES], "kubernetes"),
+    # an older turbok: Sandboxes served without Pods
+    ("v1.34.0", [_SANDBOXES], "turbok"),
+])
+def test_engine_is_read_from_the_version_then_from_what_is_served(
+        tmp_path: Path, git_version: str, resources: list[dict[str, Any]], engine: str) -> None:
+    api = KubeApiDouble({"version": {"major": "1", "minor": git_version.split(".")[1], "gitVersion": git_version},
+                         "resources": resources})
+    with api.running(), KubeClient(load_kubeconfig(api.write_kubeconfig(tmp_path / "kubeconfig"))) as client:
+        report = Runner(client, RunSettings(dry_run=True, options=fast_options())).run()
+    assert report.cluster.engine == engine

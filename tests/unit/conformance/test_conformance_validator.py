@@ -1,7 +1,7 @@
 """The PRODUCT.yaml validator: the 34 real submissions, and crafted broken variants.
 
 The real submissions were merged upstream before cncf/k8s-ai-conformance ran
-its validator in CI; 15 of them break a submission rule. Each failure below is
+its validator in CI; 21 of them break a submission rule. Each failure below is
 a finding about the file, not about the validator (recorded in docs/conformance.md).
 """
 
@@ -27,7 +27,15 @@ SUBMISSIONS = DATA / "submissions"
 # file -> every error: (line, location, message start)
 EXPECTED_FAILURES: dict[str, list[tuple[int, str, str]]] = {
     "v1.33/alauda": [
+        (13, "metadata.productLogoUrl", "the logo is a PNG file: the program asks for SVG, AI or EPS"),
         (25, "spec.accelerators[dra_support].description", "differs from the checklist at character 1 ('Dynamic Resource"),
+    ],
+    "v1.33/chinaunicom-csk": [
+        (12, "metadata.productLogoUrl", "the logo is a PNG file: the program asks for SVG, AI or EPS"),
+    ],
+    "v1.33/cks": [
+        (7, "metadata.repo_url", "'https://github.com/yoyo.dyne/turbo-encabulator' is the example of the submission instructions"),
+        (9, "metadata.product_logo_url", "'https://yoyo.dyne/assets/turbo-encabulator.svg' is the example of the submission instructions"),
     ],
     "v1.33/gardener": [
         (68, "spec.observability[accelerator_metrics].description", "differs from the checklist at character 339 ('' instead of '"),
@@ -75,8 +83,21 @@ EXPECTED_FAILURES: dict[str, list[tuple[int, str, str]]] = {
         (63, "spec.observability[accelerator_metrics].description", "differs from the checklist at character 249 ('' instead of '"),
         (71, "spec.observability[ai_service_metrics].description", "differs from the checklist at character 164 ('' instead of '"),
     ],
-    "v1.34/eks": [(5, "metadata.contactEmailAddress", "missing required field contactEmailAddress")],
+    "v1.34/cce": [
+        (12, "metadata.productLogoUrl", "the logo is a PNG file: the program asks for SVG, AI or EPS"),
+    ],
+    "v1.34/cks": [
+        (7, "metadata.repo_url", "'https://github.com/yoyo.dyne/turbo-encabulator' is the example of the submission instructions"),
+        (9, "metadata.product_logo_url", "'https://yoyo.dyne/assets/turbo-encabulator.svg' is the example of the submission instructions"),
+    ],
+    "v1.34/eks": [
+        (5, "metadata.contactEmailAddress", "missing required field contactEmailAddress"),
+        (13, "metadata.productLogoUrl", "the logo is a PNG file: the program asks for SVG, AI or EPS"),
+    ],
     "v1.34/gke": [(5, "metadata.contactEmailAddress", "missing required field contactEmailAddress")],
+    "v1.34/lke": [
+        (12, "metadata.productLogoUrl", "the logo is a PNG file: the program asks for SVG, AI or EPS"),
+    ],
     "v1.34/ovh": [
         (8, "metadata.platformVersion", "must be a string, not float"),
         (24, "spec.accelerators[dra_support].evidence[0]", "evidence file ./dra.yaml not found"),
@@ -91,6 +112,9 @@ EXPECTED_FAILURES: dict[str, list[tuple[int, str, str]]] = {
         (66, "spec.observability[ai_service_metrics].evidence", "must be a list of URLs or relative file paths, not a str"),
         (74, "spec.security[secure_accelerator_access].evidence[0]", "evidence file see secure_accelerator_access.md not found"),
     ],
+    "v1.34/vks": [
+        (12, "metadata.productLogoUrl", "the logo is a PNG file: the program asks for SVG, AI or EPS"),
+    ],
 }
 
 ALL = sorted(str(p.parent.relative_to(SUBMISSIONS)) for p in SUBMISSIONS.glob("v*/*/PRODUCT.yaml"))
@@ -98,7 +122,7 @@ ALL = sorted(str(p.parent.relative_to(SUBMISSIONS)) for p in SUBMISSIONS.glob("v
 
 def test_there_are_34_real_submissions() -> None:
     assert len(ALL) == 34
-    assert set(EXPECTED_FAILURES) <= set(ALL)
+    assert set(EXPECTED_FAILURES) <= set(ALL) and len(EXPECTED_FAILURES) == 21
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -138,10 +162,10 @@ def test_snake_case() -> None:
 def _valid(version: str = "1.35") -> dict[str, Any]:
     cl = catalog.checklist(version)
     meta = {
-        "kubernetesVersion": f"v{version}", "platformName": "Turbo Encabulator", "platformVersion": "v1.7.4",
-        "vendorName": "Yoyodyne", "websiteUrl": "https://yoyo.dyne/te", "repoUrl": "https://github.com/yoyodyne/te",
-        "documentationUrl": "https://yoyo.dyne/te/docs", "productLogoUrl": "https://yoyo.dyne/te.svg",
-        "description": "A superb distribution.", "contactEmailAddress": "te@yoyo.dyne",
+        "kubernetesVersion": f"v{version}", "platformName": "Acme Kube", "platformVersion": "v1.7.4",
+        "vendorName": "Acme", "websiteUrl": "https://acme.example/kube", "repoUrl": "https://github.com/acme/kube",
+        "documentationUrl": "https://acme.example/kube/docs", "productLogoUrl": "https://acme.example/kube.svg",
+        "description": "A superb distribution.", "contactEmailAddress": "kube@acme.example",
     }
     if catalog.version_key(version) >= (1, 35):
         meta["k8sConformanceUrl"] = f"https://github.com/cncf/k8s-conformance/tree/master/v{version}/te"
@@ -171,7 +195,7 @@ def _errors(path: Path, **kw: Any) -> list[tuple[str, str]]:
     return [(f.location, f.message) for f in validate_file(path, **kw).errors]
 
 
-@pytest.mark.parametrize("version", ["1.33", "1.34", "1.35", "1.36"])
+@pytest.mark.parametrize("version", ["1.33", "1.34", "1.35", "1.36", "1.37"])
 def test_crafted_valid_document(tmp_path: Path, version: str) -> None:
     result = validate_file(_write(tmp_path, _valid(version)))
     assert result.ok and result.findings == [] and result.version == version
@@ -302,14 +326,67 @@ def test_directory_version_must_agree(tmp_path: Path) -> None:
     assert ("metadata.kubernetesVersion", "says 1.35 but the file lives under v1.34/") in _errors(path)
 
 
-def test_draft_version_warns(tmp_path: Path) -> None:
+def test_v1_37_submissions_are_accepted(tmp_path: Path) -> None:
+    result = validate_file(_write(tmp_path, _valid("1.37")))
+    assert result.ok and result.version == "1.37" and not any("draft" in f.message for f in result.warnings)
     doc = _valid("1.37")
-    result = validate_file(_write(tmp_path, doc))
+    del doc["spec"]["security"][1]  # workload_sandboxing is part of the frozen 1.37 checklist
+    assert ("spec.security[workload_sandboxing]", "missing requirement") in _errors(_write(tmp_path, doc))
+
+
+def test_draft_version_warns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    draft = {"version": "v1.38", "basedOn": "v1.37", "category": "security", "id": "future_thing",
+             "description": "Something accepted for 1.38.", "level": "SHOULD", "source": "https://example.com/kar"}
+    monkeypatch.setattr(catalog, "_drafts_file", lambda: [draft])
+    path = _write(tmp_path, _valid("1.38"))
+    (tmp_path / "evidence" / "future_thing.md").write_text("evidence\n")
+    result = validate_file(path)
     assert result.ok and any("draft" in f.message for f in result.warnings)
 
 
+def test_example_values_of_the_instructions_are_errors(tmp_path: Path) -> None:
+    doc = _valid()
+    doc["metadata"]["repoUrl"] = "https://github.com/yoyo.dyne/turbo-encabulator"
+    doc["metadata"]["productLogoUrl"] = "https://yoyo.dyne/assets/turbo-encabulator.svg"
+    errors = _errors(_write(tmp_path, doc))
+    assert ("metadata.repoUrl", "'https://github.com/yoyo.dyne/turbo-encabulator' is the example of the submission "
+            "instructions (Yoyodyne's Turbo Encabulator), not your product's") in errors
+    assert any(loc == "metadata.productLogoUrl" and "example" in msg for loc, msg in errors)
+
+
+@pytest.mark.parametrize(("url", "outcome"), [
+    ("https://acme.example/logo.svg", None),
+    ("https://acme.example/logo.EPS?v=2", None),
+    ("https://acme.example/brand/logo.ai#x", None),
+    ("https://acme.example/logo.png", "error"),
+    ("https://acme.example/logo.jpeg", "error"),
+    ("https://acme.example/logo", "warning"),
+])
+def test_logo_must_be_svg_ai_or_eps(tmp_path: Path, url: str, outcome: str | None) -> None:
+    doc = _valid()
+    doc["metadata"]["productLogoUrl"] = url
+    result = validate_file(_write(tmp_path, doc))
+    found = [f.severity for f in result.findings if f.location == "metadata.productLogoUrl"]
+    assert found == ([outcome] if outcome else [])
+
+
+def test_implemented_with_not_applicable_notes_contradicts_itself(tmp_path: Path) -> None:
+    doc = _valid()
+    item = doc["spec"]["accelerators"][1]
+    assert item["status"] == "Implemented"
+    item["notes"] = "Not applicable: the platform has no GPUs."
+    assert (f"spec.accelerators[{item['id']}].notes", "status is 'Implemented' but the notes say it does not apply "
+            "('Not applicable: the platform has no GPUs.'): use 'N/A' with these notes, or correct them") in _errors(
+        _write(tmp_path, doc))
+    item["notes"] = "N/A"
+    assert any("does not apply" in m for _, m in _errors(_write(tmp_path, doc)))
+    item["notes"] = "MIG on A100; time-slicing is n/a on L4 nodes."
+    result = validate_file(_write(tmp_path, doc))
+    assert result.ok and any("really is implemented" in f.message for f in result.warnings)
+
+
 def test_duplicate_keys_warn(tmp_path: Path) -> None:
-    text = yaml.safe_dump(_valid(), sort_keys=False, width=1000).replace("  vendorName: Yoyodyne\n", "  vendorName: Yoyodyne\n  vendorName: Acme\n")
+    text = yaml.safe_dump(_valid(), sort_keys=False, width=1000).replace("  vendorName: Acme\n", "  vendorName: Acme\n  vendorName: Acme Corp\n")
     result = validate_file(_write(tmp_path, text))
     assert any(f.location == "metadata.vendorName" and "twice" in f.message for f in result.warnings)
 

@@ -39,9 +39,14 @@ def test_the_guide_releases_with_removals_are_all_covered(apis: ApiCatalog) -> N
 
 def test_data_is_internally_consistent(apis: ApiCatalog) -> None:
     for e in apis:
-        assert e.deprecated_in <= e.removed_in, e
-        assert e.stage in ("alpha", "beta"), e
+        assert e.stage in ("alpha", "beta", "ga"), e
         assert e.source.startswith("https://"), e
+        if e.removed_in is None:  # only GA versions are deprecated with no removal planned
+            assert e.stage == "ga", e
+            assert e.deprecated_in <= apis.newest_release
+            continue
+        assert e.stage != "ga", e
+        assert e.deprecated_in <= e.removed_in, e
         if e.replacement is not None:
             assert e.replacement != e.api_version
             assert "/" in e.replacement or e.replacement == "v1"
@@ -94,6 +99,40 @@ def test_deprecations_after_the_guide_come_from_the_lifecycle_tags(apis: ApiCata
     assert "github.com/kubernetes/api" in vap.source
     dra = apis.availability("resource.k8s.io/v1beta2", "ResourceClaim", V(36))
     assert dra.status is ApiStatus.DEPRECATED and dra.planned_removal and dra.replacement == "resource.k8s.io/v1"
+
+
+def test_1_37_is_in_the_data(apis: ApiCatalog) -> None:
+    assert str(apis.newest_release) == "1.37"
+    ctb = apis.availability("certificates.k8s.io/v1beta1", "ClusterTrustBundle", V(37))
+    assert (ctb.status, ctb.replacement) == (ApiStatus.DEPRECATED, "certificates.k8s.io/v1")
+    assert apis.availability("certificates.k8s.io/v1", "ClusterTrustBundle", V(36)).status is ApiStatus.UNAVAILABLE
+    assert apis.availability("networking.k8s.io/v1beta1", "ServiceCIDR", V(37)).status is ApiStatus.REMOVED
+    endpoints = apis.availability("v1", "Endpoints", V(37))
+    assert endpoints.status is ApiStatus.DEPRECATED and not endpoints.planned_removal
+    assert endpoints.replacement == "discovery.k8s.io/v1 EndpointSlice"
+
+
+@pytest.mark.parametrize(
+    ("api_version", "kind", "target", "on"),
+    [
+        ("resource.k8s.io/v1beta1", "DeviceClass", 33, False),  # the list: DRA v1beta1/v1beta2,
+        ("resource.k8s.io/v1beta2", "ResourceClaim", 35, False),
+        ("networking.k8s.io/v1beta1", "ServiceCIDR", 33, False),  # ServiceCIDR/IPAddress v1beta1,
+        ("networking.k8s.io/v1beta1", "IPAddress", 36, False),
+        ("storage.k8s.io/v1beta1", "VolumeAttributesClass", 32, False),  # VolumeAttributesClass v1beta1
+        ("resource.k8s.io/v1alpha3", "DeviceTaintRule", 36, False),  # alpha: always off
+        ("resource.k8s.io/v1", "DeviceClass", 36, True),
+        ("batch/v1beta1", "CronJob", 21, True),  # betas older than 1.24 were on by default
+    ],
+)
+def test_which_versions_are_off_by_default(apis: ApiCatalog, api_version: str, kind: str, target: int,
+                                          on: bool) -> None:
+    assert apis.availability(api_version, kind, V(target)).enabled_by_default is on
+
+
+def test_typed_list_kinds_are_judged_as_their_items(apis: ApiCatalog) -> None:
+    assert apis.availability("batch/v1beta1", "CronJobList", V(25)).status is ApiStatus.REMOVED
+    assert apis.availability("v1", "List", V(25)).status is ApiStatus.UNKNOWN
 
 
 def test_kinds_cover_groups_for_live_listing(apis: ApiCatalog) -> None:

@@ -29,17 +29,55 @@ def one_error_line(stderr: str) -> str:
 def test_plan_table_names_every_step_and_its_rollback() -> None:
     code, out, _ = run("plan", "--from", "1.32.4", "--to", "1.35")
     assert code == 0
-    assert "binaries skipped with emulation: 1.33, 1.34" in out
+    assert "strategy minor" in out and "skipped" not in out and "NOT SUPPORTED" not in out
     assert "--emulated-version=1.32" in out and "rollback to the state after step" in out
+    assert "(vendor (GKE, EKS))" in out and "(upstream)" in out
     assert "exit code 0" in out
+
+
+def test_skip_plans_say_they_are_unsupported_and_quote_the_policy() -> None:
+    code, out, _ = run("plan", "--from", "1.32.4", "--to", "1.35", "--strategy", "skip")
+    assert code == 0
+    assert "binaries skipped with emulation: 1.33, 1.34" in out
+    assert "UNSUPPORTED UPSTREAM" in out and "require kube-apiserver to not skip minor versions" in " ".join(out.split())
+    assert "NOT SUPPORTED upstream" in out
 
 
 def test_plan_json_is_machine_readable() -> None:
     code, out, _ = run("plan", "--from", "1.32.4", "--to", "1.35", "-o", "json")
     plan = json.loads(out)
     assert code == 0 and plan["kind"] == "UpgradePlan" and plan["exitCode"] == 0
-    assert [s["emulatedVersion"] for s in plan["steps"]] == [None, "1.32", "1.32", "1.33", "1.34", None, None]
-    assert all(s["rollback"]["safe"] for s in plan["steps"])
+    assert plan["supportedUpstream"] is True and plan["strategy"] == "minor"
+    assert [s["emulatedVersion"] for s in plan["steps"]] == [None, "1.32", "1.32", None, "1.33", "1.33", None,
+                                                             "1.34", "1.34", None, None]
+    labels = {s["kind"]: s["rollback"]["supportedBy"] for s in plan["steps"]}
+    assert labels == {"preflight": "not-needed", "kube-apiserver": "vendor", "controllers": "upstream",
+                      "emulated-version": "upstream", "nodes": "upstream"}
+
+
+def test_a_plan_with_nothing_to_do_says_so() -> None:
+    code, out, _ = run("plan", "--from", "1.36.9", "--to", "1.36")
+    assert code == 0
+    assert "None plan" not in out and "Nothing to do: the control plane already runs 1.36.9" in out
+
+
+def test_flags_from_static_pods_become_blockers(tmp_path: Path) -> None:
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    (manifests / "kube-controller-manager.yaml").write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: kube-controller-manager, namespace: kube-system}\n"
+        "spec:\n  containers:\n  - name: kube-controller-manager\n    image: registry.k8s.io/kube-controller-manager:v1.36.3\n"
+        "    command: [kube-controller-manager, --concurrent-service-syncs=5, --leader-elect=true]\n")
+    (manifests / "etcd.yaml").write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: etcd, namespace: kube-system}\n"
+        "spec:\n  containers:\n  - name: etcd\n    image: registry.k8s.io/etcd:3.6.8-0\n    command: [etcd]\n")
+    code, out, _ = run("plan", "--from", "1.36.3", "--to", "1.37", "--flags-from", str(manifests), "-o", "json")
+    plan = json.loads(out)
+    assert code == 3
+    blockers = [(s["kind"], b["subject"]) for s in plan["steps"] for b in s["blockers"]]
+    assert blockers == [("controllers", "kube-controller-manager --concurrent-service-syncs")]
+    # the etcd static Pod says 3.6: 1.37 runs on etcd 3.7, one minor up, before the 1.37 kube-apiserver
+    assert [s["components"]["etcd"] for s in plan["steps"] if s["kind"] == "etcd"] == ["3.7"]
 
 
 def test_rollback_plan_and_refusal() -> None:
@@ -72,6 +110,40 @@ def test_check_exit_codes(data_dir: Path, tmp_path: Path) -> None:
     clean.write_text("apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: c}\n")
     code, out, _ = run("check", "--to", "1.36", "--manifests", str(clean))
     assert code == 0 and "No deprecated or removed APIs" in out
+
+
+def test_check_flags_beta_apis_off_by_default_and_alpha_apis(tmp_path: Path) -> None:
+    f = tmp_path / "dra.yaml"
+    f.write_text("apiVersion: resource.k8s.io/v1beta2\nkind: DeviceClass\nmetadata: {name: gpu}\n---\n"
+                 "apiVersion: networking.k8s.io/v1beta1\nkind: ServiceCIDR\nmetadata: {name: extra}\n---\n"
+                 "apiVersion: resource.k8s.io/v1alpha3\nkind: DeviceTaintRule\nmetadata: {name: t}\n---\n"
+                 "apiVersion: kueue.x-k8s.io/v1alpha1\nkind: Topology\nmetadata: {name: t}\n")
+    code, out, _ = run("check", "--to", "1.34", str(f), "-o", "json")
+    report = json.loads(out)
+    kinds = {x["subject"]: x["kind"] for x in report["findings"]}
+    # v1beta2 DeviceClass is not deprecated at 1.34, but kube-apiserver does not serve it by default
+    assert kinds == {"DeviceClass/gpu": "off-by-default", "ServiceCIDR/extra": "deprecated",
+                     "DeviceTaintRule/t": "alpha-api"}  # a CRD's v1alpha1 is not judged
+    assert code == 2
+    msg = next(x["message"] for x in report["findings"] if x["subject"] == "DeviceClass/gpu")
+    assert "--runtime-config=resource.k8s.io/v1beta2=true" in msg
+    cidr = next(x["message"] for x in report["findings"] if x["subject"] == "ServiceCIDR/extra")
+    assert "also off by default" in cidr
+    code, out, _ = run("check", "--to", "1.33", str(f), "-o", "json")
+    assert {x["subject"]: x["kind"] for x in json.loads(out)["findings"]}["ServiceCIDR/extra"] == "off-by-default"
+    code, out, _ = run("check", "--to", "1.36", str(f), "-o", "json")
+    deprecated = next(x for x in json.loads(out)["findings"] if x["subject"] == "DeviceClass/gpu")
+    assert deprecated["kind"] == "deprecated" and "also off by default" in deprecated["message"]
+
+
+def test_check_judges_typed_lists_without_items(tmp_path: Path) -> None:
+    f = tmp_path / "list.yaml"
+    f.write_text("apiVersion: batch/v1beta1\nkind: CronJobList\nitems:\n- metadata: {name: a}\n---\n"
+                 "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: policy/v1beta1, kind: PodSecurityPolicy, "
+                 "metadata: {name: p}}\n")
+    code, out, _ = run("check", "--to", "1.25", str(f), "-o", "json")
+    subjects = sorted(x["subject"] for x in json.loads(out)["findings"])
+    assert code == 3 and subjects == ["CronJob/a", "PodSecurityPolicy/p"]
 
 
 def test_check_accepts_several_paths_after_one_flag(data_dir: Path) -> None:

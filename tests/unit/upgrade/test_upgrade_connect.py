@@ -34,13 +34,14 @@ def write(tmp_path: Path, user: dict[str, Any], *, server: str = "http://127.0.0
 def test_current_context_and_explicit_context(tmp_path: Path) -> None:
     path = write(tmp_path, {"token": "t0k"})
     conn = connect(path, timeout_s=5)
-    with conn.client as c:
+    with conn.client as api:
+        c = api.http
         assert (conn.server, conn.context) == ("http://127.0.0.1:1", "main")
         assert (c.headers["Accept"], c.headers["User-Agent"]) == ("application/json", "turbok-upgrade")
         assert c.follow_redirects is False and c.timeout.read == 5
     conn = connect(path, context="second")
-    with conn.client as c:
-        assert (conn.context, str(c.base_url)) == ("second", "http://127.0.0.1:2")
+    with conn.client as api:
+        assert (conn.context, str(api.http.base_url)) == ("second", "http://127.0.0.1:2")
 
 
 @pytest.mark.parametrize(

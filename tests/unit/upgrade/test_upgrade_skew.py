@@ -109,3 +109,40 @@ def test_controllers_never_run_a_newer_binary_than_the_apiservers() -> None:
 
 def test_no_apiserver_means_nothing_to_measure_against() -> None:
     assert violations(node(Component.KUBELET, 20)) == []
+
+
+def test_kubelets_under_emulation_range_from_min_compatibility_minus_two() -> None:
+    """KEP-4330 "Skew": kubelet {minCompatibilityVersion-2}..{emulationVersion}, not the binary's N-3."""
+    emulating = api(35, emulated=32)  # 1.35 binary emulating 1.32: min compatibility 1.32
+    assert emulating.control is not None and emulating.control.min_compat == V(32).mm
+    for ok in (30, 31, 32):
+        assert violations(emulating, node(Component.KUBELET, ok)) == [], ok
+    for bad in (29, 33):  # 1.29 passed the old N-3 rule (1.32 - 3); 1.33 is newer than the emulated version
+        found = violations(emulating, node(Component.KUBELET, bad))
+        assert found and found[0].source.endswith("#skew"), bad
+    # a wider --min-compatibility-version widens the range
+    wide = Instance(Component.APISERVER, "a1", V(35), ControlPlaneVersion.of(V(35), None, Version(1, 33)))
+    assert violations(wide, node(Component.KUBELET, 31)) == []
+    assert violations(wide, node(Component.KUBE_PROXY, 30))
+
+
+def test_kubectl_under_emulation_ranges_from_min_compatibility_to_emulated_plus_one() -> None:
+    emulating = api(35, emulated=32)
+    for ok in (32, 33):
+        assert violations(emulating, node(Component.KUBECTL, ok)) == [], ok
+    for bad in (31, 34):  # 1.31 is emulated - 1 but older than the min compatibility version
+        assert violations(emulating, node(Component.KUBECTL, bad)), bad
+    wide = Instance(Component.APISERVER, "a1", V(35), ControlPlaneVersion.of(V(35), None, Version(1, 33)))
+    assert [k for k in range(31, 38) if not violations(wide, node(Component.KUBECTL, k))] == [33, 34, 35, 36]
+
+
+def test_apiserver_binaries_more_than_one_minor_apart_are_noted_as_uncovered() -> None:
+    from turbok.upgrade.checker import Severity, check_skew_now
+    from turbok.upgrade.skew import mixed_binaries
+
+    mixed = ClusterVersions((api(35, "a1", emulated=32), api(32, "a2")))
+    note = mixed_binaries(mixed)
+    assert note is not None and "not covered by KEP-4330" in note and "1.32.0" in note
+    assert mixed_binaries(ClusterVersions((api(35, "a1", emulated=34), api(34, "a2")))) is None
+    info = [f for f in check_skew_now(mixed) if f.severity is Severity.INFO]
+    assert len(info) == 1 and info[0].subject == "kube-apiserver binaries"
