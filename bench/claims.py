@@ -1,16 +1,26 @@
 """SandboxClaims end to end on a real control plane, each figure next to its reference.
 
-1. Warm claims: a warm pool of ``--pool`` Ready sandboxes; claims are posted at ``--rate`` per
-   second for ``--seconds`` over one keep-alive HTTPS connection, while one watch on claims
-   observes Ready. Latency = POST sent -> Ready event received (client side, so it includes TLS,
-   HTTP, the store, the claim controller and the watch). The pool refills in the background.
-2. Cold claims: claims against an empty pool, one at a time, alternating with a raw
-   ``runsc run --detach`` of the same kind of bundle (the reference, measured in the same run).
-   Latency = POST sent -> Ready event received.
+1. Warm claims: a warm pool of ``--pool`` Ready sandboxes (each a Pod the embedded node runs);
+   claims are posted at ``--rate`` per second for ``--seconds`` over one keep-alive HTTPS
+   connection, while one watch on claims observes Ready. Latency = POST sent -> Ready event
+   received (client side, so it includes TLS, HTTP, the store, the claim controller adopting a
+   warm Pod and the watch). The pool refills in the background.
+2. Cold claims: claims against an empty pool, one at a time (each: the Sandbox, its Pod, the
+   node's scheduler and worker, the Pod's network namespace and address, the pod sandbox boot,
+   the Pod's and then the claim's Ready), alternating with a raw ``runsc run --detach`` of the
+   same container bundle, measured in the same run: the pod runtime prepares it untimed with the
+   claim Pod's config (the same image, the built-in limits, the sandboxd agent injected, a network
+   namespace on a pod network of the benchmark's own) and runsc runs it with the node's flags
+   (``--network=sandbox`` inside that namespace). ``--cold-agent`` says whether the claims' Pods
+   get the sandboxd agent (``on``: the default a user gets; the runtime execs it after the boot
+   and waits for it to serve, which raw ``runsc run`` does not do), not (``off``: the template
+   annotated ``turbok.dev/sandboxd: off``, and the raw bundle made without it) or ``both``
+   (one series each). ``--warm-agent off`` makes the warm pool's template the same way.
 
-Both use ``turbok serve`` as a user runs it, in a temporary home. Usage (root, base image built)::
+Both use ``turbok serve`` as a user runs it, in a temporary home; every sandbox is removed at the
+end (``stop_sandboxes``). Usage (root, runsc, base image built)::
 
-    .venv/bin/python bench/claims.py [--rate 20] [--seconds 30] [--pool 600] [--cold 15]
+    .venv/bin/python bench/claims.py [--rate 20] [--seconds 30] [--pool 600] [--cold 15] [--cold-agent both] [--warm-agent on]
 """
 
 from __future__ import annotations
@@ -19,7 +29,10 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -31,19 +44,27 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import runtime as rt_bench  # noqa: E402  (bench/runtime.py: the raw runsc reference)
 
 from tests.conftest import ControlPlaneProcess  # noqa: E402
+from turbok.api.limitrange import BUILTIN_DEFAULT_LIMITS  # noqa: E402
+from turbok.api.quantity import cpu_millis, to_bytes  # noqa: E402
 from turbok.embedded.daemon import stop_sandboxes  # noqa: E402
 from turbok.home import Home  # noqa: E402
-from turbok.runtime import overlay  # noqa: E402
-from turbok.runtime.gvisor import RunscRuntime  # noqa: E402
+from turbok.runtime.cri import ContainerConfig, PodSandboxConfig  # noqa: E402
+from turbok.runtime.factory import make_pod_runtime  # noqa: E402
+from turbok.runtime.ids import sandbox_id  # noqa: E402
 from turbok.runtime.images import ImageStore  # noqa: E402
-from turbok.runtime.layout import SandboxDir  # noqa: E402
+from turbok.runtime.network import PodNetwork, runsc_prefix  # noqa: E402
+from turbok.runtime.podlayout import PodDir  # noqa: E402
+from turbok.runtime.pods_gvisor import GvisorPodRuntime  # noqa: E402
+from turbok.sandboxd.injection import agent_injection  # noqa: E402
 
 EXT = "/apis/extensions.agents.x-k8s.io/v1beta1/namespaces"
+IMAGE = "python-runtime-sandbox"
+#: The raw reference's cgroup parent and pod network (its own: the control plane's pods are under /turbok, on
+#: turbok0); a range no test uses.
+RAW_CGROUP = "/turbok-bench-claims"
+RAW_NETWORK = ("tkbcl", "10.241.77.0/28")
 
 
 class Api:
@@ -59,12 +80,14 @@ class Api:
         out: dict[str, Any] = r.json()
         return out
 
-    def setup(self, ns: str, replicas: int) -> None:
+    def setup(self, ns: str, replicas: int, *, agent: bool = True) -> None:
         self.post("/api/v1/namespaces", {"metadata": {"name": ns}})
+        template: dict[str, Any] = {"spec": {"containers": [{"name": "main", "image": IMAGE}]}}
+        if not agent:
+            template["metadata"] = {"annotations": {"turbok.dev/sandboxd": "off"}}
         self.post(f"{EXT}/{ns}/sandboxtemplates", {
             "apiVersion": "extensions.agents.x-k8s.io/v1beta1", "kind": "SandboxTemplate",
-            "metadata": {"name": "py"},
-            "spec": {"podTemplate": {"spec": {"containers": [{"name": "main", "image": "python-runtime-sandbox"}]}}}})
+            "metadata": {"name": "py"}, "spec": {"podTemplate": template}})
         self.post(f"{EXT}/{ns}/sandboxwarmpools", {
             "apiVersion": "extensions.agents.x-k8s.io/v1beta1", "kind": "SandboxWarmPool",
             "metadata": {"name": "pool"}, "spec": {"replicas": replicas, "sandboxTemplateRef": {"name": "py"}}})
@@ -139,9 +162,9 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def warm(api: Api, rate: float, seconds: float, pool: int) -> dict[str, Any]:
+def warm(api: Api, rate: float, seconds: float, pool: int, *, agent: bool = True) -> dict[str, Any]:
     ns = "bench-warm"
-    api.setup(ns, pool)
+    api.setup(ns, pool, agent=agent)
     t0 = time.monotonic()
     while api.ready_replicas(ns) < pool:
         print(f"\r  warming the pool: {api.ready_replicas(ns)}/{pool} ready", end="", flush=True)
@@ -183,18 +206,73 @@ def warm(api: Api, rate: float, seconds: float, pool: int) -> dict[str, Any]:
             "stalls": stalls}
 
 
-async def cold(api: Api, n: int, work: Path) -> dict[str, Any]:
-    ns = "bench-cold"
-    api.setup(ns, 0)
+class RawReference:
+    """A raw ``runsc run --detach`` of a container bundle the pod runtime prepared for a Pod like the claims'.
+
+    Its own root, cgroup parent and pod network in the benchmark's work directory; the same image,
+    limits (the built-in ones a template without resources gets), sandboxd agent, network namespace
+    and runsc flags as the node's runtime gives a claim's Pod. Timed: ``runsc run`` alone.
+    """
+
+    def __init__(self, work: Path, *, agent: bool = True) -> None:
+        images = ImageStore()
+        name, cidr = RAW_NETWORK
+        self.network = PodNetwork(work / "net", cidr=cidr, name=name, shared_dir=work / "net-shared")
+        self.runtime = GvisorPodRuntime(work / "raw", images, cgroup_parent=RAW_CGROUP, network=self.network)
+        self.runtime.injection = agent_injection(images, work / "agent") if agent else None
+        cpu, memory = cpu_millis(BUILTIN_DEFAULT_LIMITS["cpu"]), to_bytes(BUILTIN_DEFAULT_LIMITS["memory"])
+        self.pod = PodSandboxConfig(id=sandbox_id("bench-claims-raw"), name="raw", namespace="bench", uid="raw",
+                                    hostname="raw", cpu_millis=cpu, memory_bytes=memory, network=True,
+                                    single_container=True,
+                                    agent_container="main" if self.runtime.injection is not None else "",
+                                    agent_ports=(8080, 9090) if self.runtime.injection is not None else ())
+        self.container = ContainerConfig("main", IMAGE, cpu_millis=cpu, memory_bytes=memory)
+        self.argv: list[str] = []
+        self.cid = ""
+        self.out = work / "raw.out"
+
+    async def prepare(self) -> None:
+        await asyncio.to_thread(self.network.ensure_host)
+        await self.runtime.run_pod_sandbox(self.pod)
+        await self.runtime.start_container(self.pod.id, self.container)
+        await self.runtime.stop_container(self.pod.id, "main", 0)
+        pdir = PodDir(self.runtime.root, self.pod.id)
+        cdir = pdir.container("main")
+        self.cid = json.loads(cdir.record.read_text())["cid"]
+        attachment = self.network.attachment(self.pod.id)
+        assert attachment is not None, "the raw pod has no network namespace"
+        self.argv = [*runsc_prefix(attachment.netns), *self.runtime._cmd(
+            "--network=sandbox", "--cpu-num-from-quota", f"--debug-log={pdir.boot_log_of('main', 0)}",
+            "--debug-command=boot", "run", "--detach", f"--bundle={cdir.bundle}", self.cid)]
+
+    async def run(self) -> float:
+        """Seconds one raw ``runsc run --detach`` took (the previous one deleted first, untimed)."""
+        await self.runtime._runsc("delete", "--force", self.cid)
+        out = os.open(self.out, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        t = time.perf_counter()
+        proc = await asyncio.create_subprocess_exec(*self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=out,
+                                                    stderr=out, start_new_session=True)
+        os.close(out)  # a detached sandbox keeps what it is given: never a pipe
+        code = await proc.wait()
+        took = time.perf_counter() - t
+        if code != 0:
+            raise SystemExit(f"raw runsc run failed ({code}); see {self.out}")
+        return took
+
+    async def remove(self) -> None:
+        await self.runtime._runsc("delete", "--force", self.cid)
+        await self.runtime.remove_pod_sandbox(self.pod.id)
+        await asyncio.to_thread(self.network.remove_host)
+
+
+async def cold(api: Api, n: int, work: Path, *, agent: bool) -> dict[str, Any]:
+    ns = "bench-cold" if agent else "bench-cold-no-agent"
+    api.setup(ns, 0, agent=agent)
     watch = ReadyWatch(api, ns)
     watch.start()
     watch.started.wait(10)
-    runtime = RunscRuntime(work / "raw", ImageStore())
-    raw_spec = rt_bench.spec("bench-claims-raw")
-    await runtime.start(raw_spec)
-    await runtime.stop(raw_spec.id)
-    raw_dir = SandboxDir(runtime.root, raw_spec.id)
-    image = runtime.images.resolve(rt_bench.IMAGE)
+    raw_ref = RawReference(work / ns, agent=agent)
+    await raw_ref.prepare()
     ours: list[float] = []
     raw: list[float] = []
 
@@ -206,21 +284,52 @@ async def cold(api: Api, n: int, work: Path) -> dict[str, Any]:
         ours.append((ready - t) * 1e3)
 
     async def one_raw() -> None:
-        overlay.mount_overlay(lower=image.rootfs, upper=raw_dir.upper, work=raw_dir.ovwork, target=raw_dir.rootfs)
-        raw.append(await rt_bench.raw_run(rt_bench.run_flags(runtime, raw_dir), raw_dir) * 1e3)
-        await runtime.stop(raw_spec.id)
+        raw.append(await raw_ref.run() * 1e3)
 
-    for i in range(n):
-        if i % 2:
-            await one_raw()
-            await one_claim(i)
-        else:
-            await one_claim(i)
-            await one_raw()
-        await asyncio.sleep(2.5)  # let the previous sandbox's boot settle before the next sample
-    await runtime.remove(raw_spec.id)
+    try:
+        for i in range(n):
+            if i % 2:
+                await one_raw()
+                await one_claim(i)
+            else:
+                await one_claim(i)
+                await one_raw()
+            await asyncio.sleep(2.5)  # let the previous sandbox's boot settle before the next sample
+    finally:
+        await raw_ref.remove()
     return {"claims": n, "p50": statistics.median(ours), "p99": pct(ours, 0.99),
             "raw_p50": statistics.median(raw), "raw_p99": pct(raw, 0.99)}
+
+
+async def remove_half_made(home: Home) -> None:
+    """What the node was still making when the control plane stopped: pod directories without a record
+    (``list_pod_sandboxes``, so ``stop_sandboxes``, misses them) and runsc sandboxes already started for them."""
+    pods = home.root / "pods"
+    runtime = make_pod_runtime(pods, network=PodNetwork.from_env(home.root / "network"))
+    for pod in sorted(pods.glob("tk*")):
+        with contextlib.suppress(Exception):
+            await runtime.remove_pod_sandbox(pod.name)
+    state = pods / ".runsc"
+    listed = subprocess.run(["runsc", f"--root={state}", "list", "-quiet"], capture_output=True, text=True)
+    for cid in listed.stdout.split():
+        subprocess.run(["runsc", f"--root={state}", "delete", "--force", cid], capture_output=True)
+
+
+def unmount_under(work: Path) -> None:
+    """Unmount what is left under ``work`` (the pod runtime's own bind mount of its root), deepest first."""
+    points = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    for point in sorted((p for p in points if p.startswith(f"{work}/")), key=len, reverse=True):
+        subprocess.run(["umount", point], capture_output=True)
+
+
+def remove_raw_cgroups() -> None:
+    for controller in Path("/sys/fs/cgroup").iterdir():
+        d = controller / RAW_CGROUP.strip("/")
+        with contextlib.suppress(OSError):
+            for child in d.iterdir():
+                if child.is_dir():
+                    child.rmdir()
+            d.rmdir()
 
 
 def main() -> None:
@@ -229,6 +338,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--pool", type=int, default=600)
     parser.add_argument("--cold", type=int, default=15)
+    parser.add_argument("--cold-agent", choices=("on", "off", "both"), default="both")
+    parser.add_argument("--warm-agent", choices=("on", "off"), default="on")
     parser.add_argument("--skip-warm", action="store_true")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="turbok-bench-claims-"))
@@ -237,14 +348,17 @@ def main() -> None:
     try:
         print(f"turbok serve at {cp.api_url} (home {cp.home}, pid {cp.proc.pid if cp.proc else '?'})", flush=True)
         # Cold first, on a quiet machine; the warm phase leaves a pool refilling in the background.
-        if args.cold:
-            c = asyncio.run(cold(api, args.cold, work))
-            print(f"| cold claim create -> Ready (watch), n={c['claims']} | p50 {c['p50']:.1f} ms | p99 {c['p99']:.1f} ms "
+        agents = {"on": [True], "off": [False], "both": [False, True]}[args.cold_agent]
+        for agent in agents if args.cold else []:
+            c = asyncio.run(cold(api, args.cold, work, agent=agent))
+            print(f"| cold claim create -> Ready (watch), sandboxd agent {'on' if agent else 'off'}, "
+                  f"n={c['claims']} | p50 {c['p50']:.1f} ms | p99 {c['p99']:.1f} ms "
                   f"| raw runsc run p50 {c['raw_p50']:.1f} ms p99 {c['raw_p99']:.1f} ms | ratio {c['p50'] / c['raw_p50']:.2f} |",
                   flush=True)
         if not args.skip_warm:
-            w = warm(api, args.rate, args.seconds, args.pool)
-            print(f"| warm claim create -> Ready (watch), {w['claims']} claims at {w['rate']:.1f}/s, pool {args.pool} "
+            w = warm(api, args.rate, args.seconds, args.pool, agent=args.warm_agent == "on")
+            print(f"| warm claim create -> Ready (watch), {w['claims']} claims at {w['rate']:.1f}/s, pool {args.pool}, "
+                  f"sandboxd agent {args.warm_agent} "
                   f"| p50 {w['p50']:.1f} ms | p99 {w['p99']:.1f} ms | max {w['max']:.1f} ms | ready {w['ready']}/{w['claims']} "
                   f"| pool ready after: {w['pool_ready_after']} |", flush=True)
             for window, (p50, p99) in enumerate(w["windows"]):
@@ -256,6 +370,11 @@ def main() -> None:
         cp.stop()
         print("cleaning up sandboxes ...", flush=True)
         stop_sandboxes(Home(cp.home), remove=True)
+        asyncio.run(remove_half_made(Home(cp.home)))
+        remove_raw_cgroups()
+        unmount_under(work)
+        if not any(line.split()[1].startswith(f"{work}/") for line in Path("/proc/mounts").read_text().splitlines()):
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

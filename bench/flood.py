@@ -1,6 +1,6 @@
 """Benchmark of output floods: what a ``yes`` flood through the router costs the control plane and a neighbour.
 
-Two gVisor sandboxes of the base image behind one router, the router in a child
+Two gVisor pod sandboxes of the base image (each with the sandboxd agent) behind one router, the router in a child
 process with its own event loop (as ``turbok serve`` runs it). Three phases of
 ``--seconds`` each:
 
@@ -57,24 +57,37 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def serve() -> None:
-    """Child: start two sandboxes, serve the router, print where, run until stdin closes."""
-    from turbok.runtime.base import SandboxSpec, sandbox_id
-    from turbok.runtime.gvisor import RunscRuntime
+    """Child: start two pod sandboxes with their agents, serve the router, print where, run until stdin closes."""
+    from turbok.runtime.cri import ContainerConfig, PodSandboxConfig
+    from turbok.runtime.ids import sandbox_id
     from turbok.runtime.images import ImageStore
-    from turbok.runtime.local import release_root
+    from turbok.runtime.network import PodNetwork
+    from turbok.runtime.pods import release_root
+    from turbok.runtime.pods_gvisor import GvisorPodRuntime
     from turbok.sandboxd import StaticResolver, create_router_app, serve_router
+    from turbok.sandboxd.injection import agent_injection
 
     root = Path(tempfile.mkdtemp(prefix="turbok-bench-flood-"))
-    runtime = RunscRuntime(root, ImageStore())
+    network = PodNetwork(root / "net", cidr="10.239.251.0/28", name="tkbfld")  # a range of the bench's own
+    network.ensure_host()
+    images = ImageStore()
+    runtime = GvisorPodRuntime(root / "pods", images, network=network)
+    runtime.injection = agent_injection(images, root / "agent")
     ids = {name: sandbox_id(f"bench-flood-{name}-{root.name}") for name in (FLOOD, CALM)}
+    containers: dict[str, str] = {}
     try:
         for name, sid in ids.items():
-            await runtime.start(SandboxSpec(id=sid, hostname=name, image=IMAGE))
+            config = PodSandboxConfig(id=sid, name=name, namespace="default", uid=f"{root.name}-{name}",
+                                      hostname=name, single_container=True, agent_container="main",
+                                      agent_ports=(8080, 9090))
+            await runtime.run_pod_sandbox(config)
+            status = await runtime.start_container(sid, ContainerConfig("main", IMAGE))
+            containers[name] = status.container_id.removeprefix("gvisor://")
         resolver = StaticResolver({("default", name): sid for name, sid in ids.items()})
         running = await serve_router(create_router_app(runtime=runtime, resolver=resolver, token=TOKEN))
         info = {
             "url": running.url,
-            "ids": ids,
+            "ids": containers,  # what a raw `runsc exec` names: the container, not the pod
             "runsc": runtime.runsc,
             "state_dir": str(runtime.state_dir),
             "pid": os.getpid(),
@@ -85,8 +98,9 @@ async def serve() -> None:
         await running.close()
     finally:
         for sid in ids.values():
-            await runtime.remove(sid)
-        release_root(root)  # the runtime binds its root nosuid,nodev onto itself
+            await runtime.remove_pod_sandbox(sid)
+        network.remove_host()
+        release_root(root / "pods")  # the runtime binds its root nosuid,nodev onto itself
         shutil.rmtree(root, ignore_errors=True)
 
 

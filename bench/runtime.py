@@ -1,17 +1,22 @@
-"""Benchmark of the gVisor runtime against raw runsc, measured in the same run.
+"""Benchmark of the gVisor pod runtime against raw runsc, measured in the same run.
 
-1. Cold start: ``RunscRuntime.start`` of a fresh sandbox (new directory, image
-   resolution, its own disk made and mounted, overlay mount, config.json,
-   ``runsc run --detach``) against a raw ``runsc run --detach`` of an already
-   prepared bundle (disk and overlay mounted, untimed) with the same flags,
-   alternating. Teardown is untimed and sequential (it would steal CPU).
-2. Exec: ``RunscRuntime.exec(id, ["true"])`` against a raw ``runsc exec ID true``
-   spawned from the same event loop with the same pipes, alternating.
-3. CPU cost per sandbox, over start and over stop: user+sys of the runsc
-   clients (rusage of children) plus that of the sandbox and gofer processes,
-   read from the cpuacct of a cgroup parent of the benchmark's own (hierarchical:
-   it keeps what removed children used), so other work on the machine does not
-   count. It bounds how fast a warm pool can refill on this machine's cores.
+1. Pod cold start: ``GvisorPodRuntime.run_pod_sandbox`` + ``start_container`` of a
+   fresh single-container pod (its disk, the container's overlay and bundle,
+   ``runsc run``) against a raw ``runsc run --detach`` of that container's own
+   bundle (prepared by the runtime, untimed) with the same flags, alternating.
+   Teardown is untimed and sequential (it would steal CPU).
+2. The same start with the sandboxd agent injected (``turbok.sandboxd.injection``,
+   as the control plane runs every Sandbox's Pod): what the agent adds to a start
+   (one ``runsc exec`` of it, its Python's start, until it listens).
+3. Exec: ``PodRuntime.exec(["true"])`` (a stream: read to EOF, wait) against a raw
+   ``runsc exec ID true`` spawned from the same event loop with the same pipes,
+   alternating. (A command through the agent, which costs no ``runsc exec``, is
+   measured by bench/router.py.)
+4. CPU cost per pod, over start and over stop: user+sys of the runsc clients
+   (rusage of children) plus that of the sandbox and gofer processes, read from
+   the cpuacct of a cgroup parent of the benchmark's own (hierarchical: it keeps
+   what removed children used), so other work on the machine does not count. It
+   bounds how fast a warm pool can refill on this machine's cores.
 
 Usage (root, base image built: ``turbok image build-base``)::
 
@@ -22,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import json
 import os
 import resource
 import shutil
@@ -29,15 +36,16 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from turbok.runtime import overlay
-from turbok.runtime.base import SandboxSpec, sandbox_id
-from turbok.runtime.disk import bounds
-from turbok.runtime.gvisor import RunscRuntime
+from turbok.runtime.cri import ContainerConfig, PodSandboxConfig
+from turbok.runtime.ids import sandbox_id
 from turbok.runtime.images import ImageStore
-from turbok.runtime.layout import SandboxDir
-from turbok.runtime.local import release_root
+from turbok.runtime.podlayout import PodDir
+from turbok.runtime.pods import release_root
+from turbok.runtime.pods_gvisor import GvisorPodRuntime
+from turbok.sandboxd.injection import agent_injection
 
 IMAGE = "python-runtime-sandbox"
 
@@ -81,28 +89,10 @@ def remove_parent_cgroup() -> None:
             d.rmdir()
 
 
-def spec(name: str) -> SandboxSpec:
-    return SandboxSpec(id=sandbox_id(name), hostname=name, image=IMAGE)
-
-
-def run_flags(rt: RunscRuntime, sdir: SandboxDir, *verb: str) -> list[str]:
-    """The exact command line RunscRuntime.start uses (see gvisor.py); ``verb`` defaults to ``run``."""
-    return rt._cmd(
-        "--network=none",
-        "--cpu-num-from-quota",
-        f"--debug-log={sdir.boot_log}",
-        "--debug-command=boot",
-        *(verb or ("run",)),
-        "--detach",
-        f"--bundle={sdir.path}",
-        sdir.id,
-    )
-
-
-async def raw_run(argv: list[str], sdir: SandboxDir) -> float:
-    """Seconds one raw runsc command took; output to the sandbox's stdout.log (a detached
-    sandbox keeps what it is given, so never a pipe)."""
-    out = os.open(sdir.stdout_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+async def raw_run(argv: list[str], log: Path) -> float:
+    """Seconds one raw runsc command took; output to ``log`` (a detached sandbox keeps what it is given, so
+    never a pipe)."""
+    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
     t = time.perf_counter()
     proc = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
@@ -111,51 +101,8 @@ async def raw_run(argv: list[str], sdir: SandboxDir) -> float:
     code = await proc.wait()
     dt = time.perf_counter() - t
     if code != 0:
-        raise SystemExit(f"raw {' '.join(argv[1:])} failed ({code}); see {sdir.stdout_log}")
+        raise SystemExit(f"raw {' '.join(argv[1:])} failed ({code}); see {log}")
     return dt
-
-
-async def bench_start(rt: RunscRuntime, n: int) -> dict[str, list[float]]:
-    res: dict[str, list[float]] = {k: [] for k in ("runtime", "raw", "client_cpu", "cpu_start", "cpu_stop", "stop_wall", "host_start", "host_stop")}
-    # The raw side's bundle: made once by the runtime, then run by hand.
-    raw_spec = spec("bench-raw")
-    await rt.start(raw_spec)
-    await rt.stop(raw_spec.id)
-    raw_dir = SandboxDir(rt.root, raw_spec.id)
-    image = rt.images.resolve(IMAGE)
-
-    async def ours(i: int) -> None:
-        s = spec(f"bench-rt-{i}")
-        c0, a0, h0 = children_cpu_s(), cpu_s(), host_busy_s()
-        t = time.perf_counter()
-        await rt.start(s)
-        res["runtime"].append(time.perf_counter() - t)
-        res["client_cpu"].append(children_cpu_s() - c0)
-        res["cpu_start"].append(cpu_s() - a0)
-        res["host_start"].append(host_busy_s() - h0)
-        a0, h0, t = cpu_s(), host_busy_s(), time.perf_counter()
-        await rt.stop(s.id)
-        res["stop_wall"].append(time.perf_counter() - t)
-        res["cpu_stop"].append(cpu_s() - a0)
-        res["host_stop"].append(host_busy_s() - h0)
-        await rt.remove(s.id)
-
-    async def raw() -> None:
-        rt._prepare_disk(raw_dir, raw_spec, bounds(None))
-        overlay.mount_overlay(lower=image.rootfs, upper=raw_dir.upper, work=raw_dir.ovwork, target=raw_dir.rootfs)
-        res["raw"].append(await raw_run(run_flags(rt, raw_dir), raw_dir))
-        await rt.stop(raw_spec.id)
-
-    for i in range(n):
-        # Alternate the order, so neither side always runs right after the other's teardown.
-        if i % 2:
-            await raw()
-            await ours(i)
-        else:
-            await ours(i)
-            await raw()
-    await rt.remove(raw_spec.id)
-    return res
 
 
 async def exec_raw(argv: list[str]) -> float:
@@ -169,31 +116,100 @@ async def exec_raw(argv: list[str]) -> float:
     return dt
 
 
-async def exec_ours(rt: RunscRuntime, id: str) -> float:
-    t = time.perf_counter()
-    result = await rt.exec(id, ["true"])
-    dt = time.perf_counter() - t
-    assert result.exit_code == 0, result
-    return dt
+def pod(name: str, *, agent: bool = False) -> PodSandboxConfig:
+    extra: dict[str, object] = {"agent_container": "main", "agent_ports": (8080, 9090)} if agent else {}
+    return PodSandboxConfig(id=sandbox_id(name), name=name, namespace="bench", uid=name, hostname=name,
+                            network=False, single_container=True, **extra)  # type: ignore[arg-type]
 
 
-async def bench_exec(rt: RunscRuntime, n: int) -> dict[str, list[float]]:
-    s = spec("bench-exec")
-    await rt.start(s)
+MAIN = ContainerConfig("main", IMAGE)
+_KEYS = ("runtime", "raw", "agent", "client_cpu", "cpu_start", "cpu_stop", "stop_wall", "host_start", "host_stop")
+
+
+async def bench_pod_start(prt: GvisorPodRuntime, n: int) -> dict[str, list[float]]:
+    """Cold start of a single-container pod through the PodRuntime (without and with the sandboxd agent) against
+    raw ``runsc run`` of its bundle; CPU per start and stop (see the module docstring)."""
+    res: dict[str, list[float]] = {k: [] for k in _KEYS}
+    raw_pod = pod("bench-pod-raw")
+    await prt.run_pod_sandbox(raw_pod)
+    await prt.start_container(raw_pod.id, MAIN)
+    await prt.stop_container(raw_pod.id, "main", 0)
+    pdir = PodDir(prt.root, raw_pod.id)
+    cdir = pdir.container("main")
+    cid = json.loads(cdir.record.read_text())["cid"]
+    boot_log = pdir.boot_log_of("main", 0)
+    raw_argv = prt._cmd("--network=none", "--cpu-num-from-quota", f"--debug-log={boot_log}",
+                        "--debug-command=boot", "run", "--detach", f"--bundle={cdir.bundle}", cid)
+    raw_log = prt.root / "raw-run.log"
+
+    async def ours(i: int) -> None:
+        cfg = pod(f"bench-pod-{i}")
+        c0, a0, h0 = children_cpu_s(), cpu_s(), host_busy_s()
+        t = time.perf_counter()
+        await prt.run_pod_sandbox(cfg)
+        await prt.start_container(cfg.id, MAIN)
+        res["runtime"].append(time.perf_counter() - t)
+        res["client_cpu"].append(children_cpu_s() - c0)
+        res["cpu_start"].append(cpu_s() - a0)
+        res["host_start"].append(host_busy_s() - h0)
+        a0, h0, t = cpu_s(), host_busy_s(), time.perf_counter()
+        await prt.remove_pod_sandbox(cfg.id)
+        res["stop_wall"].append(time.perf_counter() - t)
+        res["cpu_stop"].append(cpu_s() - a0)
+        res["host_stop"].append(host_busy_s() - h0)
+
+    async def with_agent(i: int) -> None:
+        cfg = pod(f"bench-pod-agent-{i}", agent=True)
+        t = time.perf_counter()
+        await prt.run_pod_sandbox(cfg)
+        status = await prt.start_container(cfg.id, MAIN)
+        res["agent"].append(time.perf_counter() - t)
+        assert not status.notes, f"the agent did not start: {status.notes}"
+        await prt.remove_pod_sandbox(cfg.id)
+
+    async def raw() -> None:
+        await prt._runsc("delete", "--force", cid)
+        res["raw"].append(await raw_run(raw_argv, raw_log))
+
+    for i in range(n):
+        # Rotate the order, so no side always runs right after another's teardown.
+        steps: list[Callable[[], Awaitable[None]]] = [functools.partial(ours, i), raw]
+        if prt.injection is not None:
+            steps.append(functools.partial(with_agent, i))
+        for step in steps[i % len(steps):] + steps[:i % len(steps)]:
+            await step()
+    await prt.remove_pod_sandbox(raw_pod.id)
+    return res
+
+
+async def bench_pod_exec(prt: GvisorPodRuntime, n: int) -> dict[str, list[float]]:
+    cfg = pod("bench-pod-exec")
+    await prt.run_pod_sandbox(cfg)
+    await prt.start_container(cfg.id, MAIN)
+    cid = json.loads(PodDir(prt.root, cfg.id).container("main").record.read_text())["cid"]
+    raw_argv = prt._cmd("exec", cid, "true")
+
+    async def ours() -> float:
+        t = time.perf_counter()
+        stream = await prt.exec(cfg.id, "main", ["true"])
+        await stream.process.stdout.read()
+        code = await stream.process.wait()
+        dt = time.perf_counter() - t
+        assert code == 0, code
+        return dt
+
     res: dict[str, list[float]] = {"runtime": [], "raw": []}
-    raw_argv = rt._cmd("exec", s.id, "true")
     try:
         for i in range(n + 10):
-            # Alternate which goes first, so neither pays for the other's teardown inside the sandbox.
             if i % 2:
-                ours, raw = await exec_ours(rt, s.id), await exec_raw(raw_argv)
+                a, b = await ours(), await exec_raw(raw_argv)
             else:
-                raw, ours = await exec_raw(raw_argv), await exec_ours(rt, s.id)
-            if i >= 10:  # warm-up
-                res["raw"].append(raw)
-                res["runtime"].append(ours)
+                b, a = await exec_raw(raw_argv), await ours()
+            if i >= 10:
+                res["runtime"].append(a)
+                res["raw"].append(b)
     finally:
-        await rt.remove(s.id)
+        await prt.remove_pod_sandbox(cfg.id)
     return res
 
 
@@ -209,19 +225,21 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--starts", type=int, default=20)
     ap.add_argument("--execs", type=int, default=200)
-    ap.add_argument("--root", type=Path, default=None, help="sandbox root (default: a temp dir)")
+    ap.add_argument("--pods", type=int, dest="starts", default=argparse.SUPPRESS, help="the same as --starts")
+    ap.add_argument("--root", type=Path, default=None, help="pod root (default: a temp dir)")
     args = ap.parse_args()
     images = ImageStore()
     images.resolve(IMAGE)  # fails clearly when the base image is not built
     root = args.root or Path(tempfile.mkdtemp(prefix="turbok-bench-"))
-    rt = RunscRuntime(root, images, cgroup_parent=CGROUP_PARENT)
+    prt = GvisorPodRuntime(root / "pods", images, cgroup_parent=CGROUP_PARENT)
+    prt.injection = agent_injection(images, root / "agent")
     try:
-        starts = await bench_start(rt, args.starts)
-        execs = await bench_exec(rt, args.execs)
+        starts = await bench_pod_start(prt, args.starts)
+        execs = await bench_pod_exec(prt, args.execs)
     finally:
-        for id in await rt.list():
-            await rt.remove(id)
-        release_root(root)
+        for id in await prt.list_pod_sandboxes():
+            await prt.remove_pod_sandbox(id)
+        release_root(root / "pods")
         if args.root is None:
             shutil.rmtree(root, ignore_errors=True)
         remove_parent_cgroup()
@@ -229,11 +247,17 @@ async def main() -> None:
     print(f"runsc: {shutil.which('runsc')}, cores: {os.cpu_count()}, python {sys.version.split()[0]}")
     print("| what | p50 | p99 | raw p50 | raw p99 | ratio p50 |")
     print("|---|---|---|---|---|---|")
-    print(line(f"cold start: RunscRuntime.start vs raw `runsc run --detach` (n={args.starts})", starts["runtime"], starts["raw"]))
-    print(line(f"exec `true`: RunscRuntime.exec vs raw `runsc exec` (n={args.execs})", execs["runtime"], execs["raw"]))
+    print(line(f"pod cold start: run_pod_sandbox + start_container vs raw `runsc run --detach` "
+               f"(n={len(starts['runtime'])})", starts["runtime"], starts["raw"]))
+    if starts["agent"]:
+        print(line(f"pod cold start with the sandboxd agent vs raw `runsc run --detach` (n={len(starts['agent'])})",
+                   starts["agent"], starts["raw"]))
+    print(line(f"pod exec `true`: PodRuntime.exec (a stream) vs raw `runsc exec` (n={args.execs})",
+               execs["runtime"], execs["raw"]))
     print()
-    print(f"CPU per start (p50): {med(starts['cpu_start']) * 1e3:.0f} ms (runsc run client "
-          f"{med(starts['client_cpu']) * 1e3:.0f} ms, the rest sandbox+gofer) over {med(starts['runtime']) * 1e3:.0f} ms wall")
+    print(f"CPU per start (p50): {med(starts['cpu_start']) * 1e3:.0f} ms (runsc clients "
+          f"{med(starts['client_cpu']) * 1e3:.0f} ms, the rest sandbox+gofer) over "
+          f"{med(starts['runtime']) * 1e3:.0f} ms wall")
     print(f"CPU per stop (p50): {med(starts['cpu_stop']) * 1e3:.0f} ms over {med(starts['stop_wall']) * 1e3:.0f} ms wall")
     print(f"Whole machine busy time meanwhile (p50; a ceiling, includes any other work): start "
           f"{med(starts['host_start']) * 1e3:.0f} ms, stop {med(starts['host_stop']) * 1e3:.0f} ms; "
@@ -241,7 +265,7 @@ async def main() -> None:
     per_claim = med(starts["cpu_start"]) + med(starts["cpu_stop"])
     cores = os.cpu_count() or 1
     print(f"=> start+stop costs {per_claim * 1e3:.0f} ms of CPU: at most {cores / per_claim:.1f} "
-          f"sandboxes/s refilled on {cores} cores if nothing else ran")
+          f"pods/s refilled on {cores} cores if nothing else ran")
 
 
 if __name__ == "__main__":

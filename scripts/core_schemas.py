@@ -7,7 +7,7 @@ turbok's validator reads CRD schemas:
 
 - every ``$ref`` inlined (no built-in kind is recursive);
 - ObjectMeta as ``{"type": "object"}`` (``turbok.api.meta`` owns metadata);
-- Quantity and IntOrString as CRDs write them (``x-kubernetes-int-or-string``,
+- Quantity and IntOrString as CRDs write them, RawExtension as any object (``x-kubernetes-int-or-string``,
   Quantity with kube's pattern), Time and MicroTime as date-time strings;
 - Go zero-value defaults (``""``, ``{}``, ``0`` on non-required fields) dropped: kube applies them
   in Go code, and a default in a schema would be written into every object.
@@ -50,7 +50,24 @@ KINDS: dict[str, list[str]] = {
     "apis/discovery.k8s.io/v1": ["EndpointSlice"],
     "apis/coordination.k8s.io/v1": ["Lease"],
     "apis/storage.k8s.io/v1": ["StorageClass"],
+    "apis/networking.k8s.io/v1": ["NetworkPolicy"],
+    "apis/resource.k8s.io/v1": ["DeviceClass", "ResourceClaim", "ResourceClaimTemplate", "ResourceSlice"],
 }
+#: Kind -> the list path whose server-side Table gives the kind's printer columns.
+TABLES: dict[str, str] = {
+    "Pod": "api/v1/pods", "Service": "api/v1/services", "Endpoints": "api/v1/endpoints",
+    "PersistentVolumeClaim": "api/v1/persistentvolumeclaims", "PersistentVolume": "api/v1/persistentvolumes",
+    "Secret": "api/v1/secrets", "ConfigMap": "api/v1/configmaps", "ServiceAccount": "api/v1/serviceaccounts",
+    "Node": "api/v1/nodes", "LimitRange": "api/v1/limitranges", "ResourceQuota": "api/v1/resourcequotas",
+    "Event": "api/v1/events", "Namespace": "api/v1/namespaces",
+    "EndpointSlice": "apis/discovery.k8s.io/v1/endpointslices", "Lease": "apis/coordination.k8s.io/v1/leases",
+    "StorageClass": "apis/storage.k8s.io/v1/storageclasses",
+    "NetworkPolicy": "apis/networking.k8s.io/v1/networkpolicies",
+    "DeviceClass": "apis/resource.k8s.io/v1/deviceclasses", "ResourceClaim": "apis/resource.k8s.io/v1/resourceclaims",
+    "ResourceClaimTemplate": "apis/resource.k8s.io/v1/resourceclaimtemplates",
+    "ResourceSlice": "apis/resource.k8s.io/v1/resourceslices",
+}
+_TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"
 _QUANTITY_PATTERN = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
                      r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
 _SPECIAL: dict[str, dict[str, Any]] = {
@@ -62,6 +79,8 @@ _SPECIAL: dict[str, dict[str, Any]] = {
         "anyOf": [{"type": "integer"}, {"type": "string"}], "x-kubernetes-int-or-string": True},
     "io.k8s.apimachinery.pkg.apis.meta.v1.Time": {"type": "string", "format": "date-time"},
     "io.k8s.apimachinery.pkg.apis.meta.v1.MicroTime": {"type": "string", "format": "date-time"},
+    # Any JSON object (a DRA driver's opaque parameters): kept as sent, as a CRD's embedded resource.
+    "io.k8s.apimachinery.pkg.runtime.RawExtension": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
 }
 
 
@@ -82,15 +101,17 @@ def _wait(url: str, ctx: ssl.SSLContext | None, token: str | None, timeout: floa
     raise SystemExit(f"{url} did not answer in {timeout:.0f} s")
 
 
-def _get(url: str, ctx: ssl.SSLContext | None, token: str | None) -> bytes:
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+def _get(url: str, ctx: ssl.SSLContext | None, token: str | None, accept: str = "application/json") -> bytes:
+    headers = {"Accept": accept, **({"Authorization": f"Bearer {token}"} if token else {})}
+    req = urllib.request.Request(url, headers=headers)
     with urllib.request.urlopen(req, context=ctx, timeout=30) as r:
         data: bytes = r.read()
         return data
 
 
 def fetch_from_server(assets: Path) -> dict[str, dict[str, Any]]:
-    """Start etcd and kube-apiserver on loopback, read the OpenAPI v3 documents, stop them."""
+    """Start etcd and kube-apiserver on loopback, read the OpenAPI v3 documents and the printer columns
+    (``"tables"``: the column definitions of an empty server-side Table of each kind), stop them."""
     bin_dir = assets / VERSION
     work = Path(tempfile.mkdtemp(prefix="core-schemas-"))
     procs: list[subprocess.Popen[bytes]] = []
@@ -122,7 +143,10 @@ def fetch_from_server(assets: Path) -> dict[str, dict[str, Any]]:
         ctx.verify_mode = ssl.CERT_NONE
         base = f"https://127.0.0.1:{api}"
         _wait(f"{base}/readyz", ctx, token)
-        return {gv: json.loads(_get(f"{base}/openapi/v3/{gv}", ctx, token)) for gv in KINDS}
+        documents = {gv: json.loads(_get(f"{base}/openapi/v3/{gv}", ctx, token)) for gv in KINDS}
+        documents["tables"] = {kind: json.loads(_get(f"{base}/{path}", ctx, token, _TABLE))["columnDefinitions"]
+                               for kind, path in TABLES.items()}
+        return documents
     finally:
         for p in reversed(procs):
             p.terminate()
@@ -190,6 +214,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.from_dumps:
         documents = {gv: json.loads((args.from_dumps / (gv.replace("/", "__") + ".json")).read_text()) for gv in KINDS}
+        tables = args.from_dumps / "tables.json"
+        if tables.exists():
+            documents["tables"] = json.loads(tables.read_text())
     else:
         assets = args.assets
         if assets is None:
@@ -199,7 +226,9 @@ def main() -> None:
     schemas = build(documents)
     tmp = OUT.with_suffix(".tmp")
     tmp.write_text(json.dumps({"source": f"kube-apiserver v{VERSION} /openapi/v3, made structural by "
-                                         "scripts/core_schemas.py", "kinds": schemas}, sort_keys=True) + "\n")
+                                         "scripts/core_schemas.py; tables: the columnDefinitions of its "
+                                         "server-side Tables", "kinds": schemas,
+                               "tables": documents.get("tables", {})}, sort_keys=True) + "\n")
     os.replace(tmp, OUT)
     print(f"wrote {OUT.relative_to(REPO)}: {', '.join(schemas)} ({OUT.stat().st_size // 1024} KiB)", file=sys.stderr)
 

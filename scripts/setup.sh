@@ -16,8 +16,11 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-# --- Debian packages: gVisor, bubblewrap (fallback), the base-image builder, the test registry.
-packages=(runsc bubblewrap mmdebstrap docker-registry iproute2 python3 python3-venv python3-dev gcc ca-certificates)
+# --- Debian packages: gVisor, bubblewrap (fallback), the base-image builder, the test registry
+#     (docker-registry; htpasswd from apache2-utils for its basic-auth tests; skopeo and umoci, the
+#     references of bench/images.py), nftables (the pod network's rules).
+packages=(runsc bubblewrap mmdebstrap docker-registry apache2-utils skopeo umoci iproute2 nftables python3 python3-venv
+          python3-dev gcc ca-certificates)
 command -v kubectl >/dev/null || packages+=(kubernetes-client)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

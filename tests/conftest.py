@@ -34,6 +34,8 @@ class ControlPlaneProcess:
     router_token: str = ""  # the router's own, sent as Authorization: Bearer (never in a URL)
     kubeconfig: Path = field(default_factory=Path)
     proc: subprocess.Popen[bytes] | None = None
+    #: more ``turbok serve`` arguments (``--simulated-gpus 2``)
+    args: tuple[str, ...] = ()
 
     @property
     def router_headers(self) -> dict[str, str]:
@@ -50,7 +52,7 @@ class ControlPlaneProcess:
         endpoints.unlink(missing_ok=True)
         with open(self.home / "turbok.log", "ab") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "turbok", "serve"], env={**os.environ, "TURBOK_HOME": str(self.home)},
+                [sys.executable, "-m", "turbok", "serve", *self.args], env={**os.environ, "TURBOK_HOME": str(self.home)},
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         deadline = time.monotonic() + timeout
@@ -85,7 +87,7 @@ class ControlPlaneProcess:
         """Stop the control plane and remove every sandbox it left running."""
         from turbok.embedded.daemon import stop_sandboxes
         from turbok.home import Home
-        from turbok.runtime.local import release_root
+        from turbok.runtime.pods import release_root
 
         self.stop()
         stop_sandboxes(Home(self.home), remove=True)
@@ -106,8 +108,8 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
 def make_control_plane(tmp_path: Path) -> Iterator[Callable[..., ControlPlaneProcess]]:
     started: list[ControlPlaneProcess] = []
 
-    def make(home: Path | None = None) -> ControlPlaneProcess:
-        cp = ControlPlaneProcess(home or tmp_path / f"home{len(started)}").start()
+    def make(home: Path | None = None, args: tuple[str, ...] = ()) -> ControlPlaneProcess:
+        cp = ControlPlaneProcess(home or tmp_path / f"home{len(started)}", args=args).start()
         started.append(cp)
         return cp
 

@@ -73,3 +73,40 @@ def test_a_missing_warm_pool_fails_fast(control_plane: ControlPlaneProcess, api:
     with _client(control_plane, api) as c, pytest.raises(SandboxWarmPoolNotFoundError):
         c.create_sandbox("no-such-pool", namespace=NS, sandbox_ready_timeout=60)
     assert time.monotonic() - started < 10, "a terminal reason must not wait for the timeout"
+
+
+def test_a_server_in_the_sandbox_through_the_router(control_plane: ControlPlaneProcess,
+                                                    api: kclient.ApiClient) -> None:
+    """Any port of the sandbox's Pod through the control plane's router (``X-Sandbox-Port``), the token kept out
+    of the sandbox; gRPC to the sandbox's sandboxd ``ProcessService`` on the same router port."""
+    import grpc
+    import requests
+    from k8s_agent_sandbox.commands._process_stubs import process_pb2 as pb
+    from k8s_agent_sandbox.commands._process_stubs import process_pb2_grpc as pb_grpc
+
+    with _client(control_plane, api) as c:
+        sb = c.create_sandbox("python-pool", namespace=NS, sandbox_ready_timeout=60)
+        if not sb.get_pod_ip():
+            pytest.skip("the control plane has no pod network here (root and nft): only the runtime API reaches Pods")
+        sb.files.write("site/hello.txt", b"served from the sandbox")
+        sb.commands.run("cd /app/site && nohup python3 -m http.server 8000 >/dev/null 2>&1 &")
+        headers = {**control_plane.router_headers, "X-Sandbox-ID": sb.sandbox_id, "X-Sandbox-Namespace": NS,
+                   "X-Sandbox-Port": "8000"}
+        deadline = time.monotonic() + 20
+        while True:
+            r = requests.get(f"{control_plane.router_url}/hello.txt", headers=headers, timeout=10)
+            if r.status_code != 502 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)  # the server is still starting
+        assert (r.status_code, r.content) == (200, b"served from the sandbox")
+        r = requests.get(f"{control_plane.router_url}/hello.txt", headers={**headers, "X-Sandbox-Port": "8001"},
+                         timeout=10)
+        assert r.status_code == 502 and r.json()["reason"] == "BadGateway"
+        host = control_plane.router_url.removeprefix("http://")
+        with grpc.insecure_channel(host) as channel:
+            stub = pb_grpc.ProcessServiceStub(channel)
+            meta = [("authorization", f"Bearer {control_plane.router_token}"), ("x-sandbox-id", sb.sandbox_id),
+                    ("x-sandbox-namespace", NS)]
+            done = stub.Execute(pb.ExecuteRequest(config=pb.ProcessConfig(command=["cat", "/app/site/hello.txt"])),
+                                metadata=meta, timeout=30)
+            assert (done.stdout, done.exit_code) == (b"served from the sandbox", 0)

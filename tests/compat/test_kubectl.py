@@ -326,7 +326,9 @@ def test_describe_and_events(kubectl: Kubectl, ns: str) -> None:
     described = kubectl("describe", "-n", ns, "swp", "p").stdout
     assert "Scaled" in described and "scaled to 0" in described and "compat-test" in described
     listed = kubectl("get", "events", "-n", ns).stdout.splitlines()
-    assert listed[0].split()[:4] == ["NAME", "LAST", "SEEN", "TYPE"] and "Scaled" in listed[1]
+    # kube-apiserver's event columns: the object as kind/name.
+    assert listed[0].split() == ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
+    assert "Scaled" in listed[1] and "sandboxwarmpool/p" in listed[1]
 
 
 # ---------------------------------------------------------------- bad input

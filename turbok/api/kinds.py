@@ -31,17 +31,22 @@ from turbok.api.status import NotFound
 __all__ = [
     "BUILTIN",
     "CONFIG_MAP",
+    "DEVICE_CLASS",
     "ENDPOINTS",
     "ENDPOINT_SLICE",
     "EVENT",
     "LEASE",
     "LIMIT_RANGE",
     "NAMESPACE",
+    "NETWORK_POLICY",
     "NODE",
     "PERSISTENT_VOLUME",
     "PERSISTENT_VOLUME_CLAIM",
     "POD",
+    "RESOURCE_CLAIM",
+    "RESOURCE_CLAIM_TEMPLATE",
     "RESOURCE_QUOTA",
+    "RESOURCE_SLICE",
     "SECRET",
     "SERVICE",
     "SERVICE_ACCOUNT",
@@ -236,74 +241,53 @@ def _core_schemas() -> dict[str, Any]:
 
 
 def _builtin(group: str, kind: str, plural: str, *, namespaced: bool = True, short_names: tuple[str, ...] = (),
-             status: bool = False, columns: tuple[dict[str, Any], ...] = (),
-             field_selectors: tuple[str, ...] = ()) -> Kind:
-    """A built-in kind with kube-apiserver's own schema (``api/schemas/core.json``, scripts/core_schemas.py)."""
+             status: bool = False, categories: tuple[str, ...] = (), field_selectors: tuple[str, ...] = ()) -> Kind:
+    """A built-in kind with kube-apiserver's own schema (``api/schemas/core.json``, scripts/core_schemas.py);
+    its printer columns and cells are ``turbok.apiserver.printers``'."""
     return Kind(group=group, version="v1", kind=kind, plural=plural, singular=kind.lower(), namespaced=namespaced,
                 schema=_core_schemas()[kind], short_names=short_names, status_subresource=status,
-                printer_columns=columns, field_selectors=field_selectors)
+                categories=categories, field_selectors=field_selectors)
 
-
-_AGE = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
 
 #: core/v1 LimitRange: per-namespace defaults and bounds of each container's resources (LimitRanger).
-LIMIT_RANGE = _builtin("", "LimitRange", "limitranges", short_names=("limits",),
-                       columns=({"name": "Created At", "type": "string", "jsonPath": ".metadata.creationTimestamp"},))
+LIMIT_RANGE = _builtin("", "LimitRange", "limitranges", short_names=("limits",))
 #: core/v1 ResourceQuota: per-namespace caps on object counts and cpu/memory, ``status.used`` kept current.
 RESOURCE_QUOTA = _builtin("", "ResourceQuota", "resourcequotas", short_names=("quota",), status=True)
 #: The Pod: what controllers ask of a node (turbok.node on one machine, the kubelet on a cluster).
-POD = _builtin("", "Pod", "pods", short_names=("po",), status=True, columns=(
-    {"name": "Status", "type": "string", "jsonPath": ".status.phase"},
-    {"name": "IP", "type": "string", "jsonPath": ".status.podIP", "priority": 1},
-    {"name": "Node", "type": "string", "jsonPath": ".spec.nodeName", "priority": 1},
-    _AGE,
-), field_selectors=("spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName",
-                    "spec.hostNetwork", "status.phase", "status.podIP", "status.nominatedNodeName"))
-SERVICE = _builtin("", "Service", "services", short_names=("svc",), status=True, columns=(
-    {"name": "Type", "type": "string", "jsonPath": ".spec.type"},
-    {"name": "Cluster-IP", "type": "string", "jsonPath": ".spec.clusterIP"},
-    _AGE,
-))
+POD = _builtin("", "Pod", "pods", short_names=("po",), status=True, categories=("all",),
+               field_selectors=("spec.nodeName", "spec.restartPolicy", "spec.schedulerName",
+                                "spec.serviceAccountName", "spec.hostNetwork", "status.phase", "status.podIP",
+                                "status.nominatedNodeName"))
+SERVICE = _builtin("", "Service", "services", short_names=("svc",), status=True, categories=("all",),
+                   field_selectors=("spec.clusterIP", "spec.type"))
 ENDPOINTS = _builtin("", "Endpoints", "endpoints", short_names=("ep",))
-ENDPOINT_SLICE = _builtin("discovery.k8s.io", "EndpointSlice", "endpointslices", columns=(
-    {"name": "AddressType", "type": "string", "jsonPath": ".addressType"}, _AGE))
+ENDPOINT_SLICE = _builtin("discovery.k8s.io", "EndpointSlice", "endpointslices")
 PERSISTENT_VOLUME_CLAIM = _builtin("", "PersistentVolumeClaim", "persistentvolumeclaims", short_names=("pvc",),
-                                   status=True, columns=(
-    {"name": "Status", "type": "string", "jsonPath": ".status.phase"},
-    {"name": "Volume", "type": "string", "jsonPath": ".spec.volumeName"},
-    {"name": "Capacity", "type": "string", "jsonPath": ".status.capacity.storage"},
-    {"name": "StorageClass", "type": "string", "jsonPath": ".spec.storageClassName"},
-    _AGE,
-))
+                                   status=True)
 PERSISTENT_VOLUME = _builtin("", "PersistentVolume", "persistentvolumes", namespaced=False, short_names=("pv",),
-                             status=True, columns=(
-    {"name": "Capacity", "type": "string", "jsonPath": ".spec.capacity.storage"},
-    {"name": "Reclaim Policy", "type": "string", "jsonPath": ".spec.persistentVolumeReclaimPolicy"},
-    {"name": "Status", "type": "string", "jsonPath": ".status.phase"},
-    {"name": "StorageClass", "type": "string", "jsonPath": ".spec.storageClassName"},
-    _AGE,
-))
-SECRET = _builtin("", "Secret", "secrets", columns=(
-    {"name": "Type", "type": "string", "jsonPath": ".type"}, _AGE), field_selectors=("type",))
+                             status=True)
+SECRET = _builtin("", "Secret", "secrets", field_selectors=("type",))
 CONFIG_MAP = _builtin("", "ConfigMap", "configmaps", short_names=("cm",))
 SERVICE_ACCOUNT = _builtin("", "ServiceAccount", "serviceaccounts", short_names=("sa",))
-NODE = _builtin("", "Node", "nodes", namespaced=False, short_names=("no",), status=True, columns=(
-    {"name": "Version", "type": "string", "jsonPath": ".status.nodeInfo.kubeletVersion"},
-    {"name": "Internal-IP", "type": "string", "jsonPath": ".status.addresses[?(@.type==\"InternalIP\")].address",
-     "priority": 1},
-    {"name": "Kernel-Version", "type": "string", "jsonPath": ".status.nodeInfo.kernelVersion", "priority": 1},
-    {"name": "Container-Runtime", "type": "string", "jsonPath": ".status.nodeInfo.containerRuntimeVersion",
-     "priority": 1},
-    _AGE,
-), field_selectors=("spec.unschedulable",))
-LEASE = _builtin("coordination.k8s.io", "Lease", "leases", columns=(
-    {"name": "Holder", "type": "string", "jsonPath": ".spec.holderIdentity"}, _AGE))
-STORAGE_CLASS = _builtin("storage.k8s.io", "StorageClass", "storageclasses", namespaced=False, short_names=("sc",),
-                         columns=({"name": "Provisioner", "type": "string", "jsonPath": ".provisioner"}, _AGE))
+NODE = _builtin("", "Node", "nodes", namespaced=False, short_names=("no",), status=True,
+                field_selectors=("spec.unschedulable",))
+LEASE = _builtin("coordination.k8s.io", "Lease", "leases")
+STORAGE_CLASS = _builtin("storage.k8s.io", "StorageClass", "storageclasses", namespaced=False, short_names=("sc",))
+#: networking.k8s.io/v1 NetworkPolicy: the node enforces them on the pod network (turbok.node.netpolicy).
+NETWORK_POLICY = _builtin("networking.k8s.io", "NetworkPolicy", "networkpolicies", short_names=("netpol",))
+
+#: resource.k8s.io/v1, Dynamic Resource Allocation (turbok.api.dra validates them; turbok.node.dra allocates
+#: claims and prepares them on the node).
+DEVICE_CLASS = _builtin("resource.k8s.io", "DeviceClass", "deviceclasses", namespaced=False)
+RESOURCE_CLAIM = _builtin("resource.k8s.io", "ResourceClaim", "resourceclaims", status=True)
+RESOURCE_CLAIM_TEMPLATE = _builtin("resource.k8s.io", "ResourceClaimTemplate", "resourceclaimtemplates")
+RESOURCE_SLICE = _builtin("resource.k8s.io", "ResourceSlice", "resourceslices", namespaced=False,
+                          field_selectors=("spec.nodeName", "spec.driver"))
 
 #: The built-in kinds besides Namespace and Event, in discovery order.
 BUILTIN = (POD, SERVICE, ENDPOINTS, PERSISTENT_VOLUME_CLAIM, PERSISTENT_VOLUME, SECRET, CONFIG_MAP, SERVICE_ACCOUNT,
-           NODE, LIMIT_RANGE, RESOURCE_QUOTA, ENDPOINT_SLICE, LEASE, STORAGE_CLASS)
+           NODE, LIMIT_RANGE, RESOURCE_QUOTA, ENDPOINT_SLICE, LEASE, STORAGE_CLASS, NETWORK_POLICY, DEVICE_CLASS,
+           RESOURCE_CLAIM, RESOURCE_CLAIM_TEMPLATE, RESOURCE_SLICE)
 
 
 class KindRegistry:

@@ -10,22 +10,27 @@ from __future__ import annotations
 import datetime as dt
 import re
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from turbok.api.status import BadRequest, Cause
+from turbok.api.validation import DNS1123_LABEL_MESSAGE, DNS1123_SUBDOMAIN_MESSAGE
 
 __all__ = [
     "OBJECT_META_FIELDS",
     "FieldSelector",
     "LabelSelector",
     "condition",
+    "field_text",
+    "field_values",
     "generate_name",
+    "label_value_problems",
     "is_true",
     "now",
     "parse_time",
     "prune_metadata",
+    "qualified_name_problems",
     "set_condition",
     "validate_metadata",
 ]
@@ -62,24 +67,55 @@ def _check_name(name: str, *, label: bool) -> str | None:
     if len(name) > limit:
         return f"must be no more than {limit} characters"
     if not pattern.match(name):
-        what, chars = ("RFC 1123 label", "'-'") if label else ("RFC 1123 subdomain", "'-' or '.'")
-        return (
-            f"a lowercase {what} must consist of lower case alphanumeric characters, {chars}, "
-            "and must start and end with an alphanumeric character"
-        )
+        return DNS1123_LABEL_MESSAGE if label else DNS1123_SUBDOMAIN_MESSAGE
     return None
+
+
+_QUALIFIED = ("must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric "
+              "character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is "
+              "'([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')")
+_LABEL_VALUE_MESSAGE = ("a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', "
+                        "and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or "
+                        "'12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')")
+
+
+def qualified_name_problems(key: str, *, what: str = "a valid label key") -> list[str]:
+    """``IsQualifiedName``: label and annotation keys, an optional DNS subdomain prefix and a name."""
+    parts = key.split("/")
+    if len(parts) > 2:
+        return [f"{what} {_QUALIFIED} with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"]
+    problems = []
+    name = parts[-1]
+    if len(parts) == 2:
+        prefix = parts[0]
+        if not prefix:
+            problems.append("prefix part must be non-empty")
+        elif len(prefix) > 253:
+            problems.append("prefix part must be no more than 253 characters")
+        elif not _DNS1123_SUBDOMAIN.match(prefix):
+            problems.append(f"prefix part {DNS1123_SUBDOMAIN_MESSAGE}")
+    if not name:
+        problems.append("name part must be non-empty")
+    elif len(name) > 63:
+        problems.append("name part must be no more than 63 characters")
+    if not _LABEL_NAME.match(name):
+        problems.append(f"name part {_QUALIFIED}")
+    return problems
+
+
+def label_value_problems(value: str) -> list[str]:
+    """``IsValidLabelValue``."""
+    problems = []
+    if len(value) > 63:
+        problems.append("must be no more than 63 characters")
+    if not _LABEL_VALUE.match(value):
+        problems.append(_LABEL_VALUE_MESSAGE)
+    return problems
 
 
 def _check_qualified_key(key: str) -> str | None:
-    prefix, _, name = key.rpartition("/")
-    if prefix and (len(prefix) > 253 or not _DNS1123_SUBDOMAIN.match(prefix)):
-        return "prefix part must be a lowercase RFC 1123 subdomain"
-    if not name or len(name) > 63 or not _LABEL_NAME.match(name):
-        return (
-            "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end "
-            "with an alphanumeric character (max 63 characters)"
-        )
-    return None
+    problems = qualified_name_problems(key)
+    return problems[0] if problems else None
 
 
 #: The ObjectMeta fields kube-apiserver keeps; any other key under ``metadata`` is unknown and pruned.
@@ -129,18 +165,16 @@ def validate_metadata(meta: Any, *, label_name: bool = False, require_name: bool
         causes.append(Cause("metadata.labels", "Invalid value: labels must be a map of strings"))
     else:
         for key, value in labels.items():
-            if problem := _check_qualified_key(key):
+            for problem in qualified_name_problems(str(key)):
                 causes.append(Cause("metadata.labels", f'Invalid value: "{key}": {problem}'))
-            if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
-                causes.append(Cause("metadata.labels", f'Invalid value: "{value}": a valid label value must be '
-                                    "63 characters or less, alphanumeric, '-', '_' or '.', starting and ending "
-                                    "with an alphanumeric character"))
+            for problem in label_value_problems(value) if isinstance(value, str) else ["must be a string"]:
+                causes.append(Cause("metadata.labels", f'Invalid value: "{value}": {problem}'))
     annotations = meta.get("annotations") or {}
     if not isinstance(annotations, dict) or not all(isinstance(v, str) for v in annotations.values()):
         causes.append(Cause("metadata.annotations", "Invalid value: annotations must be a map of strings"))
     else:
         for key in annotations:
-            if problem := _check_qualified_key(key):
+            for problem in qualified_name_problems(str(key).lower(), what="a qualified name"):
                 causes.append(Cause("metadata.annotations", f'Invalid value: "{key}": {problem}'))
         if sum(len(k) + len(v) for k, v in annotations.items()) > _ANNOTATIONS_MAX:
             causes.append(Cause("metadata.annotations", "Too long: must have at most 262144 bytes",
@@ -289,7 +323,7 @@ class FieldSelector:
                 raise BadRequest(f"invalid field selector: {part!r}")
             field_, op, value = m.groups()
             if field_ not in cls.SUPPORTED + extra:
-                raise BadRequest(f'field label not supported: "{field_}"')
+                raise BadRequest(f"field label not supported: {field_}")  # kube-apiserver's words
             terms.append((field_, op != "!=", value))
         return cls(terms)
 
@@ -307,12 +341,34 @@ class FieldSelector:
     def matches(self, obj: Obj, getter: Callable[[Obj, str], Any] | None = None) -> bool:
         for field_, equal, value in self.terms:
             got = getter(obj, field_) if getter else _dotted(obj, field_)
-            if (str(got or "") == value) != equal:
+            if got is None and field_ in _BOOLEAN_FIELDS:
+                got = False
+            if (field_text(got) == value) != equal:
                 return False
         return True
 
+    def matches_values(self, values: Mapping[str, str]) -> bool:
+        """Whether fields already read (``field_values``) match; a field not given is empty."""
+        return all((values.get(field_, "") == value) == equal for field_, equal, value in self.terms)
+
     def __bool__(self) -> bool:
         return bool(self.terms)
+
+
+def field_text(value: Any) -> str:
+    """A field's value as a field selector compares it: ``true``/``false`` for booleans, "" for none."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else str(value)
+
+
+#: Selectable fields that are Go booleans: absent reads as "false", as kube's field sets write them.
+_BOOLEAN_FIELDS = frozenset({"spec.hostNetwork", "spec.unschedulable"})
+
+
+def field_values(obj: Obj, fields: Iterable[str]) -> dict[str, str]:
+    """The selectable ``fields`` of ``obj`` (dotted paths) as text, for matching later."""
+    return {f: field_text(_dotted(obj, f) or (False if f in _BOOLEAN_FIELDS else None)) for f in fields}
 
 
 def _dotted(obj: Obj, path: str) -> Any:

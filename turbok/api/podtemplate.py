@@ -1,36 +1,42 @@
 """Validation of pod templates, as kube-apiserver's PodSpec validation refuses them.
 
-One validator for every place a pod template is checked: admission of
-Sandboxes and SandboxTemplates (``turbok.store.admission``: 422 with field
-causes, nothing stored) and the sandbox controller's last check before a start
-(``turbok.controllers.podspec``, for objects stored before this validation
-existed). Messages and field paths are kube-apiserver's (v1.37), so
+One validator for every place a pod spec is checked: admission of Sandboxes
+and SandboxTemplates (``turbok.store.admission``: 422 with field causes,
+nothing stored) and of Pods (``turbok.api.pod``). Messages and field paths are
+kube-apiserver's (v1.37), so
 ``spec.podTemplate.spec.volumes[0].name: Invalid value: "Bad_Name": a lowercase
 RFC 1123 label must ...`` reads the same as for a Pod.
 
-Checked, as upstream: volume names (required, DNS label, unique), emptyDir
-``sizeLimit``, containers present, container names (DNS label, unique across
-containers and initContainers), images, ports, env names, volume mounts (name
-of a defined volume, or of a volumeClaimTemplate; mountPath given and unique), resource names, quantities
-non-negative, requests not above limits, restartPolicy. Checked because this
-machine cannot run them (runc refuses the same on a cluster, where the Pod
-fails at start instead): a relative ``workingDir``, a memory limit under
+``validate_pod_spec`` is kube's ``ValidatePodSpec`` in its order: volumes
+(``turbok.api.volume``), containers and init containers
+(``turbok.api.container``: names, images, ports, env and downward API, volume
+mounts of a defined volume or a volumeClaimTemplate, resources, security
+context, probes and lifecycle hooks), host ports, then the pod's own fields
+(restartPolicy, dnsPolicy, nodeSelector, securityContext, serviceAccountName,
+nodeName, activeDeadlineSeconds, hostname, tolerations). Pods get exactly
+that (``turbok.api.pod``); templates also what this machine cannot run
+(``runtime_checks``: runc refuses the same on a cluster, where the Pod fails
+at start instead): a relative ``workingDir``, a memory limit under
 ``MIN_MEMORY_BYTES``; and turbok's pod template annotations
 (``turbok.dev/pids-limit``, ``turbok.dev/network``).
 
 Also here: the quantities of a container's resources (``container_resources``),
-shared by LimitRange defaulting, quota usage and the runtime plan.
+shared by LimitRange defaulting, quota usage, the scheduler and the container config
+the node gives its runtime (``turbok.node.podspec``).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator
 from decimal import Decimal
 from typing import Any
 
+from turbok.api import validation as v
+from turbok.api.container import validate_container, validate_probes
+from turbok.api.meta import label_value_problems, qualified_name_problems, validate_metadata
 from turbok.api.quantity import QuantityError, format_quantity, parse_quantity
 from turbok.api.status import Cause
+from turbok.api.volume import validate_volumes
 
 __all__ = [
     "MAX_PIDS_LIMIT",
@@ -46,7 +52,9 @@ __all__ = [
     "containers",
     "pids_limit",
     "pod_resources",
+    "validate_pod_spec",
     "validate_pod_template",
+    "validate_tolerations",
 ]
 
 Obj = dict[str, Any]
@@ -64,13 +72,10 @@ NETWORKS = ("none", "loopback")
 #: Below this memory limit a gVisor sandbox does not boot (the runtime refuses it too).
 MIN_MEMORY_BYTES = 32 * 2**20
 
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_LABEL_MESSAGE = ("a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must "
-                  "start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for "
-                  "validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')")
-_ENV_NAME_MESSAGE = "a valid environment variable name must consist only of printable ASCII characters other than '='"
-_CONTAINER_RESOURCES = ("cpu", "memory", "ephemeral-storage")
 _RESTART_POLICIES = ("Always", "OnFailure", "Never")
+_DNS_POLICIES = ("ClusterFirstWithHostNet", "ClusterFirst", "Default", "None")
+_TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+_MAX_INT32 = 2**31 - 1
 
 
 def _q(value: Any) -> str:
@@ -84,17 +89,6 @@ def _invalid(field: str, value: Any, why: str) -> Cause:
 
 def _required(field: str) -> Cause:
     return Cause(field, "Required value", "FieldValueRequired")
-
-
-def _label_causes(field: str, name: Any) -> list[Cause]:
-    if not isinstance(name, str) or not name:
-        return [_required(field)]
-    causes = []
-    if len(name) > 63:
-        causes.append(_invalid(field, name, "must be no more than 63 characters"))
-    if not _DNS1123_LABEL.match(name):
-        causes.append(_invalid(field, name, _LABEL_MESSAGE))
-    return causes
 
 
 def as_dict(value: Any) -> Obj:
@@ -185,7 +179,8 @@ def validate_pod_template(template: Any, path: str, *, claim_volumes: Iterable[s
     spec = template.get("spec")
     if not isinstance(spec, dict):
         return [*causes, _required(f"{path}.spec.containers")]
-    return causes + _pod_spec(spec, f"{path}.spec", set(claim_volumes), more_volumes)
+    return causes + validate_pod_spec(spec, f"{path}.spec", claim_volumes=claim_volumes, more_volumes=more_volumes,
+                                      runtime_checks=True)
 
 
 def _annotations(md: Obj, path: str) -> list[Cause]:
@@ -206,133 +201,163 @@ def _annotations(md: Obj, path: str) -> list[Cause]:
     return causes
 
 
-def _pod_spec(spec: Obj, path: str, claim_volumes: set[str], more_volumes: bool) -> list[Cause]:
+def validate_pod_spec(spec: Any, path: str, *, claim_volumes: Iterable[str] = (), more_volumes: bool = False,
+                      runtime_checks: bool = False) -> list[Cause]:
+    """Causes for a pod spec found at ``path``, in kube-apiserver's order (``ValidatePodSpec``).
+
+    ``runtime_checks`` adds what this machine cannot run (a memory limit under ``MIN_MEMORY_BYTES``, a
+    relative ``workingDir``): refused in Sandbox templates; a Pod gets them from its node instead.
+    """
+    if not isinstance(spec, dict):
+        return [_required(f"{path}.containers")]
     causes: list[Cause] = []
-    volumes = _volumes(spec.get("volumes"), f"{path}.volumes", causes) | claim_volumes
-    if not spec.get("containers"):
-        causes.append(_required(f"{path}.containers"))
+    given_grace = spec.get("terminationGracePeriodSeconds")
+    grace = given_grace if isinstance(given_grace, int) and not isinstance(given_grace, bool) else 30
+    volumes = validate_volumes(spec.get("volumes"), f"{path}.volumes", causes) | set(claim_volumes)
+    mountable = None if more_volumes else volumes
     names: set[str] = set()
-    for field, container in containers(spec):
-        _container(container, f"{path}.{field}", None if more_volumes else volumes, names, causes)
-    policy = spec.get("restartPolicy")
-    if policy is not None and policy not in _RESTART_POLICIES:
-        causes.append(Cause(f"{path}.restartPolicy", f"Unsupported value: {_q(policy)}: supported values: "
-                            + ", ".join(f'"{p}"' for p in _RESTART_POLICIES), "FieldValueNotSupported"))
+    items = spec.get("containers")
+    for i, c in enumerate(items if isinstance(items, list) else []):
+        if not isinstance(c, dict):
+            continue
+        where = f"{path}.containers[{i}]"
+        causes += validate_container(c, where, mountable)
+        if runtime_checks:
+            causes += _runtime(c, where)
+        name = c.get("name")
+        if isinstance(name, str) and name:
+            if name in names:
+                causes.append(Cause(f"{where}.name", f"Duplicate value: {_q(name)}", "FieldValueDuplicate"))
+            names.add(name)
+        causes += validate_probes(c, where, init=False, sidecar=False, grace=grace)
+    causes += _host_ports(spec)
+    if not items:
+        causes.append(_required(f"{path}.containers"))
+    inits = spec.get("initContainers")
+    for i, c in enumerate(inits if isinstance(inits, list) else []):
+        if not isinstance(c, dict):
+            continue
+        where = f"{path}.initContainers[{i}]"
+        causes += validate_container(c, where, mountable)
+        if runtime_checks:
+            causes += _runtime(c, where)
+        name = c.get("name")
+        if isinstance(name, str) and name:
+            if name in names:
+                causes.append(Cause(f"{where}.name", f"Duplicate value: {_q(name)}", "FieldValueDuplicate"))
+            names.add(name)
+        sidecar = c.get("restartPolicy")
+        causes += validate_probes(c, where, init=True, sidecar=sidecar == "Always", grace=grace)
+    causes += _pod_fields(spec, path)
     return causes
 
 
-def _volumes(volumes: Any, path: str, causes: list[Cause]) -> set[str]:
-    """Validate ``volumes``; the names of the valid ones (mounts may refer only to those)."""
-    valid: set[str] = set()
-    seen: set[str] = set()
-    for i, volume in enumerate(volumes if isinstance(volumes, list) else []):
-        if not isinstance(volume, dict):
-            continue
-        name = volume.get("name")
-        bad = _label_causes(f"{path}[{i}].name", name)
-        if not bad and name in seen:
-            bad = [Cause(f"{path}[{i}].name", f"Duplicate value: {_q(name)}", "FieldValueDuplicate")]
-        size = as_dict(volume.get("emptyDir")).get("sizeLimit")
-        if size is not None and not _non_negative(size):  # kube's words for a negative or malformed one
-            bad.append(Cause(f"{path}[{i}].emptyDir.sizeLimit", "Forbidden: SizeLimit field must be a valid "
-                             "resource quantity", "FieldValueForbidden"))
-        causes.extend(bad)
-        if isinstance(name, str):
-            seen.add(name)
-            if not bad:
-                valid.add(name)
-    return valid
-
-
-def _non_negative(value: Any) -> bool:
-    try:
-        return parse_quantity(value) >= 0
-    except (QuantityError, TypeError):
-        return False
-
-
-def _container(c: Obj, path: str, volumes: set[str] | None, names: set[str], causes: list[Cause]) -> None:
-    name = c.get("name")
-    bad = _label_causes(f"{path}.name", name)
-    causes.extend(bad)
-    if not c.get("image"):
-        causes.append(_required(f"{path}.image"))
-    for j, port in enumerate(c.get("ports") or []):
-        number = port.get("containerPort") if isinstance(port, dict) else None
-        if not number:
-            causes.append(_required(f"{path}.ports[{j}].containerPort"))
-        elif not isinstance(number, int) or not 1 <= number <= 65535:
-            causes.append(_invalid(f"{path}.ports[{j}].containerPort", number, "must be between 1 and 65535, "
-                                   "inclusive"))
-    for j, var in enumerate(c.get("env") or []):
-        env_name = var.get("name") if isinstance(var, dict) else None
-        if not env_name:
-            causes.append(_required(f"{path}.env[{j}].name"))
-        elif not isinstance(env_name, str) or "=" in env_name or not all(" " <= ch <= "~" for ch in env_name):
-            causes.append(_invalid(f"{path}.env[{j}].name", env_name, _ENV_NAME_MESSAGE))
-    _mounts(c.get("volumeMounts"), f"{path}.volumeMounts", volumes, causes)
-    _resources(c.get("resources"), f"{path}.resources", causes)
+def _runtime(c: Obj, path: str) -> list[Cause]:
+    """What a gVisor sandbox on this machine cannot start (runc refuses the same when the Pod starts)."""
+    causes = []
+    limit = as_dict(as_dict(c.get("resources")).get("limits")).get("memory")
+    number = v.quantity(limit) if limit is not None else None
+    if number is not None and 0 < number < MIN_MEMORY_BYTES:
+        least = format_quantity(Decimal(MIN_MEMORY_BYTES), binary=True)
+        causes.append(_invalid(f"{path}.resources.limits[memory]", str(limit),
+                               f"must be at least {least}: a gVisor sandbox does not boot with less"))
     workdir = c.get("workingDir")
     if isinstance(workdir, str) and workdir and not workdir.startswith("/"):
         causes.append(_invalid(f"{path}.workingDir", workdir, "must be an absolute path (the runtime cannot "
-                               "start a process in a relative one)"))
-    if isinstance(name, str) and name:
-        if name in names:
-            causes.append(Cause(f"{path}.name", f"Duplicate value: {_q(name)}", "FieldValueDuplicate"))
-        names.add(name)
+                                                              "start a process in a relative one)"))
+    return causes
 
 
-def _mounts(mounts: Any, path: str, volumes: set[str] | None, causes: list[Cause]) -> None:
-    paths: set[str] = set()
-    for j, mount in enumerate(mounts if isinstance(mounts, list) else []):
-        if not isinstance(mount, dict):
+def _host_ports(spec: Obj) -> list[Cause]:
+    """``AccumulateUniqueHostPorts``: one host port per protocol and address across the pod's containers."""
+    causes: list[Cause] = []
+    seen: set[str] = set()
+    for field, c in containers(spec):
+        if not field.startswith("containers"):
             continue
-        name, mount_path = mount.get("name"), mount.get("mountPath")
-        if not name:
-            causes.append(_required(f"{path}[{j}].name"))
-        if volumes is not None and name not in volumes:
-            causes.append(Cause(f"{path}[{j}].name", f"Not found: {_q(name or '')}", "FieldValueNotFound"))
-        if not mount_path:
-            causes.append(_required(f"{path}[{j}].mountPath"))
-        elif mount_path in paths:
-            causes.append(_invalid(f"{path}[{j}].mountPath", mount_path, "must be unique"))
-        else:
-            paths.add(mount_path)
-
-
-def _resource_name_causes(field: str, name: str) -> list[Cause]:
-    if "/" in name or name in _CONTAINER_RESOURCES or name.startswith("hugepages-"):
-        return []
-    return [_invalid(field, name, "must be a standard resource type or fully qualified"),
-            _invalid(field, name, "must be a standard resource for containers")]
-
-
-def _resources(res: Any, path: str, causes: list[Cause]) -> None:
-    if not isinstance(res, dict):
-        return
-    parsed: dict[str, dict[str, Decimal]] = {}
-    for part in ("limits", "requests"):
-        values = as_dict(res.get(part))
-        parsed[part] = {}
-        for name, value in values.items():
-            field = f"{path}.{part}[{name}]"
-            causes.extend(_resource_name_causes(field, name))
-            try:
-                number = parse_quantity(value)
-            except (QuantityError, TypeError):
-                causes.append(_invalid(field, str(value), "must be a quantity, such as 500m, 1.5 or 256Mi"))
+        for j, port in enumerate(c.get("ports") or []):
+            if not isinstance(port, dict) or not port.get("hostPort"):
                 continue
-            if number < 0:
-                causes.append(_invalid(field, str(value), "must be greater than or equal to 0"))
-            elif part == "limits" and name == "memory" and 0 < number < MIN_MEMORY_BYTES:
-                least = format_quantity(Decimal(MIN_MEMORY_BYTES), binary=True)
-                causes.append(_invalid(field, str(value), f"must be at least {least}: a gVisor sandbox does not "
-                                       "boot with less"))
-            parsed[part][name] = number
-    for name, request in parsed["requests"].items():
-        limit = parsed["limits"].get(name)
-        if limit is not None and request > limit:
-            binary = name != "cpu"
-            causes.append(_invalid(f"{path}.requests", str(res["requests"][name]),
-                                   f"must be less than or equal to {name} limit of "
-                                   f"{format_quantity(limit, binary=binary)}"))
+            key = f"{port.get('hostIP') or ''}/{port.get('protocol', 'TCP')}/{port['hostPort']}"
+            if key in seen:
+                causes.append(Cause(f"spec.{field}.ports[{j}].hostPort",
+                                    f"Duplicate value: \"{port.get('protocol', 'TCP')}/{port.get('hostIP') or ''}/"
+                                    f"{port['hostPort']}\"",
+                                    "FieldValueDuplicate"))
+            seen.add(key)
+    return causes
+
+
+def _pod_fields(spec: Obj, path: str) -> list[Cause]:
+    """The pod-level fields after the containers, in kube-apiserver's order."""
+    causes: list[Cause] = []
+    policy = spec.get("restartPolicy")
+    if policy is not None and policy not in _RESTART_POLICIES:
+        causes.append(v.not_supported(f"{path}.restartPolicy", policy, _RESTART_POLICIES))
+    dns = spec.get("dnsPolicy")
+    if dns is not None and dns not in _DNS_POLICIES:
+        causes.append(v.not_supported(f"{path}.dnsPolicy", dns, _DNS_POLICIES))
+    selector = spec.get("nodeSelector")
+    if isinstance(selector, dict):
+        causes += [Cause(f"{path}.nodeSelector", c.message, c.reason)
+                   for c in validate_metadata({"labels": selector}, require_name=False)]
+    causes += _pod_security_context(spec.get("securityContext"), f"{path}.securityContext")
+    for i, ref in enumerate(spec.get("imagePullSecrets") or []):
+        if isinstance(ref, dict) and not ref.get("name"):
+            causes.append(_required(f"{path}.imagePullSecrets[{i}].name"))
+    for key in ("serviceAccountName", "nodeName"):
+        value = spec.get(key)
+        if isinstance(value, str) and value:
+            causes += v.dns1123_subdomain_causes(f"{path}.{key}", value)
+    deadline = spec.get("activeDeadlineSeconds")
+    if deadline is not None:
+        causes += v.range_causes(f"{path}.activeDeadlineSeconds", deadline, 1, _MAX_INT32)
+    for key in ("hostname", "subdomain"):
+        value = spec.get(key)
+        if isinstance(value, str) and value:
+            causes += v.dns1123_label_causes(f"{path}.{key}", value)
+    causes += validate_tolerations(spec.get("tolerations"), f"{path}.tolerations")
+    return causes
+
+
+def _pod_security_context(ctx: Any, path: str) -> list[Cause]:
+    if not isinstance(ctx, dict):
+        return []
+    causes: list[Cause] = []
+    for key in ("runAsUser", "runAsGroup", "fsGroup"):
+        if ctx.get(key) is not None:
+            causes += v.range_causes(f"{path}.{key}", ctx[key], 0, _MAX_INT32)
+    for i, group in enumerate(ctx.get("supplementalGroups") or []):
+        causes += v.range_causes(f"{path}.supplementalGroups[{i}]", group, 0, _MAX_INT32)
+    return causes
+
+
+def validate_tolerations(tolerations: Any, path: str) -> list[Cause]:
+    """``ValidateTolerations``."""
+    causes: list[Cause] = []
+    for i, t in enumerate(tolerations if isinstance(tolerations, list) else []):
+        if not isinstance(t, dict):
+            continue
+        where = f"{path}[{i}]"
+        key, op, value, effect = t.get("key", ""), t.get("operator", ""), t.get("value", ""), t.get("effect", "")
+        if key:
+            causes += [_invalid(f"{where}.key", key, p) for p in qualified_name_problems(str(key))]
+        if not key and op != "Exists":
+            causes.append(_invalid(f"{where}.operator", op, 'operator must be Exists when `key` is empty, which '
+                                                             'means "match all values and all keys"'))
+        if t.get("tolerationSeconds") is not None and effect != "NoExecute":
+            causes.append(_invalid(f"{where}.effect", effect, "effect must be 'NoExecute' when `tolerationSeconds` "
+                                                                "is set"))
+        if op in ("Equal", ""):
+            problems = label_value_problems(value) if isinstance(value, str) else ["must be a string"]
+            if problems:
+                causes.append(_invalid(f"{where}.operator", value, ";".join(problems)))
+        elif op == "Exists":
+            if value:
+                causes.append(_invalid(f"{where}.operator", value, "value must be empty when `operator` is "
+                                                                   "'Exists'"))
+        else:
+            causes.append(v.not_supported(f"{where}.operator", op, ["Equal", "Exists"]))
+        if effect and effect not in _TAINT_EFFECTS:
+            causes.append(v.not_supported(f"{where}.effect", effect, _TAINT_EFFECTS))
+    return causes

@@ -7,8 +7,8 @@ Three passes over an object, in the order the apiserver runs them:
    return the dropped paths so ``fieldValidation=Strict`` can refuse them.
 2. ``default``: fill ``default`` values where a field is missing.
 3. ``validate``: types, required, enum, bounds, lengths, patterns, formats,
-   int-or-string, list-map uniqueness and the transition rules we know
-   (``x-kubernetes-validations``; see ``_RULES``), returning ``Cause`` objects
+   int-or-string, list-map uniqueness and the CEL rules (``x-kubernetes-validations``,
+   evaluated by ``turbok.api.cel``), returning ``Cause`` objects
    whose messages match kube-apiserver's.
 
 ``metadata`` below the root is left alone here: ``turbok.api.meta`` owns it.
@@ -20,9 +20,9 @@ import copy
 import datetime as dt
 import logging
 import re
-from collections.abc import Callable
 from typing import Any
 
+from turbok.api import cel
 from turbok.api.status import Cause
 
 __all__ = ["default", "prune", "validate"]
@@ -130,10 +130,14 @@ def default(obj: Any, schema: Schema) -> None:
 # ---------------------------------------------------------------- validation
 
 
-def validate(obj: Any, schema: Schema, old: Any = _MISSING) -> list[Cause]:
-    """Every violation of ``schema`` in ``obj``; ``old`` enables transition rules on update."""
+def validate(obj: Any, schema: Schema, old: Any = _MISSING, *, types_only: bool = False) -> list[Cause]:
+    """Every violation of ``schema`` in ``obj``; ``old`` enables transition rules on update.
+
+    ``types_only``: only what decoding JSON into Go types refuses (wrong types, integers out of range),
+    as kube-apiserver checks its built-in kinds; their other rules are Go code (``turbok.store.strategy``).
+    """
     causes: list[Cause] = []
-    _validate(obj, schema, "", causes, old)
+    _validate(obj, schema, "", causes, old, types_only)
     return causes
 
 
@@ -160,7 +164,7 @@ def _invalid(causes: list[Cause], path: str, value: Any, detail: str) -> None:
     causes.append(Cause(field=path, message=f"Invalid value: {_json(value)}: {detail}"))
 
 
-def _validate(value: Any, schema: Schema, path: str, causes: list[Cause], old: Any) -> None:
+def _validate(value: Any, schema: Schema, path: str, causes: list[Cause], old: Any, types_only: bool = False) -> None:
     # Type errors show the type found as the value, as kube-apiserver writes them:
     # 'spec.replicas: Invalid value: "string": spec.replicas in body must be of type integer: "string"'.
     found = _type_name(value)
@@ -176,6 +180,17 @@ def _validate(value: Any, schema: Schema, path: str, causes: list[Cause], old: A
         _invalid(causes, path, found, f"{path} in body must be of type {schema['type']}: {_json(found)}")
         return
 
+    if types_only:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            bounds = _INT_RANGES.get(schema.get("format", ""))
+            if bounds and not bounds[0] <= value <= bounds[1]:
+                _invalid(causes, path, value, f"{path} in body must be of type {schema['format']}")
+        elif isinstance(value, dict):
+            _validate_object(value, schema, path, causes, old, types_only)
+        elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+            for i, item in enumerate(value):
+                _validate(item, schema["items"], f"{path}[{i}]", causes, _MISSING, types_only)
+        return
     if "enum" in schema and value not in schema["enum"]:
         supported = ", ".join(_json(v) for v in schema["enum"])
         causes.append(
@@ -219,9 +234,10 @@ def _validate_number(value: float, schema: Schema, path: str, causes: list[Cause
         _invalid(causes, path, value, f"{path} in body should be less than or equal to {schema['maximum']}")
 
 
-def _validate_object(value: dict[str, Any], schema: Schema, path: str, causes: list[Cause], old: Any) -> None:
+def _validate_object(value: dict[str, Any], schema: Schema, path: str, causes: list[Cause], old: Any,
+                     types_only: bool = False) -> None:
     props: dict[str, Schema] = schema.get("properties") or {}
-    for key in schema.get("required") or ():
+    for key in () if types_only else schema.get("required") or ():
         if key not in value:
             causes.append(Cause(field=_join(path, key), message="Required value", reason="FieldValueRequired"))
     extra = schema.get("additionalProperties")
@@ -233,7 +249,7 @@ def _validate_object(value: dict[str, Any], schema: Schema, path: str, causes: l
         if sub is None and isinstance(extra, dict):
             sub = extra
         if sub is not None:
-            _validate(sub_value, sub, _join(path, key), causes, old_map.get(key, _MISSING))
+            _validate(sub_value, sub, _join(path, key), causes, old_map.get(key, _MISSING), types_only)
 
 
 def _validate_array(value: list[Any], schema: Schema, path: str, causes: list[Cause], old: Any) -> None:
@@ -303,37 +319,32 @@ def _is_datetime(value: str) -> bool:
 
 # ---------------------------------------------------------------- CEL rules
 
-# CEL is not evaluated in general; the rules the served CRDs use are known here by
-# their text. A rule not in this table is reported once in the log and skipped.
-_Rule = Callable[[Any, Any], bool]
-
-
-def _field_immutable(field: str) -> _Rule:
-    def rule(self: Any, old: Any) -> bool:
-        return (field in self) == (field in old) and self.get(field) == old.get(field)
-
-    return rule
-
-
-_RULES: dict[str, _Rule] = {
-    "has(self.volumeClaimTemplates) == has(oldSelf.volumeClaimTemplates) && "
-    "(!has(self.volumeClaimTemplates) || self.volumeClaimTemplates == oldSelf.volumeClaimTemplates)":
-        _field_immutable("volumeClaimTemplates"),
-    "self == oldSelf": lambda self, old: bool(self == old),
-}
+# Rules are compiled and evaluated by turbok.api.cel (cel-expr-python), ``self`` the value at the rule's
+# place and ``oldSelf`` its previous value; a rule naming ``oldSelf`` is a transition rule, checked on
+# updates only. A rule that does not compile is reported once in the log and skipped (the CRDs are turbok's).
 _warned: set[str] = set()
 
 
 def _check_rule(rule: dict[str, Any], value: Any, old: Any, path: str, causes: list[Cause]) -> None:
-    text = " ".join(str(rule.get("rule", "")).split())
-    fn = _RULES.get(text)
-    if fn is None:
+    text = str(rule.get("rule", ""))
+    if _OLD_SELF.search(text) and old is _MISSING:
+        return  # transition rules apply to updates only
+    try:
+        program = cel.compile_rule(text)
+    except cel.CelCompileError as e:
         if text not in _warned:
             _warned.add(text)
-            log.warning("CEL rule not evaluated by turbok: %s", text)
+            log.warning("CEL rule of a served CRD does not compile, not evaluated: %s: %s", text, e)
         return
-    if "oldSelf" in text and old is _MISSING:
-        return  # transition rules apply to updates only
-    if not fn(value, old):
-        message = rule.get("message") or f"failed rule: {text}"
-        _invalid(causes, path, "object", message)
+    try:
+        ok = program.evaluate({"self": value, "oldSelf": None if old is _MISSING else old}) is True
+        detail = rule.get("message") or f"failed rule: {' '.join(text.split())}"
+    except cel.CelEvalError as e:
+        ok, detail = False, str(e)
+    if not ok:
+        field = path + str(rule.get("fieldPath") or "")
+        causes.append(Cause(field=field, message=f"Invalid value: {_json('object')}: {detail}",
+                            reason=str(rule.get("reason") or "FieldValueInvalid")))
+
+
+_OLD_SELF = re.compile(r"\boldSelf\b")

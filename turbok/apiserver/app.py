@@ -27,7 +27,7 @@ from turbok.api.status import ApiError, MethodNotAllowed, NotFound, RequestEntit
 from turbok.apiserver import crds, discovery, openapi, openapi_pb
 from turbok.apiserver.flowcontrol import FlowControl
 from turbok.apiserver.limits import LIMITS, ApiLimits
-from turbok.apiserver.resources import handle_resource, parse_target
+from turbok.apiserver.resources import STREAM_HANDLER, StreamHandler, handle_resource, parse_target
 from turbok.printable import printable
 from turbok.store.registry import ObjectRegistry
 
@@ -74,7 +74,9 @@ def _resource_label(kinds: KindRegistry, path: str) -> str:
 
 
 def create_app(registry: ObjectRegistry, *, token: str, metrics_registry: CollectorRegistry,
-               server_address: str = "127.0.0.1", limits: ApiLimits | None = None) -> web.Application:
+               server_address: str = "127.0.0.1", limits: ApiLimits | None = None,
+               stream_handler: StreamHandler | None = None) -> web.Application:
+    """The API server's application; ``stream_handler`` serves pods/log, exec, attach and portforward."""
     metrics = ApiMetrics(metrics_registry)
     limits = limits or ApiLimits.from_env()
     flows = FlowControl(per_client=limits.inflight_per_client, total=limits.inflight_total,
@@ -126,6 +128,8 @@ def create_app(registry: ObjectRegistry, *, token: str, metrics_registry: Collec
     app = web.Application(middlewares=[observe, authenticate, flows.middleware],
                           client_max_size=limits.max_body_bytes)
     app[LIMITS] = limits
+    if stream_handler is not None:
+        app[STREAM_HANDLER] = stream_handler
 
     async def expire_events(_: web.Application) -> AsyncIterator[None]:
         async def sweep() -> None:

@@ -12,13 +12,24 @@ import hashlib
 from typing import Any
 
 from turbok import __version__
-from turbok.api.kinds import NAMESPACE, Kind, KindRegistry
+from turbok.api.kinds import NAMESPACE, POD, Kind, KindRegistry
 from turbok.apiserver.crds import CRD_KIND
 
 __all__ = ["api_versions", "group", "group_list", "resource_list", "served", "version_info"]
 
 #: The Kubernetes minor whose API behaviour the embedded control plane follows.
 KUBE_MAJOR, KUBE_MINOR = "1", "34"
+
+#: The Pod subresources turbok serves, as kube-apiserver lists them (kubectl looks for them here).
+_POD_SUBRESOURCES: list[tuple[str, dict[str, Any]]] = [
+    ("attach", {"kind": "PodAttachOptions", "verbs": ["create", "get"]}),
+    ("binding", {"kind": "Binding", "verbs": ["create"]}),
+    ("eviction", {"group": "policy", "version": "v1", "kind": "Eviction", "verbs": ["create"]}),
+    ("exec", {"kind": "PodExecOptions", "verbs": ["create", "get"]}),
+    ("log", {"kind": "Pod", "verbs": ["get"]}),
+    ("portforward", {"kind": "PodPortForwardOptions", "verbs": ["create", "get"]}),
+    ("status", {"kind": "Pod", "verbs": ["get", "patch", "update"]}),
+]
 
 _VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 
@@ -69,12 +80,15 @@ def _resources(kind: Kind) -> list[dict[str, Any]]:
     if kind.categories:
         main["categories"] = list(kind.categories)
     out = [main]
-    if kind.status_subresource:
+    if kind.status_subresource and kind is not POD:
         out.append({"name": f"{kind.plural}/status", "singularName": "", "namespaced": kind.namespaced,
                     "kind": kind.kind, "verbs": ["get", "patch", "update"]})
     if kind.scale:
         out.append({"name": f"{kind.plural}/scale", "singularName": "", "namespaced": kind.namespaced,
                     "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]})
+    if kind is POD:
+        out += [{"name": f"pods/{sub}", "singularName": "", "namespaced": True, **extra}
+                for sub, extra in _POD_SUBRESOURCES]
     if kind is NAMESPACE:
         out.append({"name": "namespaces/finalize", "singularName": "", "namespaced": False, "kind": "Namespace",
                     "verbs": ["update"]})

@@ -10,7 +10,8 @@ each send their own).
 - A client with ``inflight_per_client`` requests in flight gets 429 for the next.
 - Past ``inflight_total`` in all, each client keeps at most one request in
   flight, so a client with none is still served, up to twice the total.
-- Long-running requests (watches) and health checks are not counted, as in APF.
+- Long-running requests (watches, pod logs, exec, attach, port-forward) and
+  health checks are not counted, as in APF.
 
 On one event loop a request is "in flight" while it waits: for its body (a slow
 upload holds up to the body limit in memory) or for work done off the loop.
@@ -18,6 +19,7 @@ upload holds up to the body limit in memory) or for work done off the loop.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -31,8 +33,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _EXEMPT_PATHS = frozenset({"/healthz", "/livez", "/readyz"})
 
 
+#: Pod subresources kube-apiserver counts as long-running (its LongRunningRequestCheck): never limited.
+_STREAMS = re.compile(r"/pods/[^/]+/(?:log|exec|attach|portforward)$")
+
+
 def _long_running(request: web.Request) -> bool:
-    return request.query.get("watch") in ("1", "true", "True") or request.query.get("follow") in ("1", "true")
+    return (request.query.get("watch") in ("1", "true", "True") or request.query.get("follow") in ("1", "true")
+            or _STREAMS.search(request.path) is not None)
 
 
 class FlowControl:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,14 +25,15 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from turbok.api import meta as m
-from turbok.api.kinds import Kind, KindRegistry
+from turbok.api.kinds import POD, Kind, KindRegistry
 from turbok.api.status import ApiError, BadRequest, Cause, Invalid, MethodNotAllowed, NotFound, status_success
 from turbok.apiserver import protobuf
 from turbok.apiserver.limits import LIMITS, check_body_shape
 from turbok.apiserver.table import to_table, wants_table
 from turbok.store.registry import ObjectRegistry, WriteOptions, parse_resource_version
 
-__all__ = ["Target", "handle_resource", "parse_target"]
+__all__ = ["POD_CREATE_SUBRESOURCES", "POD_STREAM_SUBRESOURCES", "STREAM_HANDLER", "StreamHandler", "Target",
+           "handle_resource", "parse_target"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,17 @@ class Target:
     subresource: str | None
 
 
+#: Pod subresources that are POSTed once: ``pods/binding`` (a v1 Binding), ``pods/eviction`` (policy/v1 Eviction).
+POD_CREATE_SUBRESOURCES = ("binding", "eviction")
+#: Pod subresources that stream (``turbok.apiserver.streaming`` serves them through ``STREAM_HANDLER``).
+POD_STREAM_SUBRESOURCES = ("log", "exec", "attach", "portforward")
+
+#: What serves a Pod's streaming subresources, given the request, the registry and the parsed target.
+StreamHandler = Callable[[web.Request, ObjectRegistry, Target], Awaitable[web.StreamResponse]]
+#: The app's stream handler (``create_app(stream_handler=...)``); without one those subresources answer 404.
+STREAM_HANDLER: web.AppKey[StreamHandler] = web.AppKey("stream_handler")
+
+
 def parse_target(kinds: KindRegistry, path: str) -> Target:
     parts = [p for p in path.split("/") if p]
     if parts[:1] == ["api"] and len(parts) >= 2:
@@ -67,6 +79,8 @@ def parse_target(kinds: KindRegistry, path: str) -> Target:
         candidate = _try_kind(kinds, group, version, rest[2])
         if candidate is not None and candidate.namespaced:
             namespace, rest = rest[1], rest[2:]
+        elif candidate is None and _try_kind(kinds, group, version, "namespaces") is None:
+            kinds.by_resource(group, version, rest[2])  # name the resource asked for, not "namespaces"
     kind = kinds.by_resource(group, version, rest[0])
     if kind.namespaced and namespace is None and len(rest) > 1:
         raise NotFound(f"{kind.qualified} is namespaced: use .../namespaces/<namespace>/{kind.plural}/<name>")
@@ -92,6 +106,8 @@ def _subresources(kind: Kind) -> set[str]:
         subs.add("scale")
     if kind.group == "" and kind.plural == "namespaces":
         subs.add("finalize")
+    if kind is POD:
+        subs.update(POD_CREATE_SUBRESOURCES, POD_STREAM_SUBRESOURCES)
     return subs
 
 
@@ -152,8 +168,10 @@ async def _write(request: web.Request, registry: ObjectRegistry, call: Callable[
 def _write_options(request: web.Request) -> WriteOptions:
     q = request.query
     dry_run = q.get("dryRun", "")
-    if dry_run and dry_run != "All":
-        raise BadRequest(f"unsupported dryRun value {dry_run!r}: only All is supported")
+    if dry_run and dry_run != "All":  # kube-apiserver's answer, word for word (differential tests)
+        raise Invalid(f'Invalid dry run value: Unsupported value: "{dry_run}": supported values: "All"',
+                      causes=[Cause("dryRun", f'Unsupported value: "{dry_run}": supported values: "All"',
+                                    "FieldValueNotSupported")])
     validation = q.get("fieldValidation") or "Warn"
     if validation not in ("Ignore", "Warn", "Strict"):
         raise BadRequest(f"fieldValidation must be Ignore, Warn or Strict, not {validation!r}")
@@ -176,12 +194,25 @@ async def handle_resource(request: web.Request, registry: ObjectRegistry, target
             opts = _write_options(request)
             return await _write(request, registry,
                                 lambda body: registry.create(kind, body, namespace=target.namespace, opts=opts),
-                                201 if not opts.dry_run else 200, opts.warnings)
+                                201, opts.warnings)  # a dry run answers 201 too, as kube-apiserver
         if method == "DELETE":
             return await _delete_collection(request, registry, target)
         raise MethodNotAllowed(f"{method} is not supported on {kind.qualified}")
 
     ns = target.namespace or ""
+    if target.subresource in POD_STREAM_SUBRESOURCES:
+        streams = request.app.get(STREAM_HANDLER)
+        if streams is None:
+            raise NotFound(f"pods/{target.subresource} is not served: this API server has no node to stream from")
+        return await streams(request, registry, target)
+    if target.subresource in POD_CREATE_SUBRESOURCES:
+        if method != "POST":
+            raise MethodNotAllowed(f"{method} is not supported on pods/{target.subresource}; POST a "
+                                   + ("v1 Binding" if target.subresource == "binding" else "policy/v1 Eviction"))
+        opts = _write_options(request)
+        name, sub_name = target.name, target.subresource
+        return await _write(request, registry, lambda body: registry.create_subresource(
+            kind, ns, name, sub_name, body, opts=opts), 201)
     if target.subresource == "scale":
         if method == "GET":
             return _json(registry.get_scale(kind, ns, target.name))
@@ -233,10 +264,18 @@ async def _delete_options(request: web.Request) -> dict[str, Any]:
             check_body_shape(options, max_depth=limits.max_depth, max_values=limits.max_body_bytes // 2)
     if "propagationPolicy" in request.query:
         options["propagationPolicy"] = request.query["propagationPolicy"]
+    if "gracePeriodSeconds" in request.query:
+        try:
+            options["gracePeriodSeconds"] = int(request.query["gracePeriodSeconds"])
+        except ValueError:
+            raise BadRequest("gracePeriodSeconds must be an integer") from None
     if request.query.get("dryRun"):
         options["dryRun"] = [request.query["dryRun"]]
     if not isinstance(options, dict):
         raise BadRequest("DeleteOptions must be an object")
+    grace = options.get("gracePeriodSeconds")
+    if grace is not None and (not isinstance(grace, int) or isinstance(grace, bool)):
+        raise BadRequest(f"gracePeriodSeconds must be an integer, not {grace!r}")
     policy = options.get("propagationPolicy")
     if policy is None and options.get("orphanDependents") is True:
         policy = "Orphan"
@@ -251,7 +290,8 @@ async def _delete(request: web.Request, registry: ObjectRegistry, target: Target
     options = await _delete_options(request)
     opts = WriteOptions(dry_run=bool(options.get("dryRun")))
     obj = registry.delete(target.kind, target.namespace, target.name, propagation=options["propagationPolicy"],
-                          preconditions=options.get("preconditions"), opts=opts)
+                          preconditions=options.get("preconditions"),
+                          grace_period_seconds=options.get("gracePeriodSeconds"), opts=opts)
     return _json(obj)
 
 
@@ -264,7 +304,8 @@ async def _delete_collection(request: web.Request, registry: ObjectRegistry, tar
         md = obj["metadata"]
         try:
             registry.delete(target.kind, md.get("namespace"), md["name"],
-                            propagation=options["propagationPolicy"], opts=opts)
+                            propagation=options["propagationPolicy"],
+                            grace_period_seconds=options.get("gracePeriodSeconds"), opts=opts)
         except NotFound:
             continue
     return _json(status_success(kind=target.kind.plural, group=target.kind.group))
@@ -295,7 +336,8 @@ def _list(request: web.Request, registry: ObjectRegistry, target: Target) -> web
     metadata: dict[str, Any] = {"resourceVersion": result.resource_version}
     if result.continue_token:
         metadata["continue"] = result.continue_token
-        metadata["remainingItemCount"] = result.remaining
+        if not labels and not fields:  # kube-apiserver counts what is left only for an unfiltered list
+            metadata["remainingItemCount"] = result.remaining
     return _json({"apiVersion": target.kind.api_version, "kind": target.kind.list_kind, "metadata": metadata,
                   "items": result.items})
 

@@ -17,9 +17,13 @@ __all__ = ["register"]
 _PORT_HELP = "{} port on 127.0.0.1, kept for later starts (default: the home's kept port; 0: a new free one)."
 PortOpt = typer.Option(None, "--port", help=_PORT_HELP.format("API"))
 RouterPortOpt = typer.Option(None, "--router-port", help=_PORT_HELP.format("Router"))
+SimulatedGpusOpt = typer.Option(0, "--simulated-gpus", min=0, max=64,
+                                help="Publish N simulated GPUs through DRA (gpu.nvidia.com; real GPUs are then not "
+                                     "published), handed to containers as TURBOK_VISIBLE_DEVICES.")
 
 
-def serve(port: int | None = PortOpt, router_port: int | None = RouterPortOpt) -> None:
+def serve(port: int | None = PortOpt, router_port: int | None = RouterPortOpt,
+          simulated_gpus: int = SimulatedGpusOpt) -> None:
     """Run the control plane in the foreground until Ctrl-C or SIGTERM."""
     import asyncio
     import logging
@@ -36,7 +40,8 @@ def serve(port: int | None = PortOpt, router_port: int | None = RouterPortOpt) -
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await ControlPlane(home(), api_port=port, router_port=router_port).run_forever(stop)
+        await ControlPlane(home(), api_port=port, router_port=router_port,
+                           simulated_gpus=simulated_gpus).run_forever(stop)
 
     asyncio.run(main())
 
@@ -45,12 +50,13 @@ def up(
     timeout: float = typer.Option(60.0, help="Seconds to wait for the control plane to serve."),
     port: int | None = PortOpt,
     router_port: int | None = RouterPortOpt,
+    simulated_gpus: int = SimulatedGpusOpt,
 ) -> None:
     """Start the control plane in the background and print where its kubeconfig is."""
     from turbok.embedded import daemon
     from turbok.home import home
 
-    endpoints = daemon.up(home(), timeout=timeout, port=port, router_port=router_port)
+    endpoints = daemon.up(home(), timeout=timeout, port=port, router_port=router_port, simulated_gpus=simulated_gpus)
     say(f"turbok is up: api {endpoints['api']}, router {endpoints['router']}")
     say(f"kubeconfig: {endpoints['kubeconfig']}")
     say(f"  export KUBECONFIG={endpoints['kubeconfig']}", style="dim")

@@ -32,8 +32,9 @@ app = typer.Typer(
 _PARTS: list[tuple[str, str | None, str]] = [
     ("turbok.cli.control", None, ""),
     ("turbok.cli.objects", None, ""),
+    ("turbok.cli.kube", None, ""),
     ("turbok.cli.sandbox", "sandbox", "Run commands in sandboxes and copy files."),
-    ("turbok.cli.image", "image", "Local images: the image table and the built-in base image."),
+    ("turbok.cli.image", "image", "Images: pull, list, remove and prune OCI images; the built-in images."),
     ("turbok.cli.store", "store", "Check and repair this home's store (store.db) without losing good objects."),
     ("turbok.cli.checkpoint", "checkpoint", "Multi-tier checkpoints: agent, ls, verify, restore."),
     ("turbok.cli.conformance", "conformance", "Certified Kubernetes AI Conformance checker."),

@@ -190,6 +190,20 @@ class ClusterConfig:
         kwargs.update(options)
         return httpx.Client(**kwargs)
 
+    def async_http_client(self, *, timeout: float = 30.0, headers: Mapping[str, str] | None = None,
+                          **options: Any) -> httpx.AsyncClient:
+        """``http_client``'s asynchronous twin (the operator, the cluster router); the caller closes it."""
+        self.bearer_token()
+        hooks: dict[str, list[Any]] = {"request": [self._set_sni_async]} if self.tls_server_name else {}
+        kwargs: dict[str, Any] = {"base_url": self.server, "verify": self.ssl_context(), "auth": self.auth(),
+                                  "timeout": timeout, "headers": dict(headers or {}), "proxy": self.proxy_url,
+                                  "event_hooks": hooks}
+        kwargs.update(options)
+        return httpx.AsyncClient(**kwargs)
+
+    async def _set_sni_async(self, request: httpx.Request) -> None:
+        self._set_sni(request)
+
     def _set_sni(self, request: httpx.Request) -> None:
         # tls-server-name: the name the server's certificate is checked against, when the URL holds another
         request.extensions["sni_hostname"] = self.tls_server_name

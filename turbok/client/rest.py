@@ -1,34 +1,25 @@
-"""A small synchronous Kubernetes REST client over httpx, for the CLI and tools.
+"""Discovery-driven resources over ``api.Api``, for the CLI and tools.
 
 Discovery maps what users type (``sandboxclaim``, ``swp``, ``sandboxes.agents.x-k8s.io``)
-to resources; verbs map ``Status`` answers back to ``turbok.api.status``
-errors, so a 422 arrives as ``Invalid`` with its causes. Works against the
-embedded control plane and against any Kubernetes API server. The connection
-(TLS, credentials kept fresh) comes from ``kubeconfig.ClusterConfig.http_client``.
+to resources; the verbs go through ``turbok.client.api.Api`` (the one REST client: its
+error mapping turns a 422 into ``Invalid`` with its causes, a 429 is waited out). Works
+against the embedded control plane and against any Kubernetes API server.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from turbok.api import status as st
+from turbok.client.api import Api
 from turbok.client.errors import ConnectionFailed
 from turbok.client.kubeconfig import ClusterConfig
 
 __all__ = ["ApiResource", "ConnectionFailed", "RestClient"]
 
 Obj = dict[str, Any]
-
-_BY_CODE: dict[int, type[st.ApiError]] = {
-    400: st.BadRequest, 401: st.Unauthorized, 403: st.Forbidden, 404: st.NotFound, 405: st.MethodNotAllowed,
-    410: st.Gone, 415: st.UnsupportedMediaType, 422: st.Invalid,
-}
-
 
 @dataclass(frozen=True)
 class ApiResource:
@@ -55,23 +46,6 @@ class ApiResource:
         return path
 
 
-def _error(response: httpx.Response) -> st.ApiError:
-    try:
-        body = response.json()
-    except ValueError:
-        body = {}
-    message = body.get("message") if isinstance(body, dict) else None
-    details = body.get("details") or {} if isinstance(body, dict) else {}
-    causes = [st.Cause(c.get("field", ""), c.get("message", ""), c.get("reason", ""))
-              for c in details.get("causes") or []]
-    if response.status_code == 409:
-        cls: type[st.ApiError] = st.AlreadyExists if body.get("reason") == "AlreadyExists" else st.Conflict
-    else:
-        cls = _BY_CODE.get(response.status_code, st.ApiError)
-    return cls(message or f"HTTP {response.status_code}: {response.text[:200]}", name=details.get("name", ""),
-               kind=details.get("kind", ""), group=details.get("group", ""), causes=causes)
-
-
 class RestClient:
     """Synchronous client for the cluster of ``config``; close it (or use ``with``).
 
@@ -81,11 +55,11 @@ class RestClient:
 
     def __init__(self, config: ClusterConfig, *, timeout: float = 30.0) -> None:
         self.config = config
-        self._http = config.http_client(timeout=timeout)
+        self.api = Api(config, timeout=timeout, trust_env=True)
         self._resources: list[ApiResource] | None = None
 
     def close(self) -> None:
-        self._http.close()
+        self.api.close()
 
     def __enter__(self) -> RestClient:
         return self
@@ -97,15 +71,10 @@ class RestClient:
 
     def request(self, method: str, path: str, *, body: Any = None, params: dict[str, Any] | None = None,
                 content_type: str = "application/json", headers: dict[str, str] | None = None) -> Any:
-        content = json.dumps(body).encode() if body is not None else None
-        hdrs = {"Content-Type": content_type} if content is not None else {}
-        hdrs.update(headers or {})
-        try:
-            response = self._http.request(method, path, content=content, params=params, headers=hdrs)
-        except httpx.HTTPError as e:
-            raise ConnectionFailed(f"cannot reach the API server at {self.config.server}: {e}") from e
-        if response.status_code >= 400:
-            raise _error(response)
+        accept = (headers or {}).get("Accept", "application/json")
+        rest = {k: v for k, v in (headers or {}).items() if k != "Accept"}
+        response = self.api.send(method, path, body=body, params=params, content_type=content_type, accept=accept,
+                                 headers=rest)
         return response.json() if response.content else None
 
     # ------------------------------------------------------------ discovery
@@ -176,18 +145,10 @@ class RestClient:
 
     def watch(self, res: ApiResource, namespace: str | None = None, *, field_selector: str | None = None,
               resource_version: str | None = None, timeout: float = 300.0) -> Iterator[Obj]:
-        params: dict[str, Any] = {"watch": "true", "timeoutSeconds": int(timeout)}
+        params: dict[str, Any] = {}
         if field_selector:
             params["fieldSelector"] = field_selector
         if resource_version:
             params["resourceVersion"] = resource_version
-        try:
-            with self._http.stream("GET", res.path(namespace), params=params, timeout=timeout + 5) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise _error(response)
-                for line in response.iter_lines():
-                    if line.strip():
-                        yield json.loads(line)
-        except httpx.HTTPError as e:
-            raise ConnectionFailed(f"watch on {self.config.server} broke: {e}") from e
+        for event in self.api.watch(res.path(namespace), params=params, timeout_seconds=int(timeout)):
+            yield {"type": event.type, "object": event.object}

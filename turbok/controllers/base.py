@@ -5,7 +5,8 @@ name)`` whenever the object, or anything ``related`` maps back to it, changes,
 and again at start. A reconcile returns ``Result``: done, or come back after
 ``requeue_after`` seconds (for deadlines such as ``shutdownTime``). Raising
 ``TemporaryError(delay=...)`` retries after that delay; ``PermanentError``
-logs and waits for the next change; any other exception retries with the
+logs and waits for the next change; ``RetryError`` (a refusal the reconcile
+has already reported in status) and any other exception retry with the
 manager's exponential backoff. A ``Conflict`` from a write is retried at once:
 the object changed under us, so we read it again.
 """
@@ -20,7 +21,7 @@ from turbok.api.kinds import Kind
 from turbok.controllers.client import Client, Obj
 from turbok.errors import TurbokError
 
-__all__ = ["DONE", "Key", "PermanentError", "Reconciler", "Result", "TemporaryError", "requeue"]
+__all__ = ["DONE", "Key", "PermanentError", "Reconciler", "Result", "RetryError", "TemporaryError", "requeue"]
 
 Key = tuple[str, str]  # (namespace, name)
 
@@ -49,6 +50,10 @@ class TemporaryError(ControllerError):
 
 class PermanentError(ControllerError):
     """Retrying will not help until the object changes."""
+
+
+class RetryError(ControllerError):
+    """The pass failed and said so in status; retry with the manager's back-off (logged without a traceback)."""
 
 
 def _not_started(key: Key, after: float = 0.0) -> None:

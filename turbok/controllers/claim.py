@@ -37,14 +37,16 @@ from turbok.api.kinds import Kind
 from turbok.api.status import Forbidden, Invalid
 from turbok.controllers import labels as lb
 from turbok.controllers.base import DONE, Key, Reconciler, Result, requeue
-from turbok.controllers.blueprint import sandbox_from_template
+from turbok.controllers.blueprint import POOL_LABELS, sandbox_from_template
 from turbok.controllers.client import Client, Obj
 from turbok.controllers.events import EventRecorder
 from turbok.controllers.injection import (
+    DEFAULT_LABEL_DOMAINS,
     ClaimError,
     apply_env,
     merge_pod_metadata,
     merge_volume_claim_templates,
+    validate_pod_metadata,
 )
 
 __all__ = ["ClaimReconciler"]
@@ -59,9 +61,12 @@ class ClaimReconciler(Reconciler):
     concurrency = 8
 
     def __init__(self, client: Client, metrics: CollectorRegistry | None = None,
-                 events: EventRecorder | None = None) -> None:
+                 events: EventRecorder | None = None,
+                 allowed_label_domains: tuple[str, ...] = DEFAULT_LABEL_DOMAINS) -> None:
         super().__init__(client)
         self.events = events or EventRecorder(client)
+        #: Label domains a claim's ``additionalPodMetadata`` may use (upstream's allowed-label-domains).
+        self.allowed_label_domains = allowed_label_domains
         self.kind = client.kinds.by_kind(lb.EXTENSIONS_API, "SandboxClaim")
         self.sandbox_kind = client.kinds.by_kind(lb.SANDBOX_API, "Sandbox")
         self.pool_kind = client.kinds.by_kind(lb.EXTENSIONS_API, "SandboxWarmPool")
@@ -127,16 +132,21 @@ class ClaimReconciler(Reconciler):
         result: Result = DONE
         news: tuple[str, str] | None = None  # an event to record once the status is written
         try:
+            # Before anything else, as upstream: a bound claim with invalid metadata says so too.
+            validate_pod_metadata(claim["spec"].get("additionalPodMetadata"), self.allowed_label_domains)
             sandbox = await self._bound(claim)
             if sandbox is None:
                 sandbox, news = await self._provision(claim)
                 self._bindings[(namespace, name)] = (claim["metadata"]["uid"], sandbox["metadata"]["name"])
+            else:
+                sandbox = await self._follow_metadata(claim, sandbox)
             self._waiting.get(pool_key, set()).discard((namespace, name))
             self._forward(claim, sandbox, status, gen)
         except ClaimError as e:
             m.set_condition(status, "Ready", False, e.reason, e.message, observed_generation=gen)
+            # a change to the pool or the template may lift any refusal (an env policy too): wake on it
+            self._waiting.setdefault(pool_key, set()).add((namespace, name))
             if e.retry_after is not None:
-                self._waiting.setdefault(pool_key, set()).add((namespace, name))
                 result = requeue(e.retry_after)
         if expire_at is not None:
             left = (expire_at - dt.datetime.now(dt.UTC)).total_seconds()
@@ -224,11 +234,10 @@ class ClaimReconciler(Reconciler):
         pool = await self.client.try_get(self.pool_kind, ns, pool_name)
         if pool is None:
             raise ClaimError("WarmPoolNotFound", f'SandboxWarmPool "{pool_name}" not found', retry_after=MISSING_RECHECK)
-        pod_metadata = merge_pod_metadata({}, spec.get("additionalPodMetadata"), validate_only=True)
         if not spec.get("env") and not spec.get("volumeClaimTemplates"):
             warm = await self._take_candidate((ns, pool_name))
             if warm is not None:
-                adopted = await self._adopt(claim, warm, pod_metadata)
+                adopted = await self._adopt(claim, warm)
                 return adopted, ("SandboxAdopted", f'Adopted warm pool Sandbox "{adopted["metadata"]["name"]}"')
         template_name = pool["spec"]["sandboxTemplateRef"]["name"]
         template = await self.client.try_get(self.template_kind, ns, template_name)
@@ -237,6 +246,36 @@ class ClaimReconciler(Reconciler):
                              retry_after=MISSING_RECHECK)
         created = await self._cold_start(claim, template)
         return created, ("SandboxProvisioned", f'Created Sandbox "{created["metadata"]["name"]}"')
+
+    async def _follow_metadata(self, claim: Obj, sandbox: Obj) -> Obj:
+        """Upstream's fast path: a bound sandbox's pod template metadata is its template's, the claim's identity
+        labels and the claim's ``additionalPodMetadata``, kept so as the claim changes (an annotation added,
+        changed or removed reaches the Sandbox, and so its next Pod: the Pod Snapshot client restores so)."""
+        ns = claim["metadata"]["namespace"]
+        pool = await self.client.try_get(self.pool_kind, ns, claim["spec"]["warmPoolRef"]["name"])
+        template = await self.client.try_get(self.template_kind, ns, pool["spec"]["sandboxTemplateRef"]["name"]) \
+            if pool is not None else None
+        if template is None:
+            return sandbox
+        wanted = copy.deepcopy(((template.get("spec") or {}).get("podTemplate") or {}).get("metadata") or {})
+        labels = wanted.setdefault("labels", {})
+        labels[lb.CLAIM_UID] = claim["metadata"]["uid"]
+        labels[lb.TEMPLATE_REF_HASH] = lb.name_hash(template["metadata"]["name"])
+        creator = (claim["metadata"].get("labels") or {}).get(lb.CREATED_BY)
+        if creator:
+            labels[lb.CREATED_BY] = creator
+        annotations = wanted.get("annotations") or {}
+        if (sandbox["metadata"].get("labels") or {}).get(lb.LAUNCH_TYPE) == "warm" and \
+                annotations.get(lb.SAFE_TO_EVICT) == "true":  # as adoption leaves it
+            annotations.pop(lb.SAFE_TO_EVICT)
+        wanted = merge_pod_metadata(wanted, claim["spec"].get("additionalPodMetadata"), self.allowed_label_domains)
+        wanted = {k: v for k, v in wanted.items() if v}
+        current = (sandbox.get("spec") or {}).get("podTemplate", {}).get("metadata") or {}
+        if wanted == {k: v for k, v in current.items() if v}:
+            return sandbox
+        fresh = copy.deepcopy(sandbox)
+        fresh["spec"]["podTemplate"]["metadata"] = wanted
+        return await self.client.update(self.sandbox_kind, fresh)
 
     async def _take_candidate(self, pool: Key) -> Obj | None:
         """The oldest Ready sandbox of the pool, else the oldest starting one; None when the pool is empty."""
@@ -260,16 +299,22 @@ class ClaimReconciler(Reconciler):
             queue.pop(fallback["metadata"]["name"], None)
         return fallback
 
-    async def _adopt(self, claim: Obj, sandbox: Obj, pod_metadata: Obj) -> Obj:
+    async def _adopt(self, claim: Obj, sandbox: Obj) -> Obj:
+        """Move a warm pool's Sandbox to the claim in one write, as upstream's completeAdoption does: the
+        pool's labels go, the claim controls it, its pod template carries the claim's identity and
+        metadata. The Sandbox controller then relabels the running Pod; nothing restarts."""
         cmd = claim["metadata"]
         sb = copy.deepcopy(sandbox)
         md = sb["metadata"]
         labels = md.setdefault("labels", {})
-        for key in (lb.WARM_POOL_SANDBOX, lb.POD_TEMPLATE_HASH, lb.TEMPLATE_HASH):
+        for key in POOL_LABELS:
             labels.pop(key, None)
         labels[lb.LAUNCH_TYPE] = "warm"
-        labels[lb.CLAIM_UID] = cmd["uid"]
         creator = (cmd.get("labels") or {}).get(lb.CREATED_BY)
+        identity = {lb.CLAIM_UID: cmd["uid"]}
+        if labels.get(lb.TEMPLATE_REF_HASH):
+            identity[lb.TEMPLATE_REF_HASH] = labels[lb.TEMPLATE_REF_HASH]
+        labels.update(identity)
         if creator:
             labels[lb.CREATED_BY] = creator
         else:
@@ -277,11 +322,20 @@ class ClaimReconciler(Reconciler):
         md["ownerReferences"] = [lb.owner_ref(claim)]
         md.setdefault("annotations", {})[lb.POD_NAME] = md["name"]
         pod_md = sb["spec"]["podTemplate"].setdefault("metadata", {})
-        pod_labels = {k: v for k, v in (pod_md.get("labels") or {}).items()
-                      if k not in (lb.WARM_POOL_SANDBOX, lb.POD_TEMPLATE_HASH, lb.TEMPLATE_HASH)}
-        pod_labels[lb.CLAIM_UID] = cmd["uid"]
+        pod_labels = {k: v for k, v in (pod_md.get("labels") or {}).items() if k not in POOL_LABELS}
+        pod_labels.update(identity)
+        if creator:
+            pod_labels[lb.CREATED_BY] = creator
+        else:
+            pod_labels.pop(lb.CREATED_BY, None)
         pod_md["labels"] = pod_labels
-        sb["spec"]["podTemplate"]["metadata"] = merge_pod_metadata(pod_md, pod_metadata)
+        annotations = pod_md.get("annotations") or {}
+        if annotations.get(lb.SAFE_TO_EVICT) == "true":  # it hosts a user's state now: not to be evicted
+            annotations.pop(lb.SAFE_TO_EVICT)
+            if not annotations:
+                pod_md.pop("annotations", None)
+        sb["spec"]["podTemplate"]["metadata"] = merge_pod_metadata(pod_md, claim["spec"].get("additionalPodMetadata"),
+                                                                   self.allowed_label_domains)
         return await self.client.update(self.sandbox_kind, sb)
 
     async def _cold_start(self, claim: Obj, template: Obj) -> Obj:
@@ -302,7 +356,8 @@ class ClaimReconciler(Reconciler):
                                             tspec.get("volumeClaimTemplatesPolicy") or "Disallowed")
         if vcts:
             sandbox["spec"]["volumeClaimTemplates"] = vcts
-        pod["metadata"] = merge_pod_metadata(pod.get("metadata") or {}, spec.get("additionalPodMetadata"))
+        pod["metadata"] = merge_pod_metadata(pod.get("metadata") or {}, spec.get("additionalPodMetadata"),
+                                             self.allowed_label_domains)
         try:
             return await self.client.create(self.sandbox_kind, sandbox)
         except Forbidden as e:  # a ResourceQuota or LimitRange of the namespace: room may come back

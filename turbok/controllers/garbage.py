@@ -9,7 +9,12 @@
 
 The collector keeps an index owner-uid -> dependents, fed by every change, and
 works off a queue of owner uids; each step re-reads current state, so a missed
-or repeated event does no harm.
+or repeated event does no harm. Before deleting a dependent whose owner it does
+not know, it looks the owner up by the reference's apiVersion, kind, name and
+uid (kube's "verify absent owner"): an owner created while the index was being
+built is never mistaken for a gone one. Deletes carry the dependent's uid as a
+precondition, so an object made again under the same name is never collected
+for its predecessor. Pods deleted this way go gracefully: the node stops them.
 """
 
 from __future__ import annotations
@@ -41,10 +46,11 @@ class GarbageCollector:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        # Subscribe first: what changes while the kinds are listed is indexed too (indexing is idempotent).
+        self.client.subscribe(self._on_event)
         for kind in self.client.kinds:
             for obj in await self.client.list(kind):
                 self._index(kind.key, obj)
-        self.client.subscribe(self._on_event)
         for uid in list(self._dependents):
             if uid not in self._uids:
                 self._enqueue(uid)
@@ -129,9 +135,12 @@ class GarbageCollector:
                 owner = None
         if owner is None:
             for key, ns, name in dependents:
-                if all(o not in self._uids for o in self._owners_of.get((key, ns, name), ())):
-                    log.info("garbage collecting %s %s/%s: its owners are gone", key, ns, name)
-                    await self.client.delete(self._kind(key), ns, name, propagation="Background")
+                dep = await self.client.try_get(self._kind(key), ns, name)
+                if dep is None or await self._has_live_owner(dep):
+                    continue
+                log.info("garbage collecting %s %s/%s: its owners are gone", key, ns, name)
+                await self.client.delete(self._kind(key), ns, name, propagation="Background",
+                                         uid=dep["metadata"]["uid"])
             return
         finalizers = list(owner["metadata"].get("finalizers") or [])
         if not owner["metadata"].get("deletionTimestamp"):
@@ -158,6 +167,24 @@ class GarbageCollector:
                     await self.client.delete(self._kind(key), ns, name, propagation="Foreground")
             if live == 0:
                 await self._drop_finalizer(owner_ref, FOREGROUND)
+
+    async def _has_live_owner(self, dep: Obj) -> bool:
+        """Whether any owner of ``dep`` exists, looking up those the index does not know."""
+        namespace = dep["metadata"].get("namespace", "")
+        for ref in dep["metadata"].get("ownerReferences") or []:
+            uid = ref.get("uid")
+            if not uid:
+                continue
+            if uid in self._uids:
+                return True
+            kind = self.client.kinds.by_kind(ref.get("apiVersion", ""), ref.get("kind", ""))
+            if kind is None:
+                continue  # not a kind served here: it cannot exist
+            owner = await self.client.try_get(kind, namespace if kind.namespaced else "", ref.get("name", ""))
+            if owner is not None and owner["metadata"].get("uid") == uid:
+                self._index(kind.key, owner)
+                return True
+        return False
 
     async def _drop_finalizer(self, ref: Ref | None, finalizer: str) -> None:
         if ref is None:

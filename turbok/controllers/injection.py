@@ -10,19 +10,18 @@ condition's reason.
 from __future__ import annotations
 
 import copy
+import json
 import re
 from typing import Any
 
 from turbok.controllers import labels as lb
 from turbok.errors import TurbokError
 
-__all__ = ["ClaimError", "apply_env", "merge_pod_metadata", "merge_volume_claim_templates"]
+__all__ = ["DEFAULT_LABEL_DOMAINS", "ClaimError", "apply_env", "merge_pod_metadata", "merge_volume_claim_templates",
+           "validate_pod_metadata"]
 
 Obj = dict[str, Any]
-
-_QUALIFIED = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
-                        r"([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]$")
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 
 class ClaimError(TurbokError):
@@ -108,34 +107,107 @@ def merge_volume_claim_templates(template: list[Obj], claim: list[Obj], policy: 
     return merged
 
 
-def _check_key(key: str, what: str) -> None:
-    if not _QUALIFIED.match(key) or len(key.rpartition("/")[0]) > 253:
-        raise ClaimError("InvalidMetadata", f'invalid additionalPodMetadata: failed to validate {what} "{key}": '
-                         "must be a qualified name (an optional DNS subdomain prefix and '/', then at most 63 "
-                         "alphanumeric characters, '-', '_' or '.')")
-    if key.startswith(lb.RESERVED_PREFIXES):
-        raise ClaimError("InvalidMetadata", f'invalid additionalPodMetadata: failed to validate {what} "{key}": '
-                         "the agents.x-k8s.io prefixes are reserved for the controllers")
+#: Label domains ``additionalPodMetadata`` may use, as upstream's controller defaults them
+#: (its ``/etc/sandbox-config/allowed-label-domains``, absent).
+DEFAULT_LABEL_DOMAINS = ("sandbox.users.io",)
+#: Annotation domains ``additionalPodMetadata`` may not use, and the one key exempted.
+_RESTRICTED_DOMAINS = ("kubernetes.io", "k8s.io", "agents.x-k8s.io")
+_EXEMPT_KEYS = (lb.SAFE_TO_EVICT,)
+
+_NAME_MSG = ("name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an "
+             "alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is "
+             "'([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')")
+_PREFIX_MSG = ("prefix part a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or "
+               "'.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for "
+               "validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')")
+_VALUE_MSG = ("a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and "
+              "must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex "
+              "used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')")
+_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 
 
-def merge_pod_metadata(base: Obj, extra: Obj | None, *, validate_only: bool = False) -> Obj:
+def _qualified_name_errors(key: str) -> list[str]:
+    """apimachinery's IsQualifiedName, in its words."""
+    parts = key.split("/")
+    if len(parts) > 2:
+        return ["a qualified name must consist of alphanumeric characters, '-', '_' or '.', and must start and end "
+                "with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for "
+                "validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]') with an optional DNS subdomain prefix "
+                "and '/' (e.g. 'example.com/MyName')"]
+    errors = []
+    name = parts[-1]
+    if len(parts) == 2:
+        prefix = parts[0]
+        if not prefix:
+            errors.append("prefix part must be non-empty")
+        elif len(prefix) > 253:
+            errors.append("prefix part must be no more than 253 characters")
+        elif not _PREFIX.match(prefix):
+            errors.append(_PREFIX_MSG)
+    if not name:
+        errors.append("name part must be non-empty")
+    elif len(name) > 63:
+        errors.append("name part must be no more than 63 characters")
+    if name and not _NAME.match(name):
+        errors.append(_NAME_MSG)
+    return errors
+
+
+def _matches_domain(domain: str, domains: tuple[str, ...]) -> bool:
+    return any(domain == d or domain.endswith("." + d) for d in domains)
+
+
+def _key_error(key: str, value: str, *, label: bool, allowed: tuple[str, ...]) -> str | None:
+    """What upstream's validateAdditionalPodMetadata says of one key, or None when it is fine."""
+    kind = "label" if label else "annotation"
+    if errors := _qualified_name_errors(key):
+        return f'invalid {kind} key: {_q(key)}: {"; ".join(errors)}'
+    if label and key.lower() == "app" and value.lower() == "sandbox-router":
+        return f"restricted system label value: {_q(key)}={_q(value)} is not allowed in AdditionalPodMetadata"
+    domain = key.split("/", 1)[0].lower() if "/" in key else ""
+    if label:
+        if not domain:
+            return (f"label {_q(key)} must have a domain prefix (e.g. 'sandbox.users.io/my-label') to prevent "
+                    "opting into unintended policy domains")
+        if not _matches_domain(domain, allowed):
+            return f"label domain {_q(domain)} is not in the allowlist"
+        if len(value) > 63:
+            return f"invalid label value: {_q(value)} does not match allowed pattern: must be no more than 63 characters"
+        if not _LABEL_VALUE.match(value):
+            return f"invalid label value: {_q(value)} does not match allowed pattern: {_VALUE_MSG}"
+    elif _matches_domain(domain, _RESTRICTED_DOMAINS) and key not in _EXEMPT_KEYS:
+        return f"restricted system domain: {_q(key)} is not allowed in AdditionalPodMetadata"
+    return None
+
+
+def _q(text: str) -> str:
+    """Go's %q of a plain string."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def validate_pod_metadata(extra: Obj | None, allowed_label_domains: tuple[str, ...] = DEFAULT_LABEL_DOMAINS) -> None:
+    """Refuse ``additionalPodMetadata`` as upstream does: labels only under allowed domains (default
+    ``sandbox.users.io``), annotations not under kubernetes.io, k8s.io or agents.x-k8s.io (except
+    cluster-autoscaler's safe-to-evict), valid keys and label values, no ``app=sandbox-router``."""
+    extra = extra or {}
+    for field, label in (("labels", True), ("annotations", False)):
+        for key, value in (extra.get(field) or {}).items():
+            error = _key_error(str(key), value if isinstance(value, str) else str(value), label=label,
+                               allowed=allowed_label_domains or DEFAULT_LABEL_DOMAINS)
+            if error is not None:
+                raise ClaimError("InvalidMetadata", f"invalid additionalPodMetadata: failed to validate "
+                                 f"{'label' if label else 'annotation'} {_q(str(key))}: {error}")
+
+
+def merge_pod_metadata(base: Obj, extra: Obj | None,
+                       allowed_label_domains: tuple[str, ...] = DEFAULT_LABEL_DOMAINS) -> Obj:
     """Validate ``additionalPodMetadata`` and merge it into pod template metadata.
 
     A key the template already sets to another value is a conflict (ReconcilerError, as upstream).
     """
+    validate_pod_metadata(extra, allowed_label_domains)
     extra = extra or {}
-    for key, value in (extra.get("labels") or {}).items():
-        _check_key(key, "label")
-        if not isinstance(value, str) or not _LABEL_VALUE.match(value):
-            raise ClaimError("InvalidMetadata", f'invalid additionalPodMetadata: failed to validate label "{key}": '
-                             f"invalid value {value!r}")
-        if key == "app" and value.lower() == "sandbox-router":
-            raise ClaimError("InvalidMetadata", 'invalid additionalPodMetadata: failed to validate label "app": '
-                             "app=sandbox-router is reserved for the sandbox router")
-    for key in extra.get("annotations") or {}:
-        _check_key(key, "annotation")
-    if validate_only:
-        return copy.deepcopy(extra)
     merged = copy.deepcopy(base)
     for field, what in (("labels", "label"), ("annotations", "annotation")):
         for key, value in (extra.get(field) or {}).items():

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from turbok.api.status import ApiError, Conflict, NotFound
-from turbok.controllers.base import Key, PermanentError, Reconciler, TemporaryError
+from turbok.controllers.base import Key, PermanentError, Reconciler, RetryError, TemporaryError
 from turbok.controllers.client import Client, ObjectEvent
 
 __all__ = ["Manager"]
@@ -155,6 +155,10 @@ class Manager:
             except PermanentError as e:
                 outcome = "permanent"
                 log.warning("%s %s/%s: %s", name, key[0], key[1], e)
+            except RetryError as e:
+                outcome = "error"
+                log.info("%s %s/%s: %s", name, key[0], key[1], e)
+                self._backoff(q, key)
             except ApiError as e:
                 outcome = "error"
                 log.warning("%s %s/%s: API error: %s", name, key[0], key[1], e)

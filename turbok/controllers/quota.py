@@ -26,14 +26,13 @@ class QuotaReconciler(Reconciler):
     def __init__(self, client: Client) -> None:
         super().__init__(client)
         self.kind = client.kinds.by_kind("v1", "ResourceQuota")
-        self._sandbox = next((k for k in client.kinds if q.is_sandbox(k)), None)
         #: namespace -> quota name -> what it tracks (filled as quotas are reconciled)
         self._tracked: dict[str, dict[str, q.Tracked]] = {}
 
     def related(self, kind: Kind, obj: Obj, deleted: bool) -> list[Key]:
         namespace = obj.get("metadata", {}).get("namespace", "")
         return [(namespace, name) for name, what in self._tracked.get(namespace, {}).items()
-                if kind in what.counts.values() or (kind is self._sandbox and what.compute)]
+                if kind in what.counts.values() or kind in what.usage.values()]
 
     async def reconcile(self, namespace: str, name: str) -> Result:
         quota = await self.client.try_get(self.kind, namespace, name)
@@ -43,13 +42,13 @@ class QuotaReconciler(Reconciler):
         hard = q.hard_of(quota)
         what = q.tracked(hard, self.client.kinds)
         self._tracked.setdefault(namespace, {})[name] = what
-        used: dict[str, Decimal] = {r: Decimal(0) for r in (*what.zero, *what.compute)}
+        used: dict[str, Decimal] = {r: Decimal(0) for r in (*what.zero, *what.usage)}
         for resource, counted in what.counts.items():
             used[resource] = Decimal(len(await self.client.list(counted, namespace)))
-        if what.compute and self._sandbox is not None:
-            for sandbox in await self.client.list(self._sandbox, namespace):
-                for resource, amount in q.sandbox_usage(sandbox).items():
-                    if resource in used:
+        for summed in set(what.usage.values()):
+            for obj in await self.client.list(summed, namespace):
+                for resource, amount in q.usage(summed, obj).items():
+                    if what.usage.get(resource) is summed:
                         used[resource] += amount
         status = {"hard": q.format_usage(hard), "used": q.format_usage(used)}
         if quota.get("status") != status:

@@ -1,400 +1,535 @@
-"""Sandbox: keep the runtime sandbox in the state the object asks for, and say so in status.
+"""Sandbox: keep its Pod, PVCs and headless Service as the object asks, and report the Pod's state.
 
-Upstream semantics (kubernetes-sigs/agent-sandbox ``sandbox_controller.go``)
-with the runtime sandbox in the role of the Pod:
+Upstream semantics (kubernetes-sigs/agent-sandbox ``sandbox_controller.go``);
+the objects are built by ``sandboxpod`` and ``sandboxservice``, the status by
+``sandboxstatus``. One pass:
 
-- ``operatingMode: Running`` starts it (``runtime.start``: the pod template's
-  first container under gVisor); ``Suspended`` hibernates it (its memory,
-  processes and disk are kept; resuming restores them) where the runtime can,
-  else, or with the annotation ``turbok.dev/suspend: disk``, stops it and
-  keeps its disk.
-- ``shutdownTime`` passed: ``Delete`` deletes the Sandbox, ``Retain`` stops
-  it and keeps the object with Ready=False/``SandboxExpired``.
-- A main process that exits is restarted per ``restartPolicy`` (Always,
-  OnFailure, Never) or reported ``Finished`` (PodSucceeded/PodFailed). How
-  it ended (``OOMKilled``, ``Error``, ``Completed``: the kubelet's words) is
-  the Ready reason until it is back, a Warning event, and the annotations
-  ``turbok.dev/restart-count`` and ``turbok.dev/last-termination``
-  (``turbok.controllers.restarts``); restarts back off as the kubelet's do.
-- Conditions Ready, Suspended, PodScheduled, Finished with upstream reasons,
-  plus turbok's ``Isolated`` (GVisor or Bubblewrap), ``status.selector``,
-  ``nodeName``, ``serviceFQDN`` when ``spec.service`` is true. ``podIPs``
-  stays empty: sandboxes have no network by default; the runtime API is
-  reached through the router.
+1. ``shutdownTime`` passed: Ready=False/``SandboxExpired`` is written first;
+   the next pass deletes the Pod and the Service it owns, then the Sandbox
+   itself under ``shutdownPolicy: Delete``; under ``Retain`` the object stays
+   with only its conditions (turbok keeps the Pod's disk: see below).
+2. PVCs from ``volumeClaimTemplates`` (created, or adopted when unowned and
+   labelled ``agents.x-k8s.io/adoptable: "true"`` or with the name hash).
+3. The Pod: the one named by the annotation ``agents.x-k8s.io/pod-name``, else
+   the Sandbox's name; the Pod the Sandbox controls wins over a stale
+   annotation; two controlled Pods are ``MultiplePods`` (no choice, no create).
+   ``operatingMode: Suspended`` deletes it; a Pod that exists has its labels
+   and annotations brought in line (after a warm pool's Sandbox is adopted by a
+   claim: the pool's labels go, the Pod itself stays running, so a warm claim
+   costs no boot); none is created. The annotation records the Pod's name.
+4. The headless Service when ``spec.service`` is true (deleted when false).
+5. Status: ``podIPs`` and ``nodeName`` from the Pod the Sandbox owns,
+   ``selector``, ``service``/``serviceFQDN``, conditions; written only when it
+   changed, as a merge patch of the status subresource (a change of
+   ``nodeName`` alone waits for the next change, unless the Sandbox is Ready).
 
-Teardown (``runsc kill`` + ``delete``, ~2 s) runs in background tasks, off the
-path of any Ready transition. A sandbox whose object is gone is removed from
-the runtime; at start, runtime sandboxes without an object are removed too.
+turbok's additions (docs/architecture.md, "Controllers and the node"): the Pod
+carries ``turbok.dev/sandbox-identity`` (the Sandbox's uid: the node keys the
+Pod's runtime state by it); before deleting a Pod to suspend the Sandbox, the
+controller annotates it ``turbok.dev/on-delete: hibernate`` (memory, processes
+and disk kept; the node falls back to ``stop`` where it cannot), or ``stop``
+(disk only) when the Sandbox has ``turbok.dev/suspend: disk``; an expired
+Sandbox kept by ``Retain`` has its Pod deleted with ``stop``. A Pod deleted
+without the annotation (the Sandbox deleted, the Pod deleted by hand) takes
+its runtime state with it. Pods of a deleted Sandbox go by garbage collection
+(ownerReferences), never by this controller.
+
+Crashes and restarts are the node's: it restarts containers per
+``restartPolicy`` with the kubelet's CrashLoopBackOff and keeps the Pod
+not-Ready meanwhile, so a crash-looping sandbox stays Ready=False
+(``DependenciesNotReady``) instead of flapping; ``kubectl get pod`` shows the
+restart count and the last termination.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import copy
 import datetime as dt
 import logging
-import socket
-from collections.abc import Coroutine
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable
 
 from turbok.api import meta as m
-from turbok.api.kinds import Kind
-from turbok.api.podtemplate import PIDS_LIMIT_ANNOTATION, claim_volume_names
+from turbok.api.kinds import PERSISTENT_VOLUME_CLAIM, POD, SERVICE, Kind
+from turbok.api.status import AlreadyExists, ApiError, NotFound
 from turbok.controllers import labels as lb
-from turbok.controllers.base import DONE, Reconciler, Result, requeue
+from turbok.controllers.base import DONE, Key, Reconciler, Result, RetryError, requeue
 from turbok.controllers.client import Client, Obj
 from turbok.controllers.events import EventRecorder
-from turbok.controllers.podspec import InvalidPodTemplate, plan_pod
-from turbok.controllers.restarts import Restarts, Termination, termination
-from turbok.controllers.startqueue import REFILL, URGENT, StartQueue
-from turbok.runtime.base import Isolation, Phase, Runtime, RuntimeState, SandboxSpec, sandbox_id
-from turbok.runtime.errors import ImageError, RuntimeError_, SandboxStartFailed
+from turbok.controllers.sandboxpod import desired_pod, desired_pvc, pvc_name, update_pod_metadata
+from turbok.controllers.sandboxservice import desired_service, ports_equal, service_ports
+from turbok.controllers.sandboxsnapshot import (
+    PS_NAME,
+    RESTORE,
+    RESTORE_FROM,
+    SNAPSHOT_ANNOTATION,
+    SnapshotNotUsable,
+    resolve_snapshot,
+)
+from turbok.controllers.sandboxstatus import MultiplePods, conditions, owned_by, pod_ips
+from turbok.errors import TurbokError
 
 __all__ = ["SandboxReconciler"]
 
 log = logging.getLogger(__name__)
 
-#: How often running sandboxes are checked for a main process that exited on its own
-#: (a read of runsc's state file and /proc per sandbox: with hundreds, not free).
-POLL_SECONDS = 5.0
-POLL_BATCH = 100  # sandboxes whose state is read in one trip to a worker thread
-#: ``disk`` on a Sandbox: suspend without keeping memory (the default keeps it where the runtime can).
-SUSPEND_ANNOTATION = "turbok.dev/suspend"
 CLUSTER_DOMAIN = "cluster.local"
+#: Requeue delay after marking a Sandbox expired, before tearing it down (upstream: 1 ms).
+_IMMEDIATELY = 0.001
 
 
-def _isolation_condition(isolation: Isolation) -> tuple[str, str]:
-    if isolation == Isolation.GVISOR:
-        return "GVisor", "isolated by gVisor (runsc): a user-space kernel between the sandbox and the host"
-    return "Bubblewrap", ("runsc is unavailable: isolated by bubblewrap (Linux namespaces), which shares the "
-                          "host kernel")
+class ChildError(TurbokError):
+    """A Pod, Service or PVC the Sandbox needs is in the way (owned by another controller, not adoptable)."""
+
+
+def _key(obj: Obj) -> Key:
+    return (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+
+
+def _describe_owner(ref: Obj) -> str:
+    return f'{ref.get("kind")}/{ref.get("name")} (UID: {ref.get("uid")})'
+
+
+def _adoptable(obj: Obj, name_hash: str) -> bool:
+    labels = obj["metadata"].get("labels") or {}
+    return labels.get(lb.ADOPTABLE) == "true" or labels.get(lb.SANDBOX_NAME_HASH) == name_hash
+
+
+def _metadata_patch(before: Obj, after: Obj) -> Obj:
+    """A merge patch taking ``before``'s labels, annotations and ownerReferences to ``after``'s."""
+    patch: Obj = {}
+    for field in ("labels", "annotations"):
+        old, new = before.get(field) or {}, after.get(field) or {}
+        diff: Obj = {k: v for k, v in new.items() if old.get(k) != v}
+        diff.update({k: None for k in old if k not in new})
+        if diff:
+            patch[field] = diff
+    if (before.get("ownerReferences") or []) != (after.get("ownerReferences") or []):
+        patch["ownerReferences"] = after.get("ownerReferences") or []
+    return {"metadata": patch}
+
+
+def _status_patch(before: Obj, after: Obj) -> Obj:
+    patch: Obj = {k: v for k, v in after.items() if before.get(k) != v}
+    patch.update({k: None for k in before if k not in after})
+    return patch
+
+
+def _remaining(sandbox: Obj) -> float | None:
+    """Seconds until ``shutdownTime`` (<= 0: expired), None without one."""
+    shutdown = (sandbox.get("spec") or {}).get("shutdownTime")
+    if not shutdown:
+        return None
+    return (m.parse_time(shutdown) - dt.datetime.now(dt.UTC)).total_seconds()
+
+
+def _set(status: Obj, cond: tuple[str, str, str, str], gen: int | None) -> None:
+    type_, value, reason, message = cond
+    m.set_condition(status, type_, value, reason, message, observed_generation=gen)
+
+
+def _drop_condition(status: Obj, type_: str) -> None:
+    kept = [c for c in status.get("conditions") or [] if c.get("type") != type_]
+    if kept:
+        status["conditions"] = kept
+    else:
+        status.pop("conditions", None)
+
+
+class _Pass:
+    """One reconcile's view of its Sandbox: the object as last written by this pass."""
+
+    def __init__(self, sandbox: Obj) -> None:
+        self.sandbox = sandbox
+        md = sandbox["metadata"]
+        self.namespace: str = md["namespace"]
+        self.name: str = md["name"]
+        self.uid: str = md["uid"]
+        self.name_hash = lb.name_hash(self.name)
+
+    @property
+    def annotations(self) -> dict[str, str]:
+        return self.sandbox["metadata"].get("annotations") or {}
 
 
 class SandboxReconciler(Reconciler):
     concurrency = 16
 
-    def __init__(self, client: Client, runtime: Runtime, starts: StartQueue | None = None,
-                 events: EventRecorder | None = None) -> None:
+    def __init__(self, client: Client, events: EventRecorder | None = None,
+                 cluster_domain: str = CLUSTER_DOMAIN) -> None:
         super().__init__(client)
         self.events = events or EventRecorder(client)
-        self.starts = starts or StartQueue()
         self.kind: Kind = client.kinds.by_kind(lb.SANDBOX_API, "Sandbox")
-        self.runtime = runtime
-        self.node_name = socket.gethostname()
-        self._ids: dict[tuple[str, str], str] = {}
-        self._running: dict[tuple[str, str], str] = {}
-        self._boots: dict[tuple[str, str], _Boot] = {}
-        self._restarts: dict[tuple[str, str], Restarts] = {}
-        self._background: set[asyncio.Task[None]] = set()
-        self._poller: asyncio.Task[None] | None = None
+        self.cluster_domain = cluster_domain
+        # The Pods each Sandbox controls (its uid -> Pod names), kept from the watched changes as
+        # upstream's field index over its Pod cache: finding them costs no listing.
+        self._owned: dict[str, set[str]] = {}
+        self._owner_of: dict[Key, str] = {}
+        # Sandboxes waiting for the SandboxSnapshot their pod template names: (namespace, snapshot) -> their keys.
+        self._snapshot_waiting: dict[Key, set[Key]] = {}
 
-    # ------------------------------------------------------------ lifecycle
+    # ------------------------------------------------------------ watching Pods and Services
 
     async def start(self) -> None:
-        wanted = set()
-        for obj in await self.client.list(self.kind):
-            md = obj["metadata"]
-            key = (md["namespace"], md["name"])
-            self._ids[key] = sandbox_id(md["uid"])
-            wanted.add(self._ids[key])
-        for rid in await self.runtime.list():
-            if rid not in wanted:
-                log.info("removing runtime sandbox %s: no Sandbox object owns it", rid)
-                self._spawn(self.runtime.remove(rid))
-        self._poller = asyncio.create_task(self._poll(), name="sandbox-runtime-poller")
+        for pod in await self.client.list(POD):
+            self._observe_pod(pod, deleted=False)
 
-    async def stop(self) -> None:
-        if self._poller:
-            self._poller.cancel()
-        for boot in self._boots.values():
-            boot.task.cancel()
-        if self._background:
-            await asyncio.wait(self._background, timeout=30)
+    def _observe_pod(self, pod: Obj, *, deleted: bool) -> Key | None:
+        """Index the Pod's controlling Sandbox; the Sandbox's key when it is one."""
+        key = _key(pod)
+        old = self._owner_of.pop(key, None)
+        if old is not None:
+            names = self._owned.get(old)
+            if names is not None:
+                names.discard(key[1])
+                if not names:
+                    del self._owned[old]
+        ref = lb.controller_of(pod)
+        if ref is None or ref.get("kind") != "Sandbox" or not str(ref.get("apiVersion", "")).startswith("agents.x-k8s.io/"):
+            return None
+        if not deleted and ref.get("uid"):
+            self._owner_of[key] = ref["uid"]
+            self._owned.setdefault(ref["uid"], set()).add(key[1])
+        return (key[0], ref["name"])
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _poll(self) -> None:
-        """Revisit running sandboxes whose main process may have exited (the runtime has no events)."""
-        while True:
-            await asyncio.sleep(POLL_SECONDS)
-            running = list(self._running.items())
-            for i in range(0, len(running), POLL_BATCH):
-                batch = running[i:i + POLL_BATCH]
-                states = await self.runtime.states([rid for _, rid in batch])
-                for key, rid in batch:
-                    state = states.get(rid)
-                    if state is not None and (state.phase != Phase.RUNNING or state.degraded):
-                        self.enqueue(key, 0.0)
-
-    async def _teardown(self, key: tuple[str, str], *, keep_disk: bool) -> None:
-        rid = self._running.pop(key, None) or self._ids.get(key)
-        if rid is None:
-            return
-        try:
-            await (self.runtime.stop(rid) if keep_disk else self.runtime.remove(rid))
-        except RuntimeError_ as e:
-            log.warning("tearing down sandbox %s/%s (%s): %s", key[0], key[1], rid, e)
+    def related(self, kind: Kind, obj: Obj, deleted: bool) -> Iterable[Key]:
+        if kind is POD:
+            owner = self._observe_pod(obj, deleted=deleted)
+            if owner is not None:
+                yield owner
+        elif kind is SERVICE:
+            ref = lb.controller_of(obj)
+            if ref is not None and ref.get("kind") == "Sandbox":
+                yield (obj["metadata"].get("namespace", ""), ref["name"])
+        elif kind.kind == "SandboxSnapshot":
+            yield from self._snapshot_waiting.get((obj["metadata"].get("namespace", ""), obj["metadata"]["name"]), ())
 
     # ------------------------------------------------------------ reconcile
 
     async def reconcile(self, namespace: str, name: str) -> Result:
-        key = (namespace, name)
-        obj = await self.client.try_get(self.kind, namespace, name)
-        if obj is None or obj["metadata"].get("deletionTimestamp"):
-            boot = self._boots.pop(key, None)
-            if boot is not None:
-                boot.task.cancel()  # still waiting for a slot, most likely; the teardown below cleans up
-            if key in self._ids:
-                self._spawn(self._teardown(key, keep_disk=False))
-                if obj is None:
-                    self._ids.pop(key, None)
-            self._restarts.pop(key, None)
-            return DONE
-        rid = self._ids[key] = sandbox_id(obj["metadata"]["uid"])
-        spec = obj.get("spec") or {}
-        status = copy.deepcopy(obj.get("status") or {})
-        gen = obj["metadata"].get("generation")
+        sandbox = await self.client.try_get(self.kind, namespace, name)
+        if sandbox is None or sandbox["metadata"].get("deletionTimestamp"):
+            return DONE  # its Pod, Service and PVCs go by garbage collection
+        ctx = _Pass(sandbox)
+        before = sandbox.get("status") or {}
+        status = copy.deepcopy(before)
+        gen = sandbox["metadata"].get("generation")
+        remaining = _remaining(sandbox)
+        if remaining is not None and remaining <= 0:
+            return await self._expired(ctx, before, status, gen)
+
+        errors, multiple, pod, pod_error = await self._children(ctx, status)
+        service = None
+        if multiple is None:
+            try:
+                service = await self._reconcile_service(ctx, status)
+            except (ChildError, ApiError) as e:
+                errors.append(e)
+        else:
+            await self._warn_multiple(ctx, before, multiple)
+        report = [*errors, *([multiple] if multiple is not None else [])]
+        wanted, remove = conditions(ctx.sandbox, pod=pod, pod_error=pod_error, errors=report, service=service)
+        for cond in wanted:
+            _set(status, cond, gen)
+        for type_ in remove:
+            _drop_condition(status, type_)
         result: Result = DONE
-
-        shutdown = spec.get("shutdownTime")
-        if shutdown:
-            left = (m.parse_time(shutdown) - dt.datetime.now(dt.UTC)).total_seconds()
-            if left <= 0:
-                return await self._expire(obj, key, status)
-            result = requeue(max(left, 0.05))
-
-        if spec.get("operatingMode", "Running") == "Suspended":
-            obj = await self._suspend(obj, key, rid, status, gen)
-        elif (retry := await self._run(obj, key, rid, status, gen)) is not None:
-            result = requeue(min(retry, result.requeue_after or retry))
-        obj = await self._annotate_restarts(obj, key)
-        await self._write_status(obj, status)
+        remaining = _remaining(ctx.sandbox)
+        if remaining is not None:
+            if remaining <= 0:
+                self._mark_expired(status, gen)
+                result = requeue(_IMMEDIATELY)
+            else:
+                result = requeue(max(remaining, 0.05))
+        await self._write_status(ctx, before, status)
+        if errors:
+            raise RetryError("; ".join(str(e) for e in errors))
         return result
 
-    async def _expire(self, obj: Obj, key: tuple[str, str], status: Obj) -> Result:
-        md = obj["metadata"]
-        if (obj.get("spec") or {}).get("shutdownPolicy") == "Delete":
-            log.info("sandbox %s/%s reached its shutdownTime: deleting it", *key)
-            await self.client.delete(self.kind, md["namespace"], md["name"], uid=md["uid"])
-            return DONE
-        self._spawn(self._teardown(key, keep_disk=True))
-        kept = {"conditions": [c for c in status.get("conditions") or [] if c.get("type") != "PodScheduled"]}
-        m.set_condition(kept, "Ready", False, "SandboxExpired", "Sandbox has expired",
-                        observed_generation=md.get("generation"))
-        await self._write_status(obj, kept)
-        return DONE
-
-    async def _suspend(self, obj: Obj, key: tuple[str, str], rid: str, status: Obj, gen: int | None) -> Obj:
-        """Stop the runtime sandbox, keeping its disk and, where the runtime can, its memory;
-        returns the object as last written."""
-        state = await self.runtime.state(rid)
-        if state.phase == Phase.RUNNING:
-            m.set_condition(status, "Suspended", False, "PodTerminating", "Pod is terminating. Sandbox is suspending",
-                            observed_generation=gen)
-            m.set_condition(status, "Ready", False, "SandboxSuspended", "Sandbox is suspending",
-                            observed_generation=gen)
-            await self._write_status(obj, status)
-            await self._hibernate_or_stop(obj, key, rid)
-            obj = await self.client.get(self.kind, *key)
-            state = await self.runtime.state(rid)
-        message = "Pod has been terminated. Sandbox is suspended"
-        if state.reason == "Hibernated":
-            message += " with its memory; resuming restores it"
-        m.set_condition(status, "Suspended", True, "PodTerminated", message, observed_generation=gen)
-        m.set_condition(status, "Ready", False, "SandboxSuspended", "Sandbox is suspended", observed_generation=gen)
-        _drop_condition(status, "PodScheduled")
-        status.pop("podIPs", None)
-        status.pop("nodeName", None)
-        return obj
-
-    async def _hibernate_or_stop(self, obj: Obj, key: tuple[str, str], rid: str) -> None:
-        annotations = obj["metadata"].get("annotations") or {}
-        if self.runtime.supports_hibernation and annotations.get(SUSPEND_ANNOTATION, "memory") != "disk":
-            try:
-                await self.runtime.hibernate(rid)
-                self._running.pop(key, None)
-                return
-            except RuntimeError_ as e:
-                log.warning("sandbox %s/%s: hibernation failed, stopping it (disk kept): %s", *key, e)
-                await self.events.record(obj, "HibernationFailed", str(e), warning=True)
-        await self._teardown(key, keep_disk=True)
-
-    async def _run(self, obj: Obj, key: tuple[str, str], rid: str, status: Obj, gen: int | None) -> float | None:
-        """Make the runtime sandbox run; returns seconds until a retry is worth it, if one is."""
-        md, spec = obj["metadata"], obj.get("spec") or {}
-        m.set_condition(status, "Suspended", False, "NotSuspended", "Sandbox is not suspended", observed_generation=gen)
-        state = await self.runtime.state(rid)
-        if state.phase != Phase.RUNNING or state.degraded:  # degraded: its disk failed; start checks it
-            self._running.pop(key, None)
-            ended = self._ended(obj, state)
-            if ended is not None:
-                wait = await self._after_end(obj, key, ended, status, gen)
-                if wait is None or wait > 0:
-                    return wait
-            boot = self._boots.get(key)
-            if boot is None:
-                try:
-                    plan = plan_pod(sandbox_id=rid, name=md["name"], pod_template=spec.get("podTemplate") or {},
-                                    claim_volumes=tuple(claim_volume_names(spec)))
-                except InvalidPodTemplate as e:
-                    await self._warn_once(obj, status, e.reason, str(e))
-                    m.set_condition(status, "Ready", False, e.reason, str(e), observed_generation=gen)
-                    return None
-                if plan.notes:
-                    log.info("sandbox %s/%s: %s", md["namespace"], md["name"], "; ".join(plan.notes))
-                # A warm pool's refill waits for claims and users: their sandboxes boot first.
-                in_pool = lb.WARM_POOL_SANDBOX in (md.get("labels") or {})
-                self._boots[key] = _Boot(asyncio.create_task(
-                    self._boot(key, plan.spec, REFILL if in_pool else URGENT)))
-                if ended is None:  # after a crash, Ready keeps saying why until the sandbox is back
-                    m.set_condition(status, "Ready", False, "DependenciesNotReady", "Pod exists with phase: Pending",
-                                    observed_generation=gen)
-                if state.degraded:
-                    m.set_condition(status, "Ready", False, state.reason, state.message, observed_generation=gen)
-                    await self.events.record(obj, state.reason, state.message, warning=True)
-                return None
-            if not boot.task.done():
-                return None  # the boot re-queues this sandbox when it ends
-            error = boot.task.result()
-            if error is not None:
-                now = asyncio.get_running_loop().time()
-                image = isinstance(error, ImageError)
-                reason = "InvalidConfiguration" if image else "DependenciesNotReady"
-                message = str(error) if image else f"Pod failed to start: {error}"
-                if boot.retry_at is None:
-                    # The image table or images directory may change; a failed start may be transient.
-                    boot.retry_at = now + (30.0 if image else 5.0)
-                    log.warning("sandbox %s/%s failed to start: %s", md["namespace"], md["name"], error)
-                    await self.events.record(obj, "InvalidConfiguration" if image else "FailedStart", str(error),
-                                             warning=True)
-                m.set_condition(status, "Ready", False, reason, message, observed_generation=gen)
-                if now < boot.retry_at:
-                    return boot.retry_at - now
-            del self._boots[key]
-            if error is not None:
-                return 0.0  # retry now: the next pass starts a new boot
-            if (restarts := self._restarts.get(key)) is not None:
-                restarts.running(asyncio.get_running_loop().time())  # a later end is a new one
-            state = await self.runtime.state(rid)
-            if state.phase != Phase.RUNNING:
-                return 0.1  # it started and stopped already: look again, per restartPolicy
-        self._running[key] = rid
-        if (done := self._boots.get(key)) is not None and done.task.done():
-            del self._boots[key]  # consumed here, so that a boot found later is one begun after this run
-        restarts = self._restarts.get(key)
-        if restarts is not None:
-            restarts.running(asyncio.get_running_loop().time())
-        _drop_condition(status, "Finished")
-        reason, message = _isolation_condition(state.isolation)
-        if state.message:  # what the runtime could not enforce, e.g. an unbounded disk
-            message += f"; {state.message}"
-        m.set_condition(status, "Isolated", True, reason, message, observed_generation=gen)
-        m.set_condition(status, "PodScheduled", True, "PodScheduled", "", observed_generation=gen)
-        m.set_condition(status, "Ready", True, "DependenciesReady", "Pod is Ready", observed_generation=gen)
-        status["selector"] = f"{lb.SANDBOX_NAME_HASH}={lb.name_hash(md['name'])}"
-        status["nodeName"] = self.node_name
-        if spec.get("service"):
-            status["service"] = md["name"]
-            status["serviceFQDN"] = f"{md['name']}.{md['namespace']}.svc.{CLUSTER_DOMAIN}"
+    async def _children(self, ctx: _Pass, status: Obj) -> tuple[list[BaseException], MultiplePods | None,
+                                                                 Obj | None, bool]:
+        errors: list[BaseException] = []
+        try:
+            await self._reconcile_pvcs(ctx)
+        except (ChildError, ApiError) as e:
+            errors.append(e)
+        multiple: MultiplePods | None = None
+        pod: Obj | None = None
+        pod_error = False
+        try:
+            pod = await self._reconcile_pod(ctx)
+        except MultiplePods as e:
+            multiple, pod_error = e, True
+        except (ChildError, ApiError) as e:
+            errors.append(e)
+            pod_error = True
+        if pod is None:
+            status.pop("podIPs", None)
+            status.pop("nodeName", None)
         else:
-            status.pop("service", None)
-            status.pop("serviceFQDN", None)
-        return None
+            status["selector"] = f"{lb.SANDBOX_NAME_HASH}={ctx.name_hash}"
+            ips = pod_ips(pod) if owned_by(pod, ctx.sandbox) else []
+            node = ((pod.get("spec") or {}).get("nodeName") or "") if owned_by(pod, ctx.sandbox) else ""
+            if ips:
+                status["podIPs"] = ips
+            else:
+                status.pop("podIPs", None)
+            if node:
+                status["nodeName"] = node
+            else:
+                status.pop("nodeName", None)
+        return errors, multiple, pod, pod_error
+
+    async def _warn_multiple(self, ctx: _Pass, before: Obj, error: MultiplePods) -> None:
+        ready = m.condition({"status": before}, "Ready") or {}
+        if ready.get("reason") != "MultiplePods":
+            await self.events.record(ctx.sandbox, "MultiplePods", str(error), warning=True)
+
+    # ------------------------------------------------------------ expiry
 
     @staticmethod
-    def _ended(obj: Obj, state: RuntimeState) -> Termination | None:
-        """How the main process ended, with the limits that explain it, if it ended on its own."""
-        template = (obj.get("spec") or {}).get("podTemplate") or {}
-        containers = (template.get("spec") or {}).get("containers") or [{}]
-        memory = ((containers[0].get("resources") or {}).get("limits") or {}).get("memory")
-        pids = ((template.get("metadata") or {}).get("annotations") or {}).get(PIDS_LIMIT_ANNOTATION)
-        return termination(state, memory_limit=str(memory) if memory is not None else None, pids_limit=pids)
+    def _mark_expired(status: Obj, gen: int | None) -> None:
+        m.set_condition(status, "Ready", False, "SandboxExpired", "Sandbox has expired", observed_generation=gen)
+        _drop_condition(status, "PodScheduled")  # Finished, by contrast, is kept across expiry
 
-    async def _after_end(self, obj: Obj, key: tuple[str, str], ended: Termination, status: Obj,
-                         gen: int | None) -> float | None:
-        """Report a main process that ended (once per end) and apply restartPolicy: None when the sandbox is
-        Finished, else seconds of back-off left before it restarts (0: restart now)."""
-        policy = (((obj.get("spec") or {}).get("podTemplate") or {}).get("spec") or {}).get("restartPolicy", "Always")
-        restart = policy == "Always" or (policy == "OnFailure" and ended.failed)
-        restarts = self._restarts.get(key)
-        if restarts is None:
-            restarts = self._restarts[key] = Restarts.of(obj)
-        now = asyncio.get_running_loop().time()
-        if not restarts.pending:
-            delay = restarts.ended(ended, restart=restart, now=now)
-            md = obj["metadata"]
-            what = f"{ended.message} (exit code {ended.exit_code})" if ended.exit_code is not None else ended.message
-            if restart:
-                what += f"; restart {restarts.count}" + (f" after a back-off of {delay:.0f}s" if delay else "")
-            log.info("sandbox %s/%s: %s", md["namespace"], md["name"], what)
-            await self.events.record(obj, ended.reason, what, warning=ended.failed)
-        if not restart:
-            reason, message = ("PodSucceeded", "Pod completed successfully") if not ended.failed else (
-                "PodFailed", f"Pod failed: {ended.reason}: {ended.message}")
-            m.set_condition(status, "Finished", True, reason, message, observed_generation=gen)
-            m.set_condition(status, "Ready", False, reason, message, observed_generation=gen)
-            return None
-        wait = max(restarts.restart_at - now, 0.0)
-        then = f"back-off {wait:.0f}s restarting it" if wait > 0 else "restarting it"
-        m.set_condition(status, "Ready", False, ended.reason, f"{ended.message}; {then}", observed_generation=gen)
-        return wait
-
-    async def _annotate_restarts(self, obj: Obj, key: tuple[str, str]) -> Obj:
-        """Mirror the restart count and last termination into the Sandbox's annotations; the object as written."""
-        restarts = self._restarts.get(key)
-        if restarts is None:
-            return obj
-        fresh = copy.deepcopy(obj)
-        if not restarts.annotate(fresh):
-            return obj
-        return await self.client.update(self.kind, fresh)
-
-    async def _boot(self, key: tuple[str, str], spec: SandboxSpec, priority: int) -> RuntimeError_ | None:
-        """Start a sandbox in the background, when the start queue lets it; then reconcile it again.
-
-        Boots wait in the start queue without holding a reconcile worker, so a cold claim's
-        sandbox is never stuck behind a warm pool's refill for want of a worker.
-        """
-        try:
-            async with self.starts.slot(priority):
-                await self.runtime.start(spec)
-            return None
-        except RuntimeError_ as e:
-            return e
-        except Exception as e:  # never a boot that fails for good: report it and retry like any failed start
-            log.exception("sandbox %s/%s: starting it failed", *key)
-            return SandboxStartFailed(f"sandbox {spec.id}: {type(e).__name__}: {e}")
-        finally:
-            self.enqueue(key, 0.0)
-
-    async def _warn_once(self, obj: Obj, status: Obj, reason: str, message: str) -> None:
-        """A Warning event for a refusal, unless the Ready condition already says the same."""
+    async def _expired(self, ctx: _Pass, before: Obj, status: Obj, gen: int | None) -> Result:
         ready = m.condition({"status": status}, "Ready") or {}
-        if (ready.get("reason"), ready.get("message")) != (reason, message):
-            await self.events.record(obj, reason, message, warning=True)
+        if ready.get("reason") != "SandboxExpired":
+            self._mark_expired(status, gen)
+            await self._write_status(ctx, before, status)
+            return requeue(_IMMEDIATELY)
+        errors: list[BaseException] = []
+        policy = (ctx.sandbox.get("spec") or {}).get("shutdownPolicy") or "Retain"
+        pod_name = ctx.annotations.get(lb.POD_NAME) or ctx.name
+        try:
+            pod = await self.client.try_get(POD, ctx.namespace, pod_name)
+            if pod is not None and owned_by(pod, ctx.sandbox):
+                # Retain keeps the object and, on turbok, the Pod's disk; Delete removes everything.
+                await self._delete_pod(pod, lb.STOP if policy == "Retain" else None)
+            service = await self.client.try_get(SERVICE, ctx.namespace, ctx.name)
+            if service is not None and owned_by(service, ctx.sandbox):
+                await self.client.delete(SERVICE, ctx.namespace, ctx.name, uid=service["metadata"]["uid"])
+        except ApiError as e:
+            errors.append(e)
+        if policy == "Delete":
+            log.info("sandbox %s/%s reached its shutdownTime: deleting it", ctx.namespace, ctx.name)
+            await self.client.delete(self.kind, ctx.namespace, ctx.name, uid=ctx.uid)
+            return DONE
+        if not errors:
+            status = {"conditions": status.get("conditions") or []}
+            self._mark_expired(status, gen)
+        await self._write_status(ctx, before, status)
+        if errors:
+            raise RetryError("; ".join(str(e) for e in errors))
+        return DONE
 
-    async def _write_status(self, obj: Obj, status: Obj) -> None:
-        if status != (obj.get("status") or {}):
-            fresh = copy.deepcopy(obj)
-            fresh["status"] = status
-            await self.client.update_status(self.kind, fresh)
+    # ------------------------------------------------------------ PVCs
 
+    async def _reconcile_pvcs(self, ctx: _Pass) -> None:
+        for vct in (ctx.sandbox.get("spec") or {}).get("volumeClaimTemplates") or []:
+            name = pvc_name(vct["metadata"]["name"], ctx.name)
+            pvc = await self.client.try_get(PERSISTENT_VOLUME_CLAIM, ctx.namespace, name)
+            if pvc is None:
+                log.info("sandbox %s/%s: creating PVC %s", ctx.namespace, ctx.name, name)
+                await self.client.create(PERSISTENT_VOLUME_CLAIM, desired_pvc(ctx.sandbox, vct))
+                continue
+            ref = lb.controller_of(pvc)
+            if ref is not None and ref.get("uid") == ctx.uid:
+                continue
+            if ref is not None:
+                raise ChildError(f'PVC "{name}" is owned by {_describe_owner(ref)}, not by sandbox "{ctx.name}"')
+            if not _adoptable(pvc, ctx.name_hash):
+                raise ChildError(f'cannot adopt unowned PVC "{name}": missing required pool authorization label '
+                                 f'("{lb.ADOPTABLE}") or sandbox tracking label ("{lb.SANDBOX_NAME_HASH}")')
+            refs = [*(pvc["metadata"].get("ownerReferences") or []), lb.owner_ref(ctx.sandbox)]
+            await self.client.patch(PERSISTENT_VOLUME_CLAIM, ctx.namespace, name,
+                                    {"metadata": {"ownerReferences": refs}})
 
-@dataclass
-class _Boot:
-    """A start in the background; when it failed, the time a new attempt may begin."""
+    # ------------------------------------------------------------ the Pod
 
-    task: asyncio.Task[RuntimeError_ | None]
-    retry_at: float | None = None
+    async def _reconcile_pod(self, ctx: _Pass) -> Obj | None:
+        pod_name = ctx.annotations.get(lb.POD_NAME) or ctx.name
+        pod = await self.client.try_get(POD, ctx.namespace, pod_name)
+        if pod is None and lb.POD_NAME in ctx.annotations:
+            log.info("sandbox %s/%s: Pod %s of its annotation is gone", ctx.namespace, ctx.name, pod_name)
+            await self._clear_pod_name(ctx)
+        owned = set(self._owned.get(ctx.uid, ()))
+        if pod is not None and owned_by(pod, ctx.sandbox):
+            owned.add(pod["metadata"]["name"])
+        if len(owned) > 1:
+            raise MultiplePods(len(owned))
+        if owned and (pod is None or pod["metadata"]["name"] not in owned):
+            # The controller's ownership wins over a missing or stale annotation.
+            if lb.POD_NAME in ctx.annotations:
+                await self._clear_pod_name(ctx)
+            pod = await self.client.try_get(POD, ctx.namespace, next(iter(owned)))
+        if (ctx.sandbox.get("spec") or {}).get("operatingMode") == "Suspended":
+            return await self._suspend(ctx, pod)
+        if pod is not None:
+            return await self._existing_pod(ctx, pod)
+        log.info("sandbox %s/%s: creating its Pod", ctx.namespace, ctx.name)
+        desired = desired_pod(ctx.sandbox)
+        await self._from_snapshot(ctx, desired)
+        try:
+            pod = await self.client.create(POD, desired)
+        except AlreadyExists:
+            return await self._existing_pod(ctx, await self.client.get(POD, ctx.namespace, ctx.name))
+        if RESTORE in ctx.annotations:  # asked once: this Pod carries it, the next ones resume their own state
+            ctx.sandbox = await self.client.patch(self.kind, ctx.namespace, ctx.name,
+                                                  {"metadata": {"annotations": {RESTORE: None}}})
+        await self._ensure_pod_name(ctx, pod["metadata"]["name"])
+        return pod
 
+    async def _from_snapshot(self, ctx: _Pass, pod: Obj) -> None:
+        """A pod template annotated ``turbok.dev/snapshot`` starts its Pod from that SandboxSnapshot: the Pod names
+        its PodSnapshot for the node (``sandboxsnapshot``). Until the snapshot is Ready no Pod is made."""
+        template = ((ctx.sandbox.get("spec") or {}).get("podTemplate") or {}).get("metadata") or {}
+        for keys in self._snapshot_waiting.values():
+            keys.discard((ctx.namespace, ctx.name))
+        for wanted, annotation in ((ctx.annotations.get(RESTORE), RESTORE_FROM),
+                                   ((template.get("annotations") or {}).get(SNAPSHOT_ANNOTATION), PS_NAME)):
+            if not wanted:
+                continue
+            try:
+                source = await resolve_snapshot(self.client, ctx.namespace, wanted)
+            except SnapshotNotUsable as e:
+                self._snapshot_waiting.setdefault((ctx.namespace, wanted), set()).add((ctx.namespace, ctx.name))
+                raise ChildError(str(e)) from None
+            pod["metadata"]["annotations"][annotation] = source
 
-def _drop_condition(status: Obj, type_: str) -> None:
-    conditions = [c for c in status.get("conditions") or [] if c.get("type") != type_]
-    if conditions:
-        status["conditions"] = conditions
-    else:
-        status.pop("conditions", None)
+    async def _suspend(self, ctx: _Pass, pod: Obj | None) -> Obj | None:
+        if pod is not None:
+            ref = lb.controller_of(pod)
+            if ref is not None and ref.get("uid") == ctx.uid:
+                if not pod["metadata"].get("deletionTimestamp"):
+                    log.info("sandbox %s/%s: deleting its Pod: operatingMode is Suspended", ctx.namespace, ctx.name)
+                    keep = lb.STOP if ctx.annotations.get(lb.SUSPEND) == "disk" else lb.HIBERNATE
+                    await self._delete_pod(pod, keep)
+                return pod  # terminating: Suspended says so until the Pod is gone
+            log.info("sandbox %s/%s: refusing to delete Pod %s: %s", ctx.namespace, ctx.name, pod["metadata"]["name"],
+                     f"owned by {_describe_owner(ref)}" if ref else "it has no controller")
+        await self._clear_pod_name(ctx)
+        return pod
+
+    async def _delete_pod(self, pod: Obj, keep: str | None) -> None:
+        """Delete a Pod gracefully; with ``keep``, first tell the node what of its state to keep."""
+        md = pod["metadata"]
+        if keep is not None and (md.get("annotations") or {}).get(lb.ON_DELETE) != keep:
+            await self.client.patch(POD, md["namespace"], md["name"],
+                                    {"metadata": {"annotations": {lb.ON_DELETE: keep}}})
+        await self.client.delete(POD, md["namespace"], md["name"], uid=md["uid"])
+
+    async def _existing_pod(self, ctx: _Pass, pod: Obj) -> Obj:
+        md = pod["metadata"]
+        before = copy.deepcopy(md)
+        ref = lb.controller_of(pod)
+        adopting = False
+        if ref is not None and ref.get("uid") != ctx.uid:
+            await self._clear_pod_name(ctx)
+            raise ChildError(f'pod "{md["name"]}" is owned by {_describe_owner(ref)}, not by sandbox "{ctx.name}"')
+        if ref is None:
+            if not _adoptable(pod, ctx.name_hash):
+                raise ChildError(f'cannot adopt unowned pod "{md["name"]}": missing required pool authorization '
+                                 f'label ("{lb.ADOPTABLE}") or sandbox tracking label ("{lb.SANDBOX_NAME_HASH}")')
+            md["ownerReferences"] = [*(md.get("ownerReferences") or []), lb.owner_ref(ctx.sandbox)]
+            adopting = True
+        if update_pod_metadata(pod, ctx.sandbox) or adopting:
+            pod = await self.client.patch(POD, md["namespace"], md["name"], _metadata_patch(before, md))
+        await self._ensure_pod_name(ctx, pod["metadata"]["name"])
+        return pod
+
+    async def _ensure_pod_name(self, ctx: _Pass, pod_name: str) -> None:
+        recorded = ctx.annotations.get(lb.POD_NAME, "")
+        if recorded == pod_name:
+            return
+        if recorded:
+            log.info("sandbox %s/%s tracks Pod %s, not %s", ctx.namespace, ctx.name, recorded, pod_name)
+            return
+        ctx.sandbox = await self.client.patch(self.kind, ctx.namespace, ctx.name,
+                                              {"metadata": {"annotations": {lb.POD_NAME: pod_name}}})
+
+    async def _clear_pod_name(self, ctx: _Pass) -> None:
+        if lb.POD_NAME not in ctx.annotations:
+            return
+        ctx.sandbox = await self.client.patch(self.kind, ctx.namespace, ctx.name,
+                                              {"metadata": {"annotations": {lb.POD_NAME: None}}})
+
+    # ------------------------------------------------------------ the Service
+
+    def _service_status(self, status: Obj, service: Obj | None) -> None:
+        if service is None:
+            status.pop("service", None)
+            status.pop("serviceFQDN", None)
+            return
+        md = service["metadata"]
+        status["service"] = md["name"]
+        status["serviceFQDN"] = f"{md['name']}.{md['namespace']}.svc.{self.cluster_domain}"
+
+    async def _reconcile_service(self, ctx: _Pass, status: Obj) -> Obj | None:
+        wanted: bool | None = (ctx.sandbox.get("spec") or {}).get("service")
+        service = await self.client.try_get(SERVICE, ctx.namespace, ctx.name)
+        if service is None:
+            if wanted:
+                log.info("sandbox %s/%s: creating its headless Service", ctx.namespace, ctx.name)
+                service = await self.client.create(SERVICE, desired_service(ctx.sandbox))
+            self._service_status(status, service)
+            return service
+        ref = lb.controller_of(service)
+        ours = ref is not None and ref.get("uid") == ctx.uid
+        if wanted is False:
+            if ours:
+                await self.client.delete(SERVICE, ctx.namespace, ctx.name, uid=service["metadata"]["uid"])
+            self._service_status(status, None)
+            return None
+        selector = {lb.SANDBOX_NAME_HASH: ctx.name_hash}
+        ports = service_ports(ctx.sandbox)
+        md, spec = service["metadata"], service.setdefault("spec", {})
+        if ref is not None and not ours:
+            raise ChildError(f'service "{ctx.name}" is owned by {_describe_owner(ref)}, not by sandbox "{ctx.name}"')
+        if ref is None:
+            if wanted is None:
+                self._service_status(status, None)
+                return None
+            if not _adoptable(service, ctx.name_hash):
+                raise ChildError(f'cannot adopt unowned service "{ctx.name}": missing required pool authorization '
+                                 f'label ("{lb.ADOPTABLE}") or sandbox tracking label ("{lb.SANDBOX_NAME_HASH}")')
+            if spec.get("clusterIP") not in (None, "", "None"):
+                raise ChildError(f'cannot adopt service "{ctx.name}": ClusterIP is "{spec["clusterIP"]}" (expected '
+                                 '"None", field is immutable)')
+            md.setdefault("labels", {})[lb.SANDBOX_NAME_HASH] = ctx.name_hash
+            spec["selector"] = selector
+            if ports:
+                spec["ports"] = ports
+            else:
+                spec.pop("ports", None)
+            md["ownerReferences"] = [*(md.get("ownerReferences") or []), lb.owner_ref(ctx.sandbox)]
+            service = await self.client.update(SERVICE, service)
+        else:
+            patch: Obj = {}
+            if (md.get("labels") or {}).get(lb.SANDBOX_NAME_HASH) != ctx.name_hash:
+                patch["metadata"] = {"labels": {lb.SANDBOX_NAME_HASH: ctx.name_hash}}
+            spec_patch: Obj = {}
+            if spec.get("selector") != selector:
+                spec_patch["selector"] = {**{k: None for k in spec.get("selector") or {}}, **selector}
+            if wanted and not ports_equal(spec.get("ports") or [], ports):
+                spec_patch["ports"] = ports or None
+            if spec_patch:
+                patch["spec"] = spec_patch
+            if patch:
+                service = await self.client.patch(SERVICE, ctx.namespace, ctx.name, patch)
+        self._service_status(status, service)
+        return service
+
+    # ------------------------------------------------------------ status
+
+    async def _write_status(self, ctx: _Pass, before: Obj, status: Obj) -> None:
+        if status == before:
+            return
+        # Binding alone changes only nodeName: it rides with the next change (normally Ready), as upstream.
+        node_only = {k: v for k, v in status.items() if k != "nodeName"} == {
+            k: v for k, v in before.items() if k != "nodeName"}
+        if node_only and not m.is_true({"status": status}, "Ready"):
+            return
+        with contextlib.suppress(NotFound):  # deleted while we reconciled
+            await self.client.patch(self.kind, ctx.namespace, ctx.name, {"status": _status_patch(before, status)},
+                                    subresource="status")

@@ -1,9 +1,12 @@
-"""Every controller of turbok, assembled over one client and one runtime.
+"""Every controller of turbok, assembled over one client.
 
 ``ControllerSuite`` is what an engine starts: the garbage collector, then the
-manager with the namespace, sandbox, template, warm pool, claim and
-resource quota reconcilers. The embedded control plane starts it over the in-process
-registry; tests start it over a fake runtime.
+manager with the namespace, sandbox, template, warm pool, claim, endpoints,
+resource quota and sandbox snapshot reconcilers, then the idle suspender. They
+write Pods, Services, PVCs, Endpoints, EndpointSlices and snapshot triggers and
+read Pod status; a node (``turbok.node`` on one machine, the
+kubelet on a cluster) runs the Pods. The embedded control plane starts it over
+the in-process registry; tests start it beside a fake node.
 """
 
 from __future__ import annotations
@@ -12,37 +15,52 @@ from prometheus_client import CollectorRegistry
 
 from turbok.controllers.claim import ClaimReconciler
 from turbok.controllers.client import Client
+from turbok.controllers.endpoints import EndpointsReconciler
 from turbok.controllers.events import EventRecorder
 from turbok.controllers.garbage import GarbageCollector
+from turbok.controllers.idle import IdleSuspender
+from turbok.controllers.injection import DEFAULT_LABEL_DOMAINS
 from turbok.controllers.manager import Manager
 from turbok.controllers.namespace import NamespaceReconciler
 from turbok.controllers.quota import QuotaReconciler
 from turbok.controllers.sandbox import SandboxReconciler
+from turbok.controllers.sandboxsnapshot import SandboxSnapshotReconciler
 from turbok.controllers.template import TemplateReconciler
 from turbok.controllers.warmpool import WarmPoolReconciler
-from turbok.runtime.base import Runtime
 
 __all__ = ["ControllerSuite"]
 
 
 class ControllerSuite:
-    def __init__(self, client: Client, runtime: Runtime, metrics: CollectorRegistry | None = None) -> None:
+    def __init__(self, client: Client, metrics: CollectorRegistry | None = None, *, root_ca: str | None = None,
+                 allowed_label_domains: tuple[str, ...] = DEFAULT_LABEL_DOMAINS,
+                 idle: IdleSuspender | None = None) -> None:
+        """``root_ca``: the API server's CA bundle (PEM), published in every namespace as ``kube-root-ca.crt``;
+        ``allowed_label_domains``: the label domains a claim's ``additionalPodMetadata`` may use; ``idle``: the
+        idle suspender the router and streams tell about use (one of its own when None)."""
         events = EventRecorder(client)
-        self.sandboxes = SandboxReconciler(client, runtime, events=events)
-        self.claims = ClaimReconciler(client, metrics=metrics, events=events)
-        self.pools = WarmPoolReconciler(client)
+        self.sandboxes = SandboxReconciler(client, events=events)
+        self.claims = ClaimReconciler(client, metrics=metrics, events=events,
+                                      allowed_label_domains=allowed_label_domains)
+        self.pools = WarmPoolReconciler(client, events=events)
+        self.endpoints = EndpointsReconciler(client)
+        self.namespaces = NamespaceReconciler(client, root_ca=root_ca)
         self.collector = GarbageCollector(client)
+        self.snapshots = SandboxSnapshotReconciler(client)
+        self.idle = idle or IdleSuspender(client, events=events)
         self.manager = Manager(
             client,
-            [NamespaceReconciler(client), self.sandboxes, TemplateReconciler(client), self.pools, self.claims,
-             QuotaReconciler(client)],
+            [self.namespaces, self.sandboxes, TemplateReconciler(client), self.pools, self.claims, self.endpoints,
+             QuotaReconciler(client), self.snapshots],
             metrics=metrics,
         )
 
     async def start(self) -> None:
         await self.collector.start()
         await self.manager.start()
+        await self.idle.start()
 
     async def stop(self) -> None:
+        await self.idle.stop()
         await self.manager.stop()
         await self.collector.stop()

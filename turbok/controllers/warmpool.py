@@ -9,6 +9,12 @@ Recreate`` replaces sandboxes built from an older template; ``OnReplenish``
 (default) keeps them until claimed. Status: ``replicas`` (active),
 ``readyReplicas``, ``selector`` (for the scale subresource), ``observedGeneration``.
 
+turbok's addition (docs/dra.md): a template whose Pods name ResourceClaims
+(accelerators) would have its warm sandboxes hold devices nobody uses, so its
+pools keep none (claims start cold and take devices then; a
+``WarmPoolHoldsNoDevices`` Event on the pool says so) unless the template is
+annotated ``turbok.dev/warm-pool-devices: hold``.
+
 The pool keeps an index of its sandboxes from the changes it watches (upstream
 uses an informer cache the same way), so a pass costs no listing or parsing;
 changes arrive synchronously with each commit, so the index always includes
@@ -27,8 +33,21 @@ from turbok.controllers import labels as lb
 from turbok.controllers.base import DONE, Key, Reconciler, Result
 from turbok.controllers.blueprint import sandbox_from_template, template_hashes
 from turbok.controllers.client import Client, Obj
+from turbok.controllers.events import EventRecorder
 
-__all__ = ["WarmPoolReconciler"]
+__all__ = ["WarmPoolReconciler", "holds_devices_warm"]
+
+
+def _names_claims(template: Obj) -> bool:
+    spec = (((template.get("spec") or {}).get("podTemplate") or {}).get("spec")) or {}
+    return bool(spec.get("resourceClaims"))
+
+
+def holds_devices_warm(template: Obj) -> bool:
+    """Whether warm sandboxes of ``template`` may exist: always, unless its Pods name ResourceClaims and the
+    template does not say ``turbok.dev/warm-pool-devices: hold``."""
+    annotations = template["metadata"].get("annotations") or {}
+    return not _names_claims(template) or annotations.get(lb.WARM_POOL_DEVICES) == "hold"
 
 
 @dataclass(frozen=True)
@@ -48,8 +67,11 @@ class WarmPoolReconciler(Reconciler):
     # One pass per 100 ms at most: at 20 claims/s, a burst of adoptions costs one pass.
     coalesce = 0.1
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, events: EventRecorder | None = None) -> None:
         super().__init__(client)
+        self.events = events
+        #: (pool uid, template uid and resourceVersion) told that the pool keeps no devices: told once
+        self._told: set[tuple[str, str, str]] = set()
         self.kind = client.kinds.by_kind(lb.EXTENSIONS_API, "SandboxWarmPool")
         self.sandbox_kind = client.kinds.by_kind(lb.SANDBOX_API, "Sandbox")
         self.template_kind = client.kinds.by_kind(lb.EXTENSIONS_API, "SandboxTemplate")
@@ -101,6 +123,9 @@ class WarmPoolReconciler(Reconciler):
         self._pools_by_template.setdefault((namespace, template_name), set()).add((namespace, name))
         template = await self.client.try_get(self.template_kind, namespace, template_name)
         desired = spec.get("replicas", 1)
+        if template is not None and desired and not holds_devices_warm(template):
+            desired = 0
+            await self._tell_no_devices(pool, template)
         recreate = (spec.get("updateStrategy") or {}).get("type") == "Recreate"
         pod_hash, bp_hash = template_hashes(template) if template else ("", "")
 
@@ -148,6 +173,17 @@ class WarmPoolReconciler(Reconciler):
             fresh["status"] = status
             await self.client.update_status(self.kind, fresh)
         return DONE
+
+    async def _tell_no_devices(self, pool: Obj, template: Obj) -> None:
+        tmd = template["metadata"]
+        told = (pool["metadata"]["uid"], tmd.get("uid", ""), tmd.get("resourceVersion", ""))
+        if self.events is None or told in self._told:
+            return
+        self._told.add(told)
+        await self.events.record(pool, "WarmPoolHoldsNoDevices",
+                                 f'SandboxTemplate "{tmd["name"]}" names resource claims: warm sandboxes would hold '
+                                 f"their devices unused, so this pool keeps none and claims start cold; annotate the "
+                                 f"template {lb.WARM_POOL_DEVICES}=hold to keep them warm with their devices")
 
     def _new_sandbox(self, pool: Obj, template: Obj, pod_hash: str, bp_hash: str) -> Obj:
         name, tname = pool["metadata"]["name"], template["metadata"]["name"]

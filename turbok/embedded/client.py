@@ -11,17 +11,21 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Callable
+from typing import Any
 
 from turbok.api.kinds import Kind
-from turbok.api.meta import LabelSelector
-from turbok.api.status import NotFound
-from turbok.controllers.client import Client, Obj, ObjectEvent
+from turbok.api.meta import FieldSelector, LabelSelector
+from turbok.api.patch import JSON_PATCH, MERGE, STRATEGIC
+from turbok.api.status import BadRequest, NotFound
+from turbok.controllers.client import Client, Obj, ObjectEvent, PatchType
 from turbok.store.registry import ObjectRegistry
 
 __all__ = ["EmbeddedClient"]
 
 #: Objects parsed per slice of a list before other work gets the event loop.
 LIST_PAGE = 100
+
+_MEDIA_TYPES = {"merge": MERGE, "strategic": STRATEGIC, "json": JSON_PATCH}
 
 
 class EmbeddedClient(Client):
@@ -43,14 +47,15 @@ class EmbeddedClient(Client):
             return None
 
     async def list(self, kind: Kind, namespace: str | None = None, *,
-                   selector: LabelSelector | None = None) -> list[Obj]:
+                   selector: LabelSelector | None = None,
+                   field_selector: FieldSelector | None = None) -> list[Obj]:
         # In pages, yielding between them: a controller listing a pool of hundreds of sandboxes
         # must not hold the event loop (and every request behind it) for the whole list.
         items: list[Obj] = []
         token = ""
         while True:
-            page = self.registry.list(kind, namespace, label_selector=selector, limit=LIST_PAGE,
-                                      continue_token=token)
+            page = self.registry.list(kind, namespace, label_selector=selector, field_selector=field_selector,
+                                      limit=LIST_PAGE, continue_token=token)
             items += page.items
             token = page.continue_token
             if not token:
@@ -75,11 +80,29 @@ class EmbeddedClient(Client):
                                                subresource=subresource)
         return self.registry.update(kind, obj, namespace=md.get("namespace"), subresource=subresource)
 
+    async def patch(self, kind: Kind, namespace: str, name: str, body: Any, *, patch_type: PatchType = "merge",
+                    subresource: str | None = None) -> Obj:
+        media = _MEDIA_TYPES.get(patch_type)
+        if media is None:
+            raise BadRequest(f"unknown patch type {patch_type!r}: merge, strategic or json")
+        if subresource not in (None, "status"):
+            raise BadRequest(f"cannot patch the {subresource!r} subresource")
+        if self.registry.is_large(kind, namespace, name):
+            return await self.registry.offload(self.registry.patch, kind, namespace, name, media, body,
+                                               subresource=subresource)
+        return self.registry.patch(kind, namespace, name, media, body, subresource=subresource)
+
+    async def create_subresource(self, kind: Kind, namespace: str, name: str, subresource: str,
+                                 body: Obj) -> Obj:
+        return self.registry.create_subresource(kind, namespace, name, subresource, body)
+
     async def delete(self, kind: Kind, namespace: str, name: str, *, propagation: str | None = None,
-                     uid: str | None = None) -> None:
+                     uid: str | None = None, grace_period_seconds: int | None = None,
+                     preconditions_rv: str | None = None) -> None:
+        preconditions = {k: v for k, v in (("uid", uid), ("resourceVersion", preconditions_rv)) if v}
         with contextlib.suppress(NotFound):
             self.registry.delete(kind, namespace, name, propagation=propagation,
-                                 preconditions={"uid": uid} if uid else None)
+                                 preconditions=preconditions or None, grace_period_seconds=grace_period_seconds)
 
     def subscribe(self, callback: Callable[[ObjectEvent], None]) -> None:
         self.registry.hub.listeners.append(callback)

@@ -79,8 +79,9 @@ def _serves_on(current: dict[str, Any], port: int | None, router_port: int | Non
 
 
 def up(home: Home, *, timeout: float = 60.0, port: int | None = None,
-       router_port: int | None = None) -> dict[str, Any]:
-    """Start ``turbok serve`` in the background (ports: as ``serve``'s options) unless one serves already."""
+       router_port: int | None = None, simulated_gpus: int = 0) -> dict[str, Any]:
+    """Start ``turbok serve`` in the background (ports, ``--simulated-gpus``: as ``serve``'s options) unless one
+    serves already."""
     home.ensure()
     current = status(home)
     if current["running"] and _serves_on(current, port, router_port):
@@ -100,6 +101,8 @@ def up(home: Home, *, timeout: float = 60.0, port: int | None = None,
         argv += ["--port", str(port)]
     if router_port is not None:
         argv += ["--router-port", str(router_port)]
+    if simulated_gpus:
+        argv += ["--simulated-gpus", str(simulated_gpus)]
     fd = os.open(home.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(fd, "ab") as log:  # the child keeps its own copy of the descriptor
         os.fchmod(fd, 0o600)
@@ -168,7 +171,7 @@ def stop_sandboxes(home: Home, *, remove: bool = False) -> int:
     ``DaemonError`` if one holds the home, and a ``turbok serve`` started meanwhile waits its turn
     by failing with the pid of this process.
     """
-    if not home.sandboxes.exists():
+    if not home.sandboxes.exists() and not (home.root / "pods").exists():
         return 0
     try:
         lock = HomeLock.acquire(home, role=STOP_SANDBOXES)
@@ -182,12 +185,25 @@ def stop_sandboxes(home: Home, *, remove: bool = False) -> int:
         return _stop_all(home, remove=remove)
 
 
+def _pod_network(home: Home) -> Any:
+    """The pods' network, for ``remove`` to take their namespaces and addresses away (None if unusable)."""
+    from turbok.runtime.errors import RuntimeError_
+    from turbok.runtime.network import PodNetwork
+
+    try:
+        return PodNetwork.from_env(home.root / "network")
+    except RuntimeError_:
+        return None
+
+
 def _stop_all(home: Home, *, remove: bool) -> int:
     import asyncio
 
-    from turbok.runtime.factory import make_runtime
+    from turbok.runtime.factory import make_pod_runtime
+    from turbok.runtime.legacy import LegacySandboxes
 
-    runtime = make_runtime(home.sandboxes)
+    runtime = LegacySandboxes(home.sandboxes)  # the old runtime's, until pods take them over
+    pods = make_pod_runtime(home.root / "pods", network=_pod_network(home)) if (home.root / "pods").exists() else None
 
     # A stop is ~2 s of waiting and ~0.2 s of CPU: a few at a time keep the machine usable.
     limit = asyncio.Semaphore(8)
@@ -196,15 +212,29 @@ def _stop_all(home: Home, *, remove: bool) -> int:
         async with limit:
             if remove:
                 await runtime.remove(rid)
-            elif (await runtime.state(rid)).reason == "Hibernated":
+            elif runtime.hibernated(rid):
                 return False  # nothing runs, and a stop would throw its saved memory away
             else:
                 await runtime.stop(rid)
             return True
 
+    async def one_pod(pid: str) -> bool:  # the node's pods (turbok.runtime.cri), kept the same way
+        assert pods is not None
+        async with limit:
+            if remove:
+                await pods.remove_pod_sandbox(pid)
+            elif (await pods.pod_sandbox_status(pid)).reason in ("Hibernated", "Stopped"):
+                return False
+            else:
+                await pods.stop_pod_sandbox(pid)
+            return True
+
     async def run() -> int:
-        ids = await runtime.list()
-        results = await asyncio.gather(*(one(i) for i in ids), return_exceptions=True)
+        ids = runtime.list()
+        pod_ids = await pods.list_pod_sandboxes() if pods is not None else []
+        results = await asyncio.gather(*(one(i) for i in ids), *(one_pod(i) for i in pod_ids),
+                                       return_exceptions=True)
+        ids = [*ids, *pod_ids]
         for rid, result in zip(ids, results, strict=True):
             if isinstance(result, BaseException):
                 raise DaemonError(f"could not stop sandbox {rid}: {result}")

@@ -1,13 +1,18 @@
 """The router's ``SandboxResolver`` over the embedded store: name -> runtime id of a Ready sandbox.
 
-One indexed read per request (the store's in-memory index), no scans.
+The runtime id is ``sandbox_id(<Sandbox uid>)``: the Sandbox controller puts
+that uid on the Sandbox's Pod as ``turbok.dev/sandbox-identity`` and the node
+keys the Pod's runtime state by it, so the id outlives the Pod (suspend and
+resume, a warm pool's Sandbox adopted by a claim). Readiness is the Sandbox's
+Ready condition, which the controller derives from the Pod's. One indexed read
+per request (the store's in-memory index), no scans, no read of the Pod.
 """
 
 from __future__ import annotations
 
 from turbok.api import meta as m
 from turbok.api.kinds import Kind
-from turbok.runtime.base import sandbox_id
+from turbok.runtime.ids import sandbox_id
 from turbok.sandboxd.errors import SandboxNotFound, SandboxNotReady
 from turbok.store.registry import ObjectRegistry
 

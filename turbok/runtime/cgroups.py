@@ -7,33 +7,45 @@ their counters, so ``state`` can say ``OOMKilled`` or ``PidsLimit`` instead of
 creates, fills and removes one. cgroup v1 (this host: one hierarchy per
 controller under /sys/fs/cgroup) and v2 (unified) are both understood.
 
-The parent of all sandboxes (``/turbok``) keeps the control plane
+The parent of all sandboxes (``/turbok``) can keep the control plane
 schedulable: a low CPU weight (``weigh_parent``) and a memory limit that
-leaves a reserve to the rest of the host (``bound_parent_memory``).
+leaves a reserve to the rest of the host (``bound_parent_memory`` of
+``sandboxes_memory_limit``: ``$TURBOK_SANDBOXES_MEMORY``, else the machine's
+memory less a reserve). The old per-Sandbox runtime set both at start-up; the pod
+runtime does not call them yet (docs/runtime.md, "Limits").
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from turbok.api.quantity import QuantityError, to_bytes
+
 __all__ = [
     "CGROUP_ROOT",
     "RESERVED_MEMORY_BYTES",
     "RESERVED_MEMORY_FRACTION",
+    "SANDBOXES_MEMORY_ENV",
     "Cgroup",
     "Counters",
     "bound_parent_memory",
     "cgroup_version",
     "host_memory_bytes",
     "sandboxes_memory_bytes",
+    "sandboxes_memory_limit",
     "weigh_parent",
 ]
 
+log = logging.getLogger(__name__)
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+#: Memory all sandboxes together may use, as a quantity (``16Gi``); default: the machine's less a reserve.
+SANDBOXES_MEMORY_ENV = "TURBOK_SANDBOXES_MEMORY"
 _V1_CONTROLLERS = ("memory", "cpu", "pids")
 
 
@@ -198,6 +210,17 @@ def sandboxes_memory_bytes(total: int | None = None) -> int | None:
     if total is None:
         return None
     return max(total - max(RESERVED_MEMORY_BYTES, int(total * RESERVED_MEMORY_FRACTION)), 0)
+
+
+def sandboxes_memory_limit() -> int | None:
+    """``$TURBOK_SANDBOXES_MEMORY`` if set, else the machine's memory less the control plane's reserve."""
+    value = os.environ.get(SANDBOXES_MEMORY_ENV, "").strip()
+    if value:
+        try:
+            return to_bytes(value) or None
+        except QuantityError:
+            log.warning("ignoring %s=%r: not a quantity such as 16Gi", SANDBOXES_MEMORY_ENV, value)
+    return sandboxes_memory_bytes()
 
 
 def bound_parent_memory(parent: str, limit_bytes: int | None, *, root: Path = CGROUP_ROOT) -> bool:

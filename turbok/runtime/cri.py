@@ -39,32 +39,74 @@ Call order, for one pod sandbox id (``sandbox_id``, fixed width, prefix-free):
 Implementations must never run a container's code outside the sandbox, keep
 ``*_status`` free of subprocesses, and report a container's end precisely
 (exit code, ``OOMKilled``, ``Error``, ``Completed``; ``ContainerStatus``).
+
+Additions since the first version (all additive, with defaults; helper C, issue 10):
+``PodSandboxConfig.single_container`` (the node says at most one container runs at a
+time: the runtime may run each as its sandbox's root, today's fast path, and the only
+shape runsc 20221219 can hibernate), ``ContainerStatus.notes`` and
+``PodSandboxStatus.notes`` (what the runtime could not honour, for the node's events),
+``Stream.close`` (end a stream: detach from ``attach``, kill an ``exec``),
+``PodRuntime.workdir`` (the host-served work directory of a container, for the
+router's files API), ``PodSandboxConfig.agent_container``/``agent_ports`` and
+``PodRuntime.before_hibernate`` (issue 11: where the runtime's ``Injection``, the sandboxd
+agent, runs, ``turbok.runtime.injection``; hooks run before hibernating, so the router
+drops its connections into the pod) and ``HibernationUnsupported`` (``turbok.runtime.errors``; also a
+``NotImplementedError``). Implementations: ``turbok.runtime.pods_gvisor.GvisorPodRuntime``
+and ``turbok.runtime.pods_bubblewrap.BubblewrapPodRuntime``; ``make_pod_runtime``
+(``turbok.runtime.factory``) picks one. See docs/runtime.md, "Pods".
+
+Snapshots (issue 11, helper F; where ``supports_snapshots``): ``snapshot_pod_sandbox(id,
+snapshot_id)`` saves a running pod's memory and disk under ``snapshot_id`` and leaves it
+running (it pauses for the time of a checkpoint and a restore); ``restore_pod_sandbox(config,
+snapshot_id)`` makes the pod ``config.id`` (new: a fork; existing: a restore, its own state
+dropped) run from that snapshot, its containers running as they were (as after a resume from
+hibernation: the next ``start_container`` of the same name returns the restored one);
+``list_snapshots``, ``snapshot_info``, ``remove_snapshot``. Layout: ``turbok.runtime.snapshotstore``.
 """
 
 from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from turbok.runtime.base import Isolation, Process
+from turbok.runtime.images import ImageStore
+from turbok.runtime.process import Process
+from turbok.runtime.snapshotstore import SnapshotInfo
 
 __all__ = [
+    "WORKDIR_MOUNT",
     "Capabilities",
     "ContainerConfig",
     "ContainerState",
     "ContainerStatus",
+    "DeviceNode",
+    "DNSConfig",
+    "Isolation",
     "Mount",
     "PodRuntime",
     "PodSandboxConfig",
     "PodSandboxState",
     "PodSandboxStatus",
     "SecurityContext",
+    "SnapshotInfo",
     "Stream",
     "VolumeConfig",
 ]
+
+
+#: Where a container's host-served work directory (``PodRuntime.workdir``) appears inside it:
+#: ``SANDBOX_BASE_DIR`` of the images that have one (the router's files API serves it).
+WORKDIR_MOUNT = "/app"
+
+
+class Isolation(enum.StrEnum):
+    """What keeps a pod from the host: gVisor (the default), or bubblewrap (the fallback, host kernel)."""
+
+    GVISOR = "gvisor"
+    BUBBLEWRAP = "bubblewrap"
 
 
 @dataclass(frozen=True)
@@ -105,11 +147,43 @@ class VolumeConfig:
 
 
 @dataclass(frozen=True)
+class DeviceNode:
+    """A host device node given to a container (a CDI ``deviceNodes`` entry, its numbers read from the host)."""
+
+    path: str
+    host_path: str
+    type: str = "c"
+    major: int = 0
+    minor: int = 0
+    permissions: str = "rwm"
+    file_mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+
+
+@dataclass(frozen=True)
 class Mount:
     volume: str
     container_path: str
     read_only: bool = False
     sub_path: str = ""
+
+
+@dataclass(frozen=True)
+class DNSConfig:
+    """A pod's resolver settings (CRI's DNSConfig): ``nameserver``, ``search`` and ``options`` lines."""
+
+    servers: Sequence[str] = ()
+    searches: Sequence[str] = ()
+    options: Sequence[str] = ()
+
+    def resolv_conf(self) -> str:
+        lines = [f"nameserver {s}" for s in self.servers]
+        if self.searches:
+            lines.append("search " + " ".join(self.searches))
+        if self.options:
+            lines.append("options " + " ".join(self.options))
+        return "".join(f"{line}\n" for line in lines)
 
 
 @dataclass(frozen=True)
@@ -132,6 +206,23 @@ class PodSandboxConfig:
     network: bool = True
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
+    #: True when at most one container of the Pod runs at any time (one regular container;
+    #: init containers, which run one by one before it, without ``restartPolicy: Always``).
+    #: The runtime may then run each container as the root of its own sandbox on the pod's
+    #: disk and network: no pause process (a faster boot) and, under runsc 20221219, the only
+    #: shape ``hibernate_pod_sandbox`` supports. Starting a second container while one runs
+    #: is then refused (``InvalidSandboxSpec``).
+    single_container: bool = False
+    #: The pod's /etc/resolv.conf (CRI's DNSConfig), written into every container as a kubelet's is
+    #: bind-mounted; None: the image's own.
+    dns: DNSConfig | None = None
+    #: The container the runtime's ``Injection`` (the sandboxd agent) goes into ("" for none), and the
+    #: ports it serves the public sandboxd API on besides its private one (``turbok.runtime.injection``).
+    agent_container: str = ""
+    agent_ports: Sequence[int] = ()
+    #: The pod was given NVIDIA GPUs (dynamic resource allocation): its sandbox proxies the NVIDIA driver's
+    #: ioctls (runsc ``--nvproxy``); the device nodes themselves are each container's ``devices``.
+    nvproxy: bool = False
 
 
 @dataclass(frozen=True)
@@ -152,6 +243,8 @@ class ContainerConfig:
     tty: bool = False
     #: Which run of this container this is (0 first, +1 per restart): names its log file.
     attempt: int = 0
+    #: Host device nodes the container gets (a DRA driver's CDI ``deviceNodes``).
+    devices: Sequence[DeviceNode] = ()
 
 
 class Stream(abc.ABC):
@@ -174,6 +267,10 @@ class Stream(abc.ABC):
     @abc.abstractmethod
     async def resize(self, columns: int, rows: int) -> None:
         """Set the terminal size (a no-op without a tty)."""
+
+    async def close(self) -> None:  # noqa: B027 (optional: streams without anything to release)
+        """Stop streaming: ``attach`` detaches (the container goes on), ``exec`` kills its command if it
+        still runs. Idempotent."""
 
 
 class ContainerState(enum.StrEnum):
@@ -199,6 +296,9 @@ class ContainerStatus:
     #: ``ContainerCannotRun`` (it never started: ``message`` says why).
     reason: str = ""
     message: str = ""
+    #: What the runtime could not honour of the container's config, one sentence each (the node
+    #: turns them into Events): e.g. a per-container memory limit in a shared gVisor sandbox.
+    notes: Sequence[str] = ()
 
 
 class PodSandboxState(enum.StrEnum):
@@ -217,6 +317,8 @@ class PodSandboxStatus:
     reason: str = ""
     message: str = ""
     containers: Sequence[ContainerStatus] = ()
+    #: What the runtime could not honour of the pod's config (e.g. an unbounded disk).
+    notes: Sequence[str] = ()
 
 
 class PodRuntime(abc.ABC):
@@ -224,6 +326,21 @@ class PodRuntime(abc.ABC):
 
     isolation: Isolation
     supports_hibernation: bool = False
+    supports_snapshots: bool = False
+
+    def before_hibernate(self, hook: Callable[[str], Awaitable[None]]) -> None:
+        """Run ``hook(id)`` before hibernating pod sandbox ``id`` (runsc cannot save a TCP connection into it,
+        nor one closed in the last 60 s: whoever holds connections to pods closes them here, with a reset)."""
+        hooks: list[Callable[[str], Awaitable[None]]] = self.__dict__.setdefault("_hibernate_hooks", [])
+        hooks.append(hook)
+
+    async def run_hibernate_hooks(self, id: str) -> None:
+        """Run the ``before_hibernate`` hooks (implementations call this first in ``hibernate_pod_sandbox``)."""
+        for hook in self.__dict__.get("_hibernate_hooks", []):
+            await hook(id)
+    #: The image service (CRI's ImageService): the node pulls through it before ``start_container``
+    #: (``ImageStore.pull``, off the event loop); None: the runtime resolves images itself.
+    images: ImageStore | None = None
 
     @abc.abstractmethod
     async def run_pod_sandbox(self, config: PodSandboxConfig) -> PodSandboxStatus: ...
@@ -266,6 +383,32 @@ class PodRuntime(abc.ABC):
     @abc.abstractmethod
     def log_path(self, id: str, name: str, attempt: int) -> Path:
         """The host file holding that attempt's output (CRI log format: ``<time> <stream> <F|P> <text>``)."""
+
+    def workdir(self, id: str, name: str) -> Path | None:
+        """Host path of container ``name``'s work directory, when its image has one served from the host
+        (``SANDBOX_BASE_DIR`` in the image table: ``/app`` of the runtime API image), else None."""
+        return None
+
+    async def snapshot_pod_sandbox(self, id: str, snapshot_id: str) -> SnapshotInfo:
+        """Save the running pod ``id`` (memory and disk) as ``snapshot_id``; the pod goes on running."""
+        from turbok.runtime.errors import SnapshotUnsupported
+
+        raise SnapshotUnsupported(f"{type(self).__name__} cannot take snapshots")
+
+    async def restore_pod_sandbox(self, config: PodSandboxConfig, snapshot_id: str) -> PodSandboxStatus:
+        """Run the pod ``config.id`` from ``snapshot_id`` (a fork when it is new; else its state is replaced)."""
+        from turbok.runtime.errors import SnapshotUnsupported
+
+        raise SnapshotUnsupported(f"{type(self).__name__} cannot restore snapshots")
+
+    async def list_snapshots(self) -> list[str]:
+        return []
+
+    def snapshot_info(self, snapshot_id: str) -> SnapshotInfo | None:
+        return None
+
+    async def remove_snapshot(self, snapshot_id: str) -> None:  # noqa: B027 (optional: no snapshots)
+        """Delete a snapshot (idempotent)."""
 
     async def update_volume(self, id: str, volume: VolumeConfig) -> None:
         """Replace the files of a ``files`` volume (configMap/secret changed), atomically as a kubelet does."""

@@ -2,9 +2,9 @@
 
 Each sandbox gets a sparse file ``<id>/disk.img`` holding an ext4 filesystem,
 mounted (through a loop device, ``turbok.runtime.loopdev``) on ``<id>/disk``
-while the sandbox runs, ``nosuid,nodev``. On it: the writable layer (``upper/``,
-``ovwork/``), ``/app`` (``app/``), the volumes (``volumes/NAME``) and the main
-process' logs (``logs/``). So:
+while the sandbox runs, ``nosuid,nodev``. On it: everything the sandbox writes (a
+pod's containers' writable layers and ``/app``, its emptyDirs, its raw output: see
+``turbok.runtime.podlayout``; a local volume's files: ``turbok.node.storage``). So:
 
 - a sandbox cannot write more than its ``ephemeral-storage`` bytes, nor make
   more files than its inode count: past them its writes fail with ``ENOSPC``
@@ -27,7 +27,7 @@ usable. A changed limit resizes the filesystem at the next start.
 
 Where loop devices, ext4 or ``mkfs.ext4`` are missing, ``disk/`` is a plain
 directory bound onto itself ``nosuid,nodev``: nothing is bounded, and the
-runtime says so (log, ``RuntimeState.message``). Trees made by older versions
+runtime says so (log, ``PodSandboxStatus.notes``). Trees made by older versions
 (``upper/``, ``app/``... directly in ``<id>/``) are moved into ``disk/`` at their
 next start, then copied onto a disk of their own if they fit; nothing is lost
 on the way (see ``Disks.prepare``).
@@ -50,7 +50,7 @@ from pathlib import Path
 
 from turbok.runtime import loopdev, mounts
 from turbok.runtime.errors import InvalidSandboxSpec, SandboxStartFailed
-from turbok.runtime.layout import LEGACY_ENTRIES, SandboxDir
+from turbok.runtime.podlayout import SandboxDir
 
 __all__ = [
     "BYTES_PER_INODE",
@@ -63,6 +63,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("turbok.runtime.disk")
+
+#: What versions before sandboxes had disks kept directly in ``<id>/`` and is now on ``disk/``.
+LEGACY_ENTRIES = ("upper", "ovwork", "app", "volumes", "stdout.log", "stderr.log", "boot.log")
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -245,6 +248,7 @@ class Disks:
         if not self.bounded(sdir):
             mounts.bind_onto_itself(sdir.disk)
             return
+        self._wait_detached(sdir)  # never check an image a filesystem still lives on (a namespace going away)
         self._check(sdir)
         self._resize_to(sdir, limit)
         self._mount_image(sdir)

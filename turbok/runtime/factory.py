@@ -1,9 +1,9 @@
-"""Choosing the runtime of this machine: gVisor, else bubblewrap, else nothing.
+"""Choosing the pod runtime of this machine: gVisor, else bubblewrap, else nothing.
 
-``make_runtime(root)`` returns a ``RunscRuntime`` when ``runsc`` is installed
-and answers ``--version``; otherwise a ``BubblewrapRuntime`` (logged as a
-warning; every ``RuntimeState`` then says ``isolation=bubblewrap``, which the
-Sandbox status shows); otherwise it raises ``NoIsolationAvailable``: turbok
+``make_pod_runtime(root)`` returns a ``GvisorPodRuntime`` when ``runsc`` is installed
+and answers ``--version``; otherwise a ``BubblewrapPodRuntime`` (logged as a
+warning; every ``PodSandboxStatus`` then says ``isolation=bubblewrap``, which the
+Pod's conditions show); otherwise it raises ``NoIsolationAvailable``: turbok
 never runs sandboxed code unisolated. Called once by the control plane at
 start-up; tests point it at a missing runsc to get the fallback.
 """
@@ -15,11 +15,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from turbok.runtime.base import Runtime
+from turbok.runtime.cri import PodRuntime
 from turbok.runtime.errors import NoIsolationAvailable
 from turbok.runtime.images import ImageStore
+from turbok.runtime.injection import Injection
+from turbok.runtime.pods import LocalPodRuntime, PodNetworkLike
 
-__all__ = ["make_runtime", "tool_works"]
+__all__ = ["make_pod_runtime", "tool_works"]
 
 log = logging.getLogger("turbok.runtime")
 
@@ -36,25 +38,40 @@ def tool_works(name: str) -> str | None:
     return path if done.returncode == 0 else None
 
 
-def make_runtime(
+def make_pod_runtime(
     root: Path,
     images: ImageStore | None = None,
     *,
+    network: PodNetworkLike | None = None,
+    legacy_root: Path | None = None,
     runsc: str = "runsc",
     bwrap: str = "bwrap",
-) -> Runtime:
-    from turbok.runtime.bubblewrap import BubblewrapRuntime
-    from turbok.runtime.gvisor import RunscRuntime
+    injection: Injection | None = None,
+) -> PodRuntime:
+    """The node's ``PodRuntime``: gVisor, else bubblewrap (a warning), else ``NoIsolationAvailable``.
 
+    ``network`` is the node's ``turbok.runtime.network.PodNetwork`` (None: pods get a private
+    loopback only); ``legacy_root`` the old runtime's root, whose sandboxes a pod of the same id
+    takes over (their disks: nothing stored is lost); ``injection`` what goes into a Pod's
+    ``agent_container`` (``turbok.runtime.injection``: the sandboxd agent)."""
+    from turbok.runtime.pods_bubblewrap import BubblewrapPodRuntime
+    from turbok.runtime.pods_gvisor import GvisorPodRuntime
+
+    net = network
+    runtime: LocalPodRuntime
     if (path := tool_works(runsc)) is not None:
-        return RunscRuntime(root, images, runsc=path)
+        runtime = GvisorPodRuntime(root, images, runsc=path, network=net, legacy_root=legacy_root)
+        runtime.injection = injection
+        return runtime
     if (path := tool_works(bwrap)) is not None and shutil.which("nsenter"):
         log.warning(
-            "runsc (gVisor) is not usable at %r: sandboxes run under bubblewrap, which shares the host kernel",
-            runsc,
+            "runsc (gVisor) is not usable at %r: pods run under bubblewrap, which shares the host kernel", runsc
         )
-        return BubblewrapRuntime(root, images, bwrap=path)
+        runtime = BubblewrapPodRuntime(root, images, bwrap=path, network=net, legacy_root=legacy_root)
+        runtime.injection = injection
+        return runtime
     raise NoIsolationAvailable(
         f"neither runsc ({runsc!r}) nor bubblewrap ({bwrap!r}) works on this machine, and turbok never "
         "runs sandboxed code unisolated: install gVisor (apt-get install -y runsc) or bubblewrap"
     )
+

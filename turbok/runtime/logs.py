@@ -1,21 +1,22 @@
-"""A sandbox's output logs, capped and rotated as a kubelet does (``containerLogMaxSize``/``MaxFiles``).
+"""Output logs capped and rotated as a kubelet does (``containerLogMaxSize``/``MaxFiles``).
 
-The main process writes ``logs/stdout.log`` and ``logs/stderr.log`` (and runsc
-its ``boot.log``) through descriptors opened ``O_APPEND`` that the detached
-sandbox holds: nothing of turbok sits between it and the file, so a
-restarted control plane loses nothing. ``LogRotator`` keeps each file near
-``LOG_MAX_BYTES``: it watches the files with inotify from one thread, and when
-one passes the cap, copies its newest ``LOG_MAX_BYTES`` to ``NAME.1`` (older
-ones shift to ``NAME.2`` ... ``NAME.<LOG_MAX_FILES - 1>``, the oldest goes) and
-truncates it in place, so the writer's descriptor stays valid and carries on
-at the new end (copy-and-truncate, as logrotate's ``copytruncate``: what is
-written during the copy, milliseconds, is lost; a kubelet renames and asks the
-runtime to reopen, which needs a process between the sandbox and the file).
+``LOG_MAX_BYTES`` and ``LOG_MAX_FILES`` bound every log a pod has: its CRI logs
+(``turbok.runtime.crilog``, written by the runtime itself) and the files a detached
+sandbox writes through descriptors opened ``O_APPEND``, runsc's boot logs, where
+nothing of turbok sits between the sandbox and the file, so a restarted control plane
+loses nothing. ``LogRotator`` (``ROTATOR``, what the pod runtimes watch their boot logs
+with) keeps each such file near ``LOG_MAX_BYTES``: it watches the files with inotify
+from one thread, and when one passes the cap, copies its newest ``LOG_MAX_BYTES`` to
+``NAME.1`` (older ones shift to ``NAME.2`` ... ``NAME.<LOG_MAX_FILES - 1>``, the oldest
+goes) and truncates it in place, so the writer's descriptor stays valid and carries on
+at the new end (copy-and-truncate, as logrotate's ``copytruncate``: what is written
+during the copy, milliseconds, is lost; a kubelet renames and asks the runtime to
+reopen, which needs a process between the sandbox and the file).
 
 Bounds: each rotated file holds at most ``LOG_MAX_BYTES`` (under a flood faster
 than the rotation, the oldest part of the excess is dropped); the live file
 passes the cap only for as long as the rotation takes to notice (milliseconds).
-The files live on the sandbox's own disk, so they count against its
+The files live on the pod's own disk, so they count against its
 ``ephemeral-storage``, as Kubernetes counts container logs; that is also the
 hard bound while no control plane runs to rotate them.
 """

@@ -21,6 +21,7 @@ __all__ = [
     "MS_BIND",
     "MS_NODEV",
     "MS_NOSUID",
+    "MS_RDONLY",
     "SAFE",
     "bind_onto_itself",
     "is_mount_root",
@@ -38,6 +39,7 @@ _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctype
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
 
+MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_REMOUNT = 0x20

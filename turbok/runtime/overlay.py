@@ -2,9 +2,9 @@
 
 Host overlayfs (we are root): ``lowerdir`` = the image's rootfs (never
 written: overlayfs copies a file up into ``upper`` before changing it),
-``upperdir`` = the sandbox's ``upper/`` on its own disk (``turbok.runtime.disk``),
+``upperdir`` = the container's ``upper/`` on its pod's disk (``turbok.runtime.disk``),
 mounted on its ``rootfs/``. The writable layer is kept on disk, so it survives
-``stop``/``start`` (suspend/resume keeps disk) and a control-plane restart;
+a stop and start of the pod (suspend/resume keeps disk) and a control-plane restart;
 runsc's own ``--overlay2=root:memory`` would keep it in sandbox memory and lose
 it on stop.
 

@@ -1,4 +1,8 @@
-"""Process plumbing shared by every runtime: capped output, timeouts, exit 124.
+"""Processes started in a sandbox, and the plumbing shared by every runtime: capped output, timeouts, exit 124.
+
+``Process`` is a command started in a sandbox (``PodRuntime.exec``'s stream, the router's
+commands), its output as streams; ``ExecResult`` is one run to completion, output capped at
+``DEFAULT_OUTPUT_LIMIT`` unless told otherwise.
 
 ``collect`` reads a ``Process``'s stdout and stderr concurrently, keeps at most
 ``output_limit`` bytes of each, and kills the process when ``timeout`` passes.
@@ -16,33 +20,33 @@ Past the limit it does one of two things:
 After a kill it waits at most ``KILL_GRACE`` seconds for the pipes to close (a
 process that escaped the kill and still holds them cannot hang the caller) and
 returns what was read before. A cancelled ``collect`` kills its process too.
-
-``HostProcess`` is the ``Process`` of both runtimes: a host subprocess (the
-``runsc exec`` client, or ``nsenter``) whose ``kill`` is delegated to the
-runtime, which knows how to reach the command's tree inside the sandbox.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import math
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
-from turbok.runtime.base import ExecResult, Process
-
 __all__ = [
+    "DEFAULT_OUTPUT_LIMIT",
     "FLOOD_EXIT_CODE",
     "KILL_GRACE",
     "TIMEOUT_EXIT_CODE",
     "CappedBuffer",
-    "HostProcess",
+    "ExecResult",
+    "Process",
     "collect",
     "discard",
     "read_capped",
 ]
 
+#: Default cap on captured stdout and stderr, each (documented in docs/runtime.md).
+DEFAULT_OUTPUT_LIMIT = 4 * 1024 * 1024
 #: Exit code reported for a command killed at its timeout, as coreutils' timeout(1) does.
 TIMEOUT_EXIT_CODE = 124
 #: Exit code reported for a command stopped because its output passed the limit (128 + SIGKILL).
@@ -54,6 +58,39 @@ _CHUNK = 64 * 1024
 
 #: Awaited with the size of each chunk read; may sleep to slow the reading down.
 Pace = Callable[[int], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    stdout: bytes
+    stderr: bytes
+    exit_code: int
+    timed_out: bool = False
+    #: True when stdout or stderr was cut at the output limit.
+    truncated: bool = False
+    #: True when the command was killed because its output passed the limit
+    #: (``collect`` with ``flood_grace``).
+    stopped: bool = False
+
+
+class Process(abc.ABC):
+    """A command started in a sandbox, with its output as streams."""
+
+    @property
+    @abc.abstractmethod
+    def stdout(self) -> asyncio.StreamReader: ...
+
+    @property
+    @abc.abstractmethod
+    def stderr(self) -> asyncio.StreamReader: ...
+
+    @abc.abstractmethod
+    async def wait(self) -> int:
+        """Wait for the process and return its exit code."""
+
+    @abc.abstractmethod
+    async def kill(self) -> None:
+        """Kill the process and everything it started inside the sandbox."""
 
 
 class CappedBuffer:
@@ -206,82 +243,3 @@ async def collect(
         truncated=out.truncated or err.truncated,
         stopped=stopped,
     )
-
-
-class HostProcess(Process):
-    """A ``Process`` backed by a host subprocess whose pipes carry the command's output.
-
-    ``kill_inside`` ends the command's tree inside the sandbox (the runtime
-    knows how); afterwards the host subprocess ends by itself, or is killed
-    after ``KILL_GRACE``. ``cleanup`` runs once, when the process has ended.
-    """
-
-    def __init__(
-        self,
-        proc: asyncio.subprocess.Process,
-        *,
-        stdin: bytes | None,
-        kill_inside: Callable[[], Awaitable[None]],
-        cleanup: Callable[[], None] | None = None,
-    ) -> None:
-        assert proc.stdout is not None and proc.stderr is not None
-        self._proc = proc
-        self._stdout = proc.stdout
-        self._stderr = proc.stderr
-        self._kill_inside = kill_inside
-        self._cleanup = cleanup
-        self._feeder = asyncio.ensure_future(self._feed(stdin)) if proc.stdin is not None else None
-
-    async def _feed(self, data: bytes | None) -> None:
-        # A separate task: a command that writes before reading cannot deadlock us.
-        assert self._proc.stdin is not None
-        try:
-            if data:
-                self._proc.stdin.write(data)
-                await self._proc.stdin.drain()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the command did not read all of its stdin
-        finally:
-            self._proc.stdin.close()
-
-    @property
-    def pid(self) -> int:
-        """Host pid of the subprocess (not of the command inside the sandbox)."""
-        return self._proc.pid
-
-    @property
-    def returncode(self) -> int | None:
-        return self._proc.returncode
-
-    @property
-    def stdout(self) -> asyncio.StreamReader:
-        return self._stdout
-
-    @property
-    def stderr(self) -> asyncio.StreamReader:
-        return self._stderr
-
-    async def wait(self) -> int:
-        """Exit code of the command; killed by signal N reads 128+N, as a shell says it."""
-        code = await self._proc.wait()
-        if code < 0:
-            code = 128 - code
-        if self._feeder is not None and not self._feeder.done():
-            self._feeder.cancel()
-        if self._cleanup is not None:
-            cleanup, self._cleanup = self._cleanup, None
-            cleanup()
-        return code
-
-    async def kill(self) -> None:
-        if self._proc.returncode is None:
-            await self._kill_inside()
-            try:
-                await asyncio.wait_for(self._proc.wait(), KILL_GRACE)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    self._proc.kill()
-        else:
-            # The client is gone but orphans of the command may still hold its pipes.
-            await self._kill_inside()
-        await self.wait()

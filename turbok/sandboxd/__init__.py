@@ -1,22 +1,26 @@
-"""The runtime API of sandboxes and the router in front of it.
+"""The runtime API of sandboxes: the agent inside each one, and the router in front of them all.
 
-Owns: the HTTP protocol the official Agent Sandbox client speaks (``/execute``,
-``/upload``, ``/download``, ``/list``, ``/exists``) plus turbok's exec stream,
-served for every sandbox from one loopback endpoint chosen by the
-``X-Sandbox-ID``/``X-Sandbox-Namespace`` headers (``router``); running commands
-(``execute``); the files API and its confinement to the work directory against
-hostile symlinks (``files``, ``confine``); per-sandbox bounds: command slots,
-output budget, uploaded bytes (``limits``); the router's settings
-(``context.RouterConfig``); the resolver contract (``resolver``); metrics
-(``metrics``); errors (``errors``).
+Owns: the sandboxd agent that runs inside every Sandbox's container and serves
+upstream's sandboxd API (gRPC ``ProcessService``, REST ``/v1/files``), the legacy
+python-runtime protocol and turbok's spawn (``agent``, a package that imports
+only itself; ``injection`` stages it and tells the pod runtime how to start it);
+the router, one loopback endpoint for every sandbox chosen by the
+``X-Sandbox-ID``/``X-Sandbox-Namespace`` headers (``router``), which serves the
+legacy protocol (``/execute``, ``/upload``, ``/download``, ``/list``,
+``/exists``) plus turbok's exec stream under its own bounds (``execute``,
+``files``, ``confine``, ``limits``) through the sandbox's agent or the pod
+runtime (``backend``, ``agentclient``), and forwards any other port of a Pod
+(``proxy``: HTTP and websockets; ``h2proxy``: HTTP/2 and gRPC); the router's
+settings (``context.RouterConfig``), the resolver contract (``resolver``),
+metrics (``metrics``) and errors (``errors``).
 
-Does not own: how a sandbox runs (``turbok.runtime``, used through its
-``Runtime`` contract), which sandboxes exist (the control plane implements
+Does not own: how a Pod runs (``turbok.runtime``, used through its
+``PodRuntime`` contract), which sandboxes exist (the control plane implements
 ``SandboxResolver`` from its store), or the wire format's client side
 (``turbok.sdk.wire``, imported from there so both ends share it).
 
 The control plane calls ``create_router_app`` and serves the result on
-127.0.0.1. See docs/sandboxd.md.
+127.0.0.1 (and its Unix socket). See docs/sandboxd.md.
 """
 
 from turbok.sandboxd.confine import SANDBOX_WORKDIR

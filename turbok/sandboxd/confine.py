@@ -32,7 +32,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Literal
 
-from turbok.runtime.base import WORKDIR_MOUNT
+from turbok.runtime.cri import WORKDIR_MOUNT
 from turbok.sandboxd.errors import (
     AccessDenied,
     BadRequest,

@@ -22,10 +22,18 @@ from typing import Any
 from aiohttp import web
 
 from turbok import settings
-from turbok.runtime.base import DEFAULT_OUTPUT_LIMIT, Runtime
 from turbok.runtime.errors import InvalidSandboxSpec, RuntimeError_
 from turbok.runtime.errors import SandboxNotRunning as RuntimeNotRunning
-from turbok.sandboxd.errors import BadRequest, ExecFailed, PayloadTooLarge, SandboxdError, SandboxNotRunning
+from turbok.runtime.process import DEFAULT_OUTPUT_LIMIT
+from turbok.sandboxd.backend import Backend
+from turbok.sandboxd.errors import (
+    BadRequest,
+    ExecFailed,
+    NotFound,
+    PayloadTooLarge,
+    SandboxdError,
+    SandboxNotRunning,
+)
 from turbok.sandboxd.limits import ExecSlots, UploadLedger
 from turbok.sandboxd.metrics import RouterMetrics
 from turbok.sdk.wire import parse_timeout
@@ -37,6 +45,8 @@ __all__ = [
     "DEFAULT_EXEC_TIMEOUT",
     "DEFAULT_OUTPUT_LIMIT",
     "DEFAULT_OUTPUT_RATE",
+    "DEFAULT_PROXY_BODY_LIMIT",
+    "DEFAULT_PROXY_TIMEOUT",
     "DEFAULT_UPLOAD_LIMIT",
     "DEFAULT_UPLOAD_TOTAL_LIMIT",
     "ENV_PREFIX",
@@ -59,8 +69,8 @@ MAX_JSON_BODY = 16 * 1024 * 1024
 DEFAULT_UPLOAD_LIMIT = 1024 * 1024 * 1024
 #: Most bytes the files uploaded to one sandbox may hold at once (413 beyond it).
 DEFAULT_UPLOAD_TOTAL_LIMIT = 4 * 1024 * 1024 * 1024
-#: Commands one sandbox runs at once through the router (each is a ``runsc exec`` on the host,
-#: about 17 MiB of host memory).
+#: Commands one sandbox runs at once through the router (each is a process in the sandbox and, where
+#: the sandbox has no agent, a ``runsc exec`` on the host, about 17 MiB of host memory).
 DEFAULT_EXEC_CONCURRENCY = 8
 #: Commands that may wait for a slot per sandbox; more are refused at once (429).
 DEFAULT_EXEC_QUEUE = 32
@@ -70,6 +80,11 @@ DEFAULT_EXEC_QUEUE_WAIT = 30.0
 #: together (a second's worth may come at once); past it pipes fill and commands wait. Reading
 #: costs the router about 5 ms of CPU per MiB, so this bounds a flood to a few % of a core.
 DEFAULT_OUTPUT_RATE = 8 * 1024 * 1024
+#: Seconds a proxied request (any port, ``X-Sandbox-Port``) waits for the Pod to answer, and between two
+#: pieces of its answer (upstream's sandbox-router: 180 s).
+DEFAULT_PROXY_TIMEOUT = 180.0
+#: Largest request body proxied to a Pod's port.
+DEFAULT_PROXY_BODY_LIMIT = 1024 * 1024 * 1024
 #: ``RouterConfig.from_env`` reads ``TURBOK_ROUTER_<FIELD NAME IN CAPITALS>``.
 ENV_PREFIX = "TURBOK_ROUTER_"
 
@@ -89,6 +104,8 @@ class RouterConfig:
     exec_queue: int = DEFAULT_EXEC_QUEUE
     exec_queue_wait: float = DEFAULT_EXEC_QUEUE_WAIT
     output_rate: int = DEFAULT_OUTPUT_RATE
+    proxy_timeout: float = DEFAULT_PROXY_TIMEOUT
+    proxy_body_limit: int = DEFAULT_PROXY_BODY_LIMIT
 
     def __post_init__(self) -> None:
         settings.check_positive(self, zero_allowed=frozenset({"exec_queue"}))
@@ -107,7 +124,8 @@ class Call:
     """One authenticated request for one resolved sandbox."""
 
     request: web.Request
-    runtime: Runtime
+    #: How this request reaches the sandbox's container (``turbok.sandboxd.backend``).
+    backend: Backend
     config: RouterConfig
     metrics: RouterMetrics
     slots: ExecSlots
@@ -123,7 +141,14 @@ class Call:
         return f"{self.namespace}/{self.name}"
 
     def workdir(self) -> Path:
-        return self.runtime.workdir(self.sandbox_id)
+        """The container's host-served work directory (the files API without an agent)."""
+        found = self.backend.workdir()
+        if found is None:
+            raise NotFound(
+                f"sandbox {self.sandbox}: its image has no work directory the router can serve files from, "
+                "and its sandboxd agent is not reachable (a Pod without an address on the pod network)"
+            )
+        return found
 
     def timeout(self, requested: Any) -> float:
         """The timeout to run with: the request's (validated, capped) or the default."""
@@ -150,13 +175,16 @@ class Call:
             raise BadRequest(f"request body is not valid JSON: {e}") from e
 
 
-def runtime_failure(err: RuntimeError_, call: Call) -> SandboxdError:
-    """A runtime error as the answer it deserves; the runtime's own text is logged, not answered."""
-    log.debug("runtime error for sandbox %s (%s): %s", call.sandbox, call.sandbox_id, err)
+def runtime_failure(err: RuntimeError_, call: Call | str) -> SandboxdError:
+    """A runtime error as the answer it deserves; the runtime's own text is logged, not answered.
+
+    ``call``: the request's ``Call``, or the sandbox's ``namespace/name`` before there is one."""
+    sandbox = call if isinstance(call, str) else call.sandbox
+    log.debug("runtime error for sandbox %s: %s", sandbox, err)
     if isinstance(err, RuntimeNotRunning):
         return SandboxNotRunning(
-            f"sandbox {call.sandbox} is not running (it stopped, or is restarting); retry once it is Ready"
+            f"sandbox {sandbox} is not running (it stopped, or is restarting); retry once it is Ready"
         )
     if isinstance(err, InvalidSandboxSpec):
-        return BadRequest(f"sandbox {call.sandbox}: {err}")
-    return ExecFailed(f"the runtime failed to run the command in sandbox {call.sandbox}; retry later")
+        return BadRequest(f"sandbox {sandbox}: {err}")
+    return ExecFailed(f"the runtime failed to run the command in sandbox {sandbox}; retry later")

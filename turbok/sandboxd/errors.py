@@ -16,7 +16,9 @@ The tree (HTTP code, ``reason`` in the JSON body ``{"message", "reason"}``)::
     ├── SandboxNotRunning          (503 SandboxNotRunning: the runtime has no such process tree)
     ├── SandboxRestarting          (503 SandboxRestarting: it stopped or restarted under a command)
     ├── ExecFailed                 (503 ExecFailed: the runtime could not run the command)
-    └── InsufficientStorage        (507 InsufficientStorage: the sandbox's disk is full)
+    ├── InsufficientStorage        (507 InsufficientStorage: the sandbox's disk is full)
+    ├── BadGateway                 (502 BadGateway: nothing answers on the Pod's port, or it broke off)
+    └── GatewayTimeout             (504 GatewayTimeout: the Pod's port did not answer in time)
 
 A ``SandboxResolver`` raises ``SandboxNotFound`` and ``SandboxNotReady``; the
 handlers raise the rest; ``turbok.sandboxd.router`` turns any of them into a
@@ -33,9 +35,11 @@ from turbok.errors import TurbokError
 
 __all__ = [
     "AccessDenied",
+    "BadGateway",
     "BadRequest",
     "Conflict",
     "ExecFailed",
+    "GatewayTimeout",
     "InsufficientStorage",
     "MethodNotAllowed",
     "NotFound",
@@ -156,3 +160,13 @@ class InsufficientStorage(SandboxdError):
 
     status = 507
     reason = "InsufficientStorage"
+
+
+class BadGateway(SandboxdError):
+    status = 502
+    reason = "BadGateway"
+
+
+class GatewayTimeout(SandboxdError):
+    status = 504
+    reason = "GatewayTimeout"

@@ -38,9 +38,9 @@ from collections.abc import Mapping, Sequence
 
 from aiohttp import web
 
-from turbok.runtime.base import Phase, Process, RuntimeError_
-from turbok.runtime.process import KILL_GRACE, TIMEOUT_EXIT_CODE, collect, discard
-from turbok.sandboxd.confine import SANDBOX_WORKDIR
+from turbok.runtime.errors import RuntimeError_
+from turbok.runtime.process import KILL_GRACE, TIMEOUT_EXIT_CODE, Process, collect, discard
+from turbok.sandboxd.backend import RUNTIME_FAILED
 from turbok.sandboxd.context import Call, runtime_failure
 from turbok.sandboxd.errors import (
     BadRequest,
@@ -78,12 +78,6 @@ MAX_ARG_BYTES = 128 * 1024
 #: Most bytes of argv and env of one command together; the kernel's ARG_MAX (2 MiB here) is
 #: shared with the runsc command line and the host environment.
 MAX_ARGS_TOTAL = 1024 * 1024
-#: Exit code of runsc when it fails itself (its ``Fatalf``), rather than the command.
-_RUNTIME_FAILED = 128
-#: How runsc's own failure messages start (runsc/cmd/exec.go).
-_RUNTIME_PREFIXES = (b"executing processes for container", b"waiting on pid", b"loading container")
-
-
 def _with_note(stderr: str, note: str) -> str:
     sep = "\n" if stderr and not stderr.endswith("\n") else ""
     return f"{stderr}{sep}[turbok] {note}\n"
@@ -118,32 +112,33 @@ def _spawn_failure(err: OSError, call: Call) -> SandboxdError:
     return ExecFailed(f"the host could not start a command in sandbox {call.sandbox}; retry later")
 
 
-async def _sandbox_pid(call: Call) -> int | None:
-    """The sandbox's host pid now: a different one after the command means it restarted."""
-    try:
-        return (await call.runtime.state(call.sandbox_id)).pid
-    except RuntimeError_:
+async def _generation(call: Call) -> object | None:
+    """What identifies the running container now: a different one after the command means it restarted
+    (asked only where the runtime's own failures must be told from the command's: ``runsc exec``)."""
+    if not call.backend.needs_generation:
         return None
+    return await call.backend.generation()
 
 
-def _runtime_line(stderr: bytes, sandbox_id: str) -> bytes | None:
-    """The last line of ``stderr`` if it reads like the runtime's own failure message."""
-    line = stderr.rstrip(b"\n").rpartition(b"\n")[2]
-    if sandbox_id.encode() in line or b"urpc method" in line or line.startswith(_RUNTIME_PREFIXES):
-        return line
-    return None
+async def _lost(call: Call, err: RuntimeError_, before: object | None) -> SandboxdError:
+    """A command's runtime failed under it (after it started): a restart, or a failure of the runtime."""
+    log.debug("command in sandbox %s lost: %s", call.sandbox, err)
+    now = await call.backend.generation()
+    if now is None or before is None or now != before:
+        return SandboxRestarting(
+            f"sandbox {call.sandbox} stopped or restarted while the command ran, and its result is lost; "
+            "retry once it is Ready"
+        )
+    return runtime_failure(err, call)
 
 
-async def _runtime_broke(call: Call, code: int, stderr: bytes, pid_before: int | None) -> SandboxdError | None:
+async def _runtime_broke(call: Call, code: int, stderr: bytes, before: object | None) -> SandboxdError | None:
     """Whether the runtime, not the command, ended the command (see the module docstring)."""
-    if code != _RUNTIME_FAILED:
+    if code != RUNTIME_FAILED or not call.backend.needs_generation:
         return None
-    line = _runtime_line(stderr, call.sandbox_id)
-    try:
-        state = await call.runtime.state(call.sandbox_id)
-        restarted = state.phase is not Phase.RUNNING or (pid_before is not None and state.pid != pid_before)
-    except RuntimeError_:
-        restarted = True
+    line = call.backend.runtime_line(stderr)
+    now = await _generation(call)
+    restarted = now is None or (before is not None and now != before)
     if line is None and not restarted:
         return None  # the command's own exit code 128
     log.debug("command in sandbox %s ended by the runtime: %s", call.sandbox, (line or b"").decode(errors="replace"))
@@ -168,14 +163,21 @@ async def execute(call: Call) -> web.Response:
     limit = call.config.output_limit
 
     async with call.slots.slot(call.sandbox_id, call.sandbox) as slot:
-        pid_before = await _sandbox_pid(call)
+        pid_before = await _generation(call)
         started = time.perf_counter()
         call.metrics.execs_in_flight.inc()
         try:
-            proc = await call.runtime.spawn(call.sandbox_id, argv, cwd=SANDBOX_WORKDIR)
+            proc = await call.backend.spawn(argv, cwd=call.backend.home)
+        except RuntimeError_ as e:
+            call.metrics.execs_in_flight.dec()
+            raise runtime_failure(e, call) from e
+        except OSError as e:
+            call.metrics.execs_in_flight.dec()
+            raise _spawn_failure(e, call) from e
+        try:
             result = await collect(proc, timeout=timeout, output_limit=limit, flood_grace=FLOOD_GRACE, pace=slot.pace)
         except RuntimeError_ as e:
-            raise runtime_failure(e, call) from e
+            raise await _lost(call, e, pid_before) from e
         except OSError as e:
             raise _spawn_failure(e, call) from e
         finally:
@@ -222,13 +224,12 @@ async def exec_stream(call: Call) -> web.StreamResponse:
     _check_args(req.argv, req.env, "argv")
     timeout = call.timeout(req.timeout_seconds)
     async with call.slots.slot(call.sandbox_id, call.sandbox) as slot:
-        pid_before = await _sandbox_pid(call)
+        pid_before = await _generation(call)
         try:
-            proc = await call.runtime.spawn(
-                call.sandbox_id,
+            proc = await call.backend.spawn(
                 req.argv,
                 env=dict(req.env) or None,
-                cwd=req.cwd or SANDBOX_WORKDIR,
+                cwd=req.cwd or call.backend.home,
                 stdin=req.stdin,
             )
         except RuntimeError_ as e:
@@ -245,7 +246,7 @@ async def exec_stream(call: Call) -> web.StreamResponse:
             call.metrics.exec_seconds.labels("exec_stream").observe(time.perf_counter() - started)
 
 
-async def _stream(call: Call, proc: Process, timeout: float, slot: Slot, pid_before: int | None) -> web.StreamResponse:
+async def _stream(call: Call, proc: Process, timeout: float, slot: Slot, pid_before: object | None) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": NDJSON, "Cache-Control": "no-store"})
     resp.enable_chunked_encoding()
     try:
@@ -273,7 +274,7 @@ async def _stream(call: Call, proc: Process, timeout: float, slot: Slot, pid_bef
             if name == "stderr":
                 if held:
                     await send(OutputFrame(stream="stderr", data=held.pop()))
-                if _runtime_line(chunk, call.sandbox_id) is not None:
+                if call.backend.runtime_line(chunk) is not None:
                     held.append(chunk)
                     continue
             await send(OutputFrame(stream="stdout" if name == "stdout" else "stderr", data=chunk))
@@ -307,7 +308,7 @@ async def _stream(call: Call, proc: Process, timeout: float, slot: Slot, pid_bef
             code = TIMEOUT_EXIT_CODE
         broken = await _runtime_broke(call, code, held[0] if held else b"", pid_before)
         if broken is not None:
-            line = _runtime_line(held[0], call.sandbox_id) if held else None
+            line = call.backend.runtime_line(held[0]) if held else None
             if line is not None and (before := held[0].rstrip(b"\n")[: -len(line)]):
                 await send(OutputFrame(stream="stderr", data=before))  # the command's, before runsc's line
             await send(ErrorFrame(message=broken.message))
@@ -328,7 +329,7 @@ async def _stream(call: Call, proc: Process, timeout: float, slot: Slot, pid_bef
         raise
     except Exception as e:  # the answer has begun: report in a final frame, not a status
         if isinstance(e, RuntimeError_):
-            message = runtime_failure(e, call).message
+            message = (await _lost(call, e, pid_before)).message
         else:
             log.warning("exec stream for sandbox %s failed", call.sandbox, exc_info=True)
             message = "internal router error; the control plane's log has the details"

@@ -1,7 +1,13 @@
-"""The files API: upload, download, list, exists, on the sandbox's work directory from the host.
+"""The files API of the legacy protocol: upload, download, list, exists.
 
-Every path is confined by ``turbok.sandboxd.confine`` (403 outside the work
-directory, 404 missing). Bodies stream both ways: an upload goes to a temp file
+Two ways to a sandbox's files, by its ``Backend``: through its sandboxd agent
+(``AgentBackend``: the agent's ``/v1/files`` API inside the sandbox, where a
+symlink can only lead to the sandbox's own files), or, for a Pod without an
+address, on the container's host-served work directory, where every path is
+confined by ``turbok.sandboxd.confine`` (403 outside the work directory, 404
+missing). Either way the router first checks paths lexically
+(``confine.split_path``: no ``..``, absolute only under ``/app``) and applies its
+bounds (upload size and per-sandbox total). Bodies stream both ways: an upload goes to a temp file
 next to its destination in chunks and is renamed into place when complete (no
 reader ever sees half a file; nothing changes if it fails, is over
 ``RouterConfig.upload_limit``, or would take the sandbox's uploaded files past
@@ -17,17 +23,31 @@ list, ``{"path", "exists"}`` from exists.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import re
 import urllib.parse
+from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from aiohttp import BodyPartReader, web
 
+from turbok.sandboxd.agentclient import AgentBackend, AgentError, AgentResponse
 from turbok.sandboxd.confine import WorkDir, display, split_path
 from turbok.sandboxd.context import Call
-from turbok.sandboxd.errors import BadRequest, InsufficientStorage, PayloadTooLarge
+from turbok.sandboxd.errors import (
+    AccessDenied,
+    BadRequest,
+    Conflict,
+    ExecFailed,
+    InsufficientStorage,
+    NotFound,
+    PayloadTooLarge,
+    SandboxdError,
+)
 from turbok.sdk.wire import FileInfo
 
 __all__ = ["disposition_params", "download", "exists", "list_dir", "upload"]
@@ -90,7 +110,8 @@ async def upload(call: Call) -> web.Response:
     if not parts:
         raise BadRequest(f"filename {filename!r} names the work directory itself, not a file")
 
-    written = await _receive(call, part, parts)
+    agent = _agent(call)
+    written = await (_receive_agent(call, agent, part, parts) if agent else _receive(call, part, parts))
     call.metrics.file_bytes.labels("upload").inc(written)
     return web.json_response({"message": f"File '{filename}' uploaded successfully.", "size": written})
 
@@ -144,6 +165,8 @@ async def _receive_into(call: Call, part: BodyPartReader, parts: tuple[str, ...]
 
 async def download(call: Call) -> web.StreamResponse:
     parts = split_path(call.path)
+    if agent := _agent(call):
+        return await _download_agent(call, agent, parts)
     with WorkDir(call.workdir()) as wd:
         fd, size = wd.open_file(parts)
     try:
@@ -182,12 +205,139 @@ def _list(root: Path, parts: tuple[str, ...]) -> list[FileInfo]:
 
 async def list_dir(call: Call) -> web.Response:
     parts = split_path(call.path)
+    if agent := _agent(call):
+        return web.json_response([e.to_json() for e in await _list_agent(call, agent, parts)])
     entries = await asyncio.to_thread(_list, call.workdir(), parts)
     return web.json_response([e.to_json() for e in entries])
 
 
 async def exists(call: Call) -> web.Response:
     parts = split_path(call.path)
+    if agent := _agent(call):
+        found = await _exists_agent(call, agent, parts)
+        return web.json_response({"path": call.path, "exists": found})
     with WorkDir(call.workdir()) as wd:
         found = wd.exists(parts)
     return web.json_response({"path": call.path, "exists": found})
+
+
+# ---------------------------------------------------------------------- through the sandbox's agent
+
+
+def _agent(call: Call) -> AgentBackend | None:
+    return call.backend if isinstance(call.backend, AgentBackend) else None
+
+
+def v1_path(parts: tuple[str, ...]) -> str:
+    """The agent's ``/v1/files`` path of a confined path (one segment, ``/`` as ``%2F``, as upstream's client)."""
+    return "/v1/files/" + urllib.parse.quote("/".join(parts), safe="", errors="surrogateescape")
+
+
+async def agent_failure(resp: AgentResponse, parts: tuple[str, ...], call: Call) -> SandboxdError:
+    """The agent's error answer as the router's (its message is the sandbox's, never the host's)."""
+    try:
+        answer = await resp.json() if resp.status >= 400 else {}
+    except AgentError:
+        answer = {}
+    finally:
+        resp.release()
+    where = display(parts)
+    if resp.status == 403:
+        return AccessDenied(f"Access denied: {where} leads outside the work directory")
+    if resp.status == 404:
+        return NotFound(f"{where}: no such file or directory")
+    if resp.status in (400, 409):
+        return Conflict(f"{where}: {answer.get('message') if isinstance(answer, dict) else 'conflict'}")
+    if resp.status == 507:
+        return InsufficientStorage(f"upload of {where}: no space left for sandbox {call.sandbox} (its disk limit "
+                                   "is full); nothing was written")
+    return ExecFailed(f"the sandboxd agent of sandbox {call.sandbox} failed ({resp.status}); retry later")
+
+
+async def _receive_agent(call: Call, agent: AgentBackend, part: BodyPartReader, parts: tuple[str, ...]) -> int:
+    limit = call.config.upload_limit
+    written = 0
+    async with call.uploads.upload(call.sandbox_id, agent.workdir(), parts, call.sandbox) as ticket:
+        async def body() -> AsyncIterator[bytes]:
+            nonlocal written
+            while chunk := await part.read_chunk(_CHUNK):
+                written += len(chunk)
+                if written > limit:
+                    raise PayloadTooLarge(f"upload of {display(parts)} is larger than the limit of {limit} bytes")
+                await ticket.take(len(chunk))
+                yield chunk
+
+        try:
+            resp = await agent.pool.request(agent.target.ip, "PUT", v1_path(parts),
+                                            headers={"Content-Type": "application/octet-stream"}, body=body())
+        except AgentError as e:
+            raise ExecFailed(f"the sandboxd agent of sandbox {call.sandbox} went away during the upload; "
+                             "nothing was written") from e
+        if resp.status != 204:
+            raise await agent_failure(resp, parts, call)
+        resp.release()
+        ticket.commit(written)
+    return written
+
+
+async def _download_agent(call: Call, agent: AgentBackend, parts: tuple[str, ...]) -> web.StreamResponse:
+    resp = await agent.pool.request(agent.target.ip, "GET", v1_path(parts))
+    try:
+        if resp.status != 200:
+            raise await agent_failure(resp, parts, call)
+        if resp.headers.get("content-type", "").startswith("application/json"):
+            raise NotFound(f"{display(parts)} is a directory")
+        name = urllib.parse.quote(parts[-1] if parts else "app", safe="", errors="surrogateescape")
+        out = web.StreamResponse(headers={"Content-Type": "application/octet-stream",
+                                          "Content-Disposition": f"attachment; filename*=UTF-8''{name}"})
+        if "content-length" in resp.headers:
+            out.content_length = int(resp.headers["content-length"])
+        await out.prepare(call.request)
+        sent = 0
+        async for chunk in resp.iter():
+            await out.write(chunk)
+            sent += len(chunk)
+        call.metrics.file_bytes.labels("download").inc(sent)
+        await out.write_eof()
+        return out
+    finally:
+        resp.release()
+
+
+async def list_entries(call: Call, agent: AgentBackend, parts: tuple[str, ...]) -> dict[str, Any] | None:
+    """The agent's listing of a directory (None: ``parts`` is a file)."""
+    resp = await agent.pool.request(agent.target.ip, "GET", v1_path(parts))
+    if resp.status != 200:
+        raise await agent_failure(resp, parts, call)
+    if not resp.headers.get("content-type", "").startswith("application/json"):
+        resp.release()  # a file's bytes: not read, so the connection is reset
+        return None
+    try:
+        listing = await resp.json()
+    finally:
+        resp.release()
+    return listing if isinstance(listing, dict) else {"entries": []}
+
+
+async def _list_agent(call: Call, agent: AgentBackend, parts: tuple[str, ...]) -> list[FileInfo]:
+    listing = await list_entries(call, agent, parts)
+    if listing is None:
+        raise NotFound(f"{display(parts)} is not a directory")
+    out = []
+    for e in listing.get("entries") or []:
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            when = datetime.fromisoformat(str(e["modified_at"]).replace("Z", "+00:00")).timestamp()
+            out.append(FileInfo(name=str(e["name"]), size=int(e["size"]),
+                                type="directory" if e["type"] == "directory" else "file", mod_time=when))
+    return out
+
+
+async def _exists_agent(call: Call, agent: AgentBackend, parts: tuple[str, ...]) -> bool:
+    resp = await agent.pool.request(agent.target.ip, "HEAD", v1_path(parts))
+    if resp.status == 200:
+        resp.release()
+        return True
+    if resp.status == 404:
+        resp.release()
+        return False
+    raise await agent_failure(resp, parts, call)

@@ -157,7 +157,9 @@ class ExecSlots:
 
 @dataclass
 class _Book:
-    workdir: Path
+    #: Where the uploaded files can be checked from the host (None: only through the sandbox's agent,
+    #: so the ledger is corrected by the deletes that pass the router, not by looking).
+    workdir: Path | None
     #: Path (joined with "/") -> bytes charged for the uploaded file there.
     held: dict[str, int] = field(default_factory=dict)
     total: int = 0
@@ -192,7 +194,7 @@ class UploadLedger:
         book = self._books.get(sandbox_id)
         return book.total if book else 0
 
-    def _book(self, sandbox_id: str, workdir: Path) -> _Book:
+    def _book(self, sandbox_id: str, workdir: Path | None) -> _Book:
         book = self._books.get(sandbox_id)
         if book is None:
             if len(self._books) >= _PRUNE_AT:
@@ -202,12 +204,14 @@ class UploadLedger:
 
     def _prune(self) -> None:
         # Books of removed sandboxes; a stopped sandbox keeps its disk, and so its book.
-        for sid in [sid for sid, b in self._books.items() if not b.pending and not os.path.isdir(b.workdir)]:
+        for sid in [sid for sid, b in self._books.items()
+                    if not b.pending and (b.workdir is None and not b.held or b.workdir is not None
+                                          and not os.path.isdir(b.workdir))]:
             del self._books[sid]
 
     @contextlib.asynccontextmanager
     async def upload(
-        self, sandbox_id: str, workdir: Path, parts: tuple[str, ...], sandbox: str
+        self, sandbox_id: str, workdir: Path | None, parts: tuple[str, ...], sandbox: str
     ) -> AsyncIterator[UploadTicket]:
         """One upload to ``parts``: ``await take(n)`` for each chunk, ``commit(size)`` once renamed in."""
         book = self._book(sandbox_id, workdir)
@@ -217,9 +221,18 @@ class UploadLedger:
         finally:
             book.pending -= up.taken
 
+    def forget(self, sandbox_id: str, parts: tuple[str, ...], *, below: bool = False) -> None:
+        """An uploaded path was deleted through the router (``below``: everything under it too)."""
+        book = self._books.get(sandbox_id)
+        if book is None:
+            return
+        key = "/".join(parts)
+        for k in [k for k in book.held if k == key or (below and (not key or k.startswith(key + "/")))]:
+            book.total -= book.held.pop(k)
+
     async def _recheck(self, book: _Book) -> None:
         now = time.monotonic()
-        if now - book.checked_at < RECHECK_INTERVAL or not book.held:
+        if now - book.checked_at < RECHECK_INTERVAL or not book.held or book.workdir is None:
             return
         book.checked_at = now
         snapshot = dict(book.held)

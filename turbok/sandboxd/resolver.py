@@ -4,8 +4,9 @@ The router calls ``resolve(namespace, name)`` once per request, with the
 ``X-Sandbox-Namespace`` (default ``"default"``) and ``X-Sandbox-ID`` headers,
 on the router's event loop. Obligations of an implementation:
 
-1. Return the runtime id (``turbok.runtime.base.sandbox_id``) of a sandbox that
-   is Ready, i.e. its runtime accepts ``spawn`` and has a ``workdir``.
+1. Return the pod sandbox id (``turbok.runtime.ids.sandbox_id``, what the
+   ``PodRuntime`` knows the Sandbox's Pod by) of a sandbox that is Ready, i.e.
+   a container of its Pod runs.
 2. Raise ``SandboxNotFound`` if no such sandbox exists (answered 404), and
    ``SandboxNotReady`` with a message that says what to wait for if it exists
    but is not Ready (answered 503).

@@ -11,7 +11,11 @@ One request, in order:
 1. Authenticate: ``Authorization: Bearer <token>`` (constant-time compare), the
    router's own token, never the API's; else 401. The retired capability URL
    ``/t/<token>/...`` is 401 too, with a message that says to send the header: a
-   token in a URL ends up in clients' exception texts and in logs.
+   token in a URL ends up in clients' exception texts and in logs. A request
+   that came through the router's Unix socket (``bind_unix_socket``: mode 0600
+   in the home, so only its owner can connect) needs no token: that is how a
+   ``kubectl port-forward svc/sandbox-router-svc`` arrives, already
+   authenticated by the API server (``turbok.node.routerpod``).
 2. Pick the endpoint from the raw path (decoded once, by us, so ``%2F`` and
    ``%2e%2e`` reach the path checks as what they are); unknown -> 404, wrong
    method -> 405.
@@ -26,29 +30,40 @@ One request, in order:
    so a newline in a path cannot forge a line). The token never appears in logs
    or metrics.
 
-``X-Sandbox-Port`` and ``X-Sandbox-Timeout`` (sent by the official client for
-its Kubernetes router) are accepted and ignored: there is one runtime API per
-sandbox and commands carry their own timeout.
+``X-Sandbox-Port`` picks the Pod's port: none or 8888 (the official client's
+``server_port``) is the runtime API above, served by the router (through the
+sandbox's agent, ``turbok.sandboxd.backend``) unless the Pod listens on 8888
+itself; any other port is forwarded to ``podIP:port`` (``turbok.sandboxd.proxy``;
+HTTP/2 and gRPC by ``turbok.sandboxd.h2proxy``), within ``X-Sandbox-Timeout``
+(never above ``RouterConfig.proxy_timeout``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import logging
+import os
+import socket
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from turbok.printable import printable
-from turbok.runtime.base import Runtime
-from turbok.sandboxd import execute, files
-from turbok.sandboxd.context import MAX_JSON_BODY, Call, RouterConfig
+from turbok.runtime.cri import PodRuntime
+from turbok.runtime.errors import RuntimeError_
+from turbok.sandboxd import execute, files, proxy
+from turbok.sandboxd.agentclient import AgentBackend, AgentPool
+from turbok.sandboxd.backend import Backend, ExecBackend, Targets
+from turbok.sandboxd.context import MAX_JSON_BODY, Call, RouterConfig, runtime_failure
 from turbok.sandboxd.errors import (
+    BadGateway,
     BadRequest,
     MethodNotAllowed,
     NotFound,
@@ -66,11 +81,14 @@ from turbok.sdk.wire import (
     SANDBOX_NAMESPACE_HEADER,
 )
 
-__all__ = ["RunningRouter", "create_router_app", "serve_router"]
+__all__ = ["ROUTER_SOCKET", "RunningRouter", "bind_unix_socket", "create_router_app", "serve_router", "site"]
 
 log = logging.getLogger("turbok.sandboxd")
 
 Handler = Callable[[Call], Awaitable[web.StreamResponse]]
+
+#: The router's Unix socket, in the home: port-forwards to the router's mirror Pod arrive there.
+ROUTER_SOCKET = "router.sock"
 
 
 async def _health(call: Call) -> web.Response:
@@ -99,6 +117,26 @@ _ROUTES: dict[str, _Route] = {
 _MAX_NAME = 253  # a DNS subdomain, the longest Kubernetes object name
 
 
+#: Seconds given to a sandbox's agent to close the connections the router reset before a hibernation.
+DROP_SETTLE = 0.2
+#: The port upstream's runtime serves its protocol on (the official client's ``X-Sandbox-Port`` default).
+LEGACY_PORT = 8888
+SANDBOX_PORT_HEADER = "X-Sandbox-Port"
+
+
+def _port(request: web.Request) -> int | None:
+    raw = request.headers.get(SANDBOX_PORT_HEADER)
+    if raw is None or not raw.strip():
+        return None
+    try:
+        port = int(raw.strip())
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise BadRequest(f"{SANDBOX_PORT_HEADER} must be a port number (1-65535)")
+    return port
+
+
 def _unquote(segment: str) -> str:
     # surrogateescape: a name that is not UTF-8 still maps to its exact bytes on disk.
     return urllib.parse.unquote(segment, errors="surrogateescape")
@@ -116,13 +154,17 @@ def _split(raw_path: str) -> tuple[str, str]:
 class _Router:
     def __init__(
         self,
-        runtime: Runtime,
+        runtime: PodRuntime,
         resolver: SandboxResolver,
         token: str,
         config: RouterConfig,
         metrics: RouterMetrics,
     ) -> None:
         self.runtime = runtime
+        self.targets = Targets(runtime)
+        self.agents = AgentPool()
+        self.proxy = proxy.ProxyClient()
+        runtime.before_hibernate(self.before_hibernate)
         self.resolver = resolver
         self._token = token.encode()
         self.config = config
@@ -142,6 +184,8 @@ class _Router:
                 "a token in the URL path (/t/<token>/) is no longer accepted: use the plain router URL "
                 "and send the router token in the 'Authorization: Bearer <token>' header"
             )
+        if self._via_unix_socket(request):
+            return  # only the home's owner can open the socket; a port-forward was authenticated by the API
         scheme, _, offered = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             offered.strip().encode("utf-8", "surrogateescape"), self._token
@@ -151,25 +195,56 @@ class _Router:
                 "'Authorization: Bearer <token>'"
             )
 
+    @staticmethod
+    def _via_unix_socket(request: web.Request) -> bool:
+        sock = request.transport.get_extra_info("socket") if request.transport is not None else None
+        return sock is not None and sock.family == socket.AF_UNIX
+
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         label, sandbox, status = "unknown", "-", 500
         try:
             endpoint, arg = _split(request.rel_url.raw_path)
             self._authenticate(request, endpoint)
+            port = _port(request)
             route = _ROUTES.get(endpoint)
-            if route is None or (arg and not route.has_path):
-                raise NotFound(f"no such endpoint: {request.method} /{endpoint}")
-            label = route.label
-            if request.method != route.method:
-                raise MethodNotAllowed(f"/{endpoint} takes {route.method}, not {request.method}")
+            known = route is not None and not (arg and not route.has_path)
             resp: web.StreamResponse
-            if route.handler is None:
+            if port in (None, LEGACY_PORT) and route is not None and known and route.handler is None:
+                label = route.label
+                if request.method != route.method:
+                    raise MethodNotAllowed(f"/{endpoint} takes {route.method}, not {request.method}")
                 resp = self._own(label)
-            else:
+            elif port not in (None, LEGACY_PORT) or request.headers.get(SANDBOX_ID_HEADER):
+                # A sandbox's request: its own server on that port, or (the legacy port where the Pod does not
+                # serve it itself) the runtime API the router serves.
                 call = await self._call(request, arg)
                 sandbox = call.sandbox
-                resp = await route.handler(call)
+                target_port = LEGACY_PORT if port is None else port
+                own = known and route is not None and route.handler is not None and target_port == LEGACY_PORT
+                if own and not await self._pod_serves(call, LEGACY_PORT):
+                    assert route is not None and route.handler is not None
+                    label = route.label
+                    if request.method != route.method:
+                        raise MethodNotAllowed(f"/{endpoint} takes {route.method}, not {request.method}")
+                    resp = await self._run(route.handler, call)
+                elif target_port == LEGACY_PORT and not own and not await self._pod_serves(call, LEGACY_PORT):
+                    raise NotFound(f"no such endpoint: {request.method} /{endpoint}")
+                else:
+                    label = "proxy"
+                    ip = call.backend.target.ip
+                    if not ip:
+                        raise BadGateway(f"sandbox {call.sandbox} has no address on the pod network, so only the "
+                                         "runtime API reaches it (no X-Sandbox-Port)")
+                    resp = await proxy.forward(call, self.proxy, ip, target_port)
+            else:
+                if route is None or not known:
+                    raise NotFound(f"no such endpoint: {request.method} /{endpoint}")
+                label = route.label
+                if request.method != route.method:
+                    raise MethodNotAllowed(f"/{endpoint} takes {route.method}, not {request.method}")
+                call = await self._call(request, arg)  # raises: no X-Sandbox-ID
+                resp = await self._run(route.handler, call)  # type: ignore[arg-type]
             status = resp.status
             return resp
         except SandboxdError as e:
@@ -206,9 +281,10 @@ class _Router:
                 f"{SANDBOX_ID_HEADER} and {SANDBOX_NAMESPACE_HEADER} are at most {_MAX_NAME} characters"
             )
         sandbox_id = await self.resolver.resolve(namespace, name)
+        backend = await self._backend(sandbox_id, f"{namespace}/{name}")
         return Call(
             request=request,
-            runtime=self.runtime,
+            backend=backend,
             config=self.config,
             metrics=self.metrics,
             slots=self.slots,
@@ -218,6 +294,41 @@ class _Router:
             sandbox_id=sandbox_id,
             path=arg,
         )
+
+    async def _backend(self, sandbox_id: str, sandbox: str) -> Backend:
+        try:
+            target = await self.targets.find(sandbox_id)
+        except RuntimeError_ as e:
+            raise runtime_failure(e, sandbox) from e
+        if target.ip and await self.agents.available(target.ip):
+            return AgentBackend(self.runtime, target, self.agents)
+        return ExecBackend(self.runtime, target)
+
+    async def _run(self, handler: Handler, call: Call) -> web.StreamResponse:
+        try:
+            return await handler(call)
+        except RuntimeError_ as e:  # the sandbox's agent went away under the request (a restart, a crash)
+            self.targets.forget(call.sandbox_id)
+            if call.backend.target.ip:
+                self.agents.forget(call.backend.target.ip)
+            raise runtime_failure(e, call) from e
+
+    async def _pod_serves(self, call: Call, port: int) -> bool:
+        """Whether the Pod itself listens on ``port`` (its own server there; checked at most every few s)."""
+        ip = call.backend.target.ip
+        return bool(ip) and await self.agents.listens(ip, port)
+
+    async def before_hibernate(self, sandbox_id: str) -> None:
+        """Reset the router's connections into a pod sandbox about to hibernate (see ``AgentPool``)."""
+        target = self.targets.cached(sandbox_id)
+        if target is None:
+            with contextlib.suppress(RuntimeError_):
+                target = await self.targets.find(sandbox_id)
+        self.targets.forget(sandbox_id)
+        if target is not None and target.ip and self.agents.forget(target.ip):
+            # The agent closes its side once it reads the reset: give it that moment before the runtime
+            # looks for open connections (runsc cannot checkpoint one).
+            await asyncio.sleep(DROP_SETTLE)
 
     def _own(self, label: str) -> web.Response:
         if label == "metrics":
@@ -232,7 +343,7 @@ ROUTER_KEY = web.AppKey("turbok_router", _Router)
 
 def create_router_app(
     *,
-    runtime: Runtime,
+    runtime: PodRuntime,
     resolver: SandboxResolver,
     token: str,
     output_limit: int | None = None,
@@ -244,6 +355,8 @@ def create_router_app(
     exec_queue: int | None = None,
     exec_queue_wait: float | None = None,
     output_rate: int | None = None,
+    proxy_timeout: float | None = None,
+    proxy_body_limit: int | None = None,
     registry: CollectorRegistry | None = None,
 ) -> web.Application:
     """The router as an aiohttp application; see the module docstring for what it answers.
@@ -265,12 +378,20 @@ def create_router_app(
         exec_queue=exec_queue,
         exec_queue_wait=exec_queue_wait,
         output_rate=output_rate,
+        proxy_timeout=proxy_timeout,
+        proxy_body_limit=proxy_body_limit,
     )
     router = _Router(runtime, resolver, token, config, RouterMetrics(registry))
     app = web.Application(client_max_size=MAX_JSON_BODY)
     app[ROUTER_KEY] = router
     # (?s): a file name may hold a newline (%0A); plain ".*" would leave it to aiohttp's bare 404.
     app.router.add_route("*", "/{tail:(?s:.*)}", router.dispatch)
+
+    async def cleanup(_: web.Application) -> None:
+        router.agents.close()
+        await router.proxy.close()
+
+    app.on_cleanup.append(cleanup)
     return app
 
 
@@ -286,14 +407,54 @@ class RunningRouter:
         await self.runner.cleanup()
 
 
+def site(app: web.Application, runner: web.BaseRunner, *, host: str | None = None, port: int = 0,
+         sock: socket.socket | None = None) -> web.BaseSite:
+    """The router's site on ``host:port`` or a listening ``sock``: HTTP/1.1 to ``app``, HTTP/2 (gRPC) relayed
+    to Pods (``turbok.sandboxd.h2proxy``)."""
+    from turbok.sandboxd.h2proxy import SniffingSite, stream_router
+
+    return SniffingSite(runner, stream_router(app[ROUTER_KEY]), host=host, port=port, sock=sock)
+
+
 async def serve_router(app: web.Application, *, host: str = "127.0.0.1", port: int = 0) -> RunningRouter:
     """Serve ``app`` on ``host:port`` (0: any free port) in the running loop, without an access log."""
+    from turbok.sandboxd.h2proxy import port_of
+
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        served = site(app, runner, host=host, port=port)
+        await served.start()
     except BaseException:
         await runner.cleanup()
         raise
-    address: Any = runner.addresses[0]
-    return RunningRouter(url=f"http://{host}:{address[1]}", port=int(address[1]), runner=runner)
+    bound = port_of(served)  # type: ignore[arg-type]
+    return RunningRouter(url=f"http://{host}:{bound}", port=bound, runner=runner)
+
+
+def bind_unix_socket(path: Path) -> socket.socket:
+    """A listening Unix socket at ``path``, mode 0600 (a stale one is replaced).
+
+    Put it in a private folder (the home is 0700): then no other user can reach
+    it in the moment between ``bind`` and ``chmod``. A path longer than
+    ``sun_path`` allows is bound through ``/proc/self/fd`` of its folder.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        if len(os.fsencode(path)) < 100:
+            sock.bind(str(path))
+        else:
+            folder = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                sock.bind(f"/proc/self/fd/{folder}/{path.name}")
+            finally:
+                os.close(folder)
+        os.chmod(path, 0o600)
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock

@@ -1,9 +1,14 @@
 """Fakes for testing code that talks to the router, without running anything on the host.
 
-``FakeRuntime`` is a ``Runtime`` whose processes play ``Script``s: canned
-output, a lazily generated flood of any size (memory stays flat), a delay or a
-hang until killed. It records every spawn. Its work directories are real
-directories under a root you give, so the files API runs for real.
+``FakeRuntime`` is a ``PodRuntime`` whose pods have one running container
+(``main``) and whose ``exec`` processes play ``Script``s: canned output, a
+lazily generated flood of any size (memory stays flat), a delay or a hang until
+killed. It records every command (``spawns``). Its work directories are real
+directories under a root you give, so the files API runs for real. Its pods
+have no address on a pod network, so the router reaches them through ``exec``
+and the host work directory (``turbok.sandboxd.backend.ExecBackend``), unless a
+test gives one (``ips``): then the router looks for a sandboxd agent and the
+Pod's servers there.
 
 ``serve_in_thread`` serves an app on loopback from a background thread, for
 synchronous clients (the official client, ``turbok.sdk``) in tests;
@@ -25,30 +30,36 @@ from typing import Any
 
 from aiohttp import web
 
-from turbok.runtime.base import (
+from turbok.runtime.cri import (
+    ContainerConfig,
+    ContainerState,
+    ContainerStatus,
     Isolation,
-    Phase,
-    Process,
-    Runtime,
-    RuntimeState,
-    SandboxNotRunning,
-    SandboxSpec,
+    PodRuntime,
+    PodSandboxConfig,
+    PodSandboxState,
+    PodSandboxStatus,
+    Stream,
 )
+from turbok.runtime.errors import SandboxNotRunning
+from turbok.runtime.process import Process
 from turbok.sandboxd.resolver import StaticResolver
 from turbok.sandboxd.router import create_router_app, serve_router
 from turbok.sdk.wire import auth_headers
 
-__all__ = ["FakeProcess", "FakeRouter", "FakeRuntime", "Script", "Spawn", "fake_router", "serve_in_thread"]
+__all__ = ["FakeProcess", "FakeRouter", "FakeRuntime", "Script", "Spawn", "fake_router", "loop_of", "serve_in_thread"]
 
 _FLOOD_CHUNK = 64 * 1024
 KILLED_EXIT_CODE = 137
+#: The one container of every fake pod.
+CONTAINER = "main"
 
 
 @dataclass(frozen=True)
 class Script:
     """What a fake process does: write ``stdout``/``stderr``, then ``flood`` more bytes of
     stdout (-1: forever), then exit with ``exit_code`` after ``duration`` seconds (None: hang
-    until killed). ``echo_stdin`` writes its stdin to stdout first."""
+    until killed). ``echo_stdin`` writes its stdin to stdout first (once stdin is closed)."""
 
     stdout: bytes = b""
     stderr: bytes = b""
@@ -58,9 +69,9 @@ class Script:
     echo_stdin: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass
 class Spawn:
-    """One recorded ``spawn`` call."""
+    """One recorded command (``exec``); ``stdin`` is what it was given, once its stdin closed."""
 
     id: str
     argv: tuple[str, ...]
@@ -72,14 +83,19 @@ class Spawn:
 class _ScriptedReader(asyncio.StreamReader):
     """Serves its bytes on demand, so a flood costs one chunk of memory at a time."""
 
-    def __init__(self, data: bytes, flood: int, done: asyncio.Event, counter: list[int]) -> None:
+    def __init__(self, data: bytes, flood: int, done: asyncio.Event, counter: list[int],
+                 prefix: asyncio.Future[bytes] | None = None) -> None:
         super().__init__()
         self._data = data
         self._flood = flood
         self._done = done
         self._counter = counter
+        self._prefix = prefix
 
     async def read(self, n: int = -1) -> bytes:
+        if self._prefix is not None:
+            self._data = await self._prefix + self._data
+            self._prefix = None
         size = n if n > 0 else _FLOOD_CHUNK
         if self._data:
             chunk, self._data = self._data[:size], self._data[size:]
@@ -97,15 +113,19 @@ class _ScriptedReader(asyncio.StreamReader):
 
 
 class FakeProcess(Process):
-    def __init__(self, script: Script, stdin: bytes | None) -> None:
+    """``stdin``: its input when known at once; ``stdin_later``: a future of it (an echo waits for it)."""
+
+    def __init__(self, script: Script, stdin: bytes | None,
+                 stdin_later: asyncio.Future[bytes] | None = None) -> None:
         self.script = script
         self.killed = False
         self._done = asyncio.Event()
         self._code: int | None = None
         #: Bytes handed out on stdout so far (to check backpressure).
         self.produced = [0]
+        prefix = stdin_later if script.echo_stdin else None
         out = (stdin or b"") + script.stdout if script.echo_stdin else script.stdout
-        self._stdout = _ScriptedReader(out, script.flood, self._done, self.produced)
+        self._stdout = _ScriptedReader(out, script.flood, self._done, self.produced, prefix)
         self._stderr = _ScriptedReader(script.stderr, 0, self._done, [0])
         self._task = asyncio.ensure_future(self._run())
 
@@ -113,7 +133,8 @@ class FakeProcess(Process):
         if self.script.duration is None:
             return  # hangs until killed
         await asyncio.sleep(self.script.duration)
-        while self.script.flood < 0 or self._stdout._data or self._stdout._flood:
+        while (self.script.flood < 0 or self._stdout._data or self._stdout._flood
+               or self._stdout._prefix is not None):
             # A flooding process exits only once its output is read (a pipe would block it).
             if self._done.is_set():
                 return
@@ -144,12 +165,40 @@ class FakeProcess(Process):
         self._finish(KILLED_EXIT_CODE)
 
 
-class FakeRuntime(Runtime):
-    """Sandboxes are directories under ``root``; processes play ``Script``s chosen by command.
+class _FakeStream(Stream):
+    def __init__(self, process: Process, record: Spawn | None, stdin: asyncio.Future[bytes] | None) -> None:
+        self._process = process
+        self._record = record
+        self._stdin = stdin
+        self._buffer = bytearray()
+
+    @property
+    def process(self) -> Process:
+        return self._process
+
+    async def write(self, data: bytes) -> None:
+        self._buffer += data
+
+    async def close_stdin(self) -> None:
+        if self._record is not None:
+            self._record.stdin = bytes(self._buffer)
+        if self._stdin is not None and not self._stdin.done():
+            self._stdin.set_result(bytes(self._buffer))
+
+    async def resize(self, columns: int, rows: int) -> None:
+        return None
+
+    async def close(self) -> None:
+        await self._process.kill()
+
+
+class FakeRuntime(PodRuntime):
+    """Pods are directories under ``root``, each with one running container ``main``; commands play
+    ``Script``s chosen by command.
 
     ``script(command, Script(...))``: for ``/bin/sh -c command`` (what ``/execute`` runs) the key
     is the command string; for any other argv it is the argv joined by spaces. Unknown commands
-    exit 127 with a message on stderr.
+    exit 127 with a message on stderr. ``spawn`` (what ``exec`` calls) may be replaced by a test.
     """
 
     isolation = Isolation.GVISOR
@@ -162,57 +211,85 @@ class FakeRuntime(Runtime):
         )
         self.spawns: list[Spawn] = []
         self.processes: list[FakeProcess] = []
-        self._running: set[str] = set()
+        self._running: dict[str, int] = {}  # id -> how many times it started (a restart changes it)
+        #: Pods' addresses on the pod network (none by default: the router uses ``exec`` and the work directory).
+        self.ips: dict[str, str] = {}
 
     def script(self, command: str, script: Script) -> None:
         self.scripts[command] = script
 
     def add(self, id: str) -> Path:
-        """Make sandbox ``id`` exist and run; its work directory."""
+        """Make pod sandbox ``id`` exist and run; its work directory."""
         self.workdir(id).mkdir(parents=True, exist_ok=True)
-        self._running.add(id)
+        self._running[id] = self._running.get(id, 0) + 1
         return self.workdir(id)
 
-    async def start(self, spec: SandboxSpec) -> RuntimeState:
-        self.add(spec.id)
-        return await self.state(spec.id)
+    async def run_pod_sandbox(self, config: PodSandboxConfig) -> PodSandboxStatus:
+        self.add(config.id)
+        return await self.pod_sandbox_status(config.id)
 
     async def stop(self, id: str) -> None:
-        self._running.discard(id)
+        """Stop the pod (its container no longer runs); ``add`` starts it again."""
+        await self.stop_pod_sandbox(id)
 
-    async def remove(self, id: str) -> None:
-        self._running.discard(id)
+    async def stop_pod_sandbox(self, id: str) -> None:
+        self._running.pop(id, None)
+
+    async def remove_pod_sandbox(self, id: str) -> None:
+        self._running.pop(id, None)
         shutil.rmtree(self.root / id, ignore_errors=True)
 
-    async def state(self, id: str) -> RuntimeState:
+    async def pod_sandbox_status(self, id: str) -> PodSandboxStatus:
         if id in self._running:
-            phase = Phase.RUNNING
-        else:
-            phase = Phase.STOPPED if (self.root / id).exists() else Phase.ABSENT
-        return RuntimeState(id=id, phase=phase, isolation=self.isolation)
+            return PodSandboxStatus(id=id, state=PodSandboxState.READY, isolation=self.isolation,
+                                    ip=self.ips.get(id, ""), containers=[await self.container_status(id, CONTAINER)])
+        state = PodSandboxState.NOT_READY if (self.root / id).exists() else PodSandboxState.ABSENT
+        return PodSandboxStatus(id=id, state=state, isolation=self.isolation)
 
-    async def list(self) -> list[str]:
+    async def list_pod_sandboxes(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir()) if self.root.exists() else []
 
-    async def spawn(
-        self,
-        id: str,
-        argv: Sequence[str],
-        *,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        stdin: bytes | None = None,
-    ) -> Process:
-        if id not in self._running:
-            raise SandboxNotRunning(f"sandbox {id} is not running")
+    async def start_container(self, id: str, container: ContainerConfig) -> ContainerStatus:
+        self.add(id)
+        return await self.container_status(id, container.name)
+
+    async def stop_container(self, id: str, name: str, grace: float) -> ContainerStatus:
+        await self.stop_pod_sandbox(id)
+        return await self.container_status(id, name)
+
+    async def container_status(self, id: str, name: str) -> ContainerStatus:
+        if id in self._running and name == CONTAINER:
+            return ContainerStatus(name=name, state=ContainerState.RUNNING, attempt=self._running[id],
+                                   container_id=f"fake://{id}-{self._running[id]}")
+        return ContainerStatus(name=name, state=ContainerState.EXITED, exit_code=0)
+
+    async def spawn(self, id: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+                    cwd: str | None = None, stdin: bytes | None = None,
+                    stdin_later: asyncio.Future[bytes] | None = None) -> Process:
+        """Start a scripted process (``exec`` calls this)."""
         self.spawns.append(Spawn(id=id, argv=tuple(argv), env=env, cwd=cwd, stdin=stdin))
         key = argv[2] if len(argv) == 3 and list(argv[:2]) == ["/bin/sh", "-c"] else " ".join(argv)
         script = self.scripts.get(key) or self.fallback(argv)
-        proc = FakeProcess(script, stdin)
+        proc = FakeProcess(script, stdin, stdin_later)
         self.processes.append(proc)
         return proc
 
-    def workdir(self, id: str) -> Path:
+    async def exec(self, id: str, name: str, argv: Sequence[str], *, tty: bool = False, stdin: bool = False,
+                   env: Mapping[str, str] | None = None, cwd: str | None = None) -> Stream:
+        if id not in self._running or name != CONTAINER:
+            raise SandboxNotRunning(f"container {name} of pod {id} is not running")
+        later: asyncio.Future[bytes] | None = asyncio.get_running_loop().create_future() if stdin else None
+        proc = await self.spawn(id, argv, env=env, cwd=cwd, stdin_later=later)
+        record = self.spawns[-1] if self.spawns and self.spawns[-1].argv == tuple(argv) else None
+        return _FakeStream(proc, record, later)
+
+    async def attach(self, id: str, name: str) -> Stream:
+        raise SandboxNotRunning(f"container {name} of pod {id} has no output to attach to")
+
+    def log_path(self, id: str, name: str, attempt: int) -> Path:
+        return self.root / id / "logs" / name / f"{attempt}.log"
+
+    def workdir(self, id: str, name: str = CONTAINER) -> Path:
         return self.root / id / "work"
 
 
@@ -221,6 +298,14 @@ class _Served:
     url: str = ""
     error: BaseException | None = None
     ready: threading.Event = field(default_factory=threading.Event)
+
+
+_LOOPS: dict[str, asyncio.AbstractEventLoop] = {}
+
+
+def loop_of(url: str) -> asyncio.AbstractEventLoop:
+    """The event loop serving ``url`` (from ``serve_in_thread``), to run coroutines next to the router."""
+    return _LOOPS[url]
 
 
 @contextmanager
@@ -249,9 +334,11 @@ def serve_in_thread(make_app: Callable[[], web.Application]) -> Iterator[str]:
         thread.join()
         loop.close()
         raise served.error
+    _LOOPS[served.url] = loop
     try:
         yield served.url
     finally:
+        _LOOPS.pop(served.url, None)
         loop.call_soon_threadsafe(stop.set)
         thread.join(timeout=30)
         loop.close()

@@ -16,7 +16,8 @@ The tree (HTTP code and the ``reason`` the router puts in its JSON body)::
         ├── PayloadTooLarge        (413 PayloadTooLarge)
         ├── TooManyRequests        (429 TooManyRequests: the sandbox runs all the commands it may)
         ├── SandboxNotReady        (503 SandboxNotReady, SandboxNotRunning, SandboxRestarting, ExecFailed)
-        └── InsufficientStorage    (507 InsufficientStorage: the sandbox's disk is full)
+        ├── InsufficientStorage    (507 InsufficientStorage: the sandbox's disk is full)
+        └── BadGateway             (502 BadGateway, 504 GatewayTimeout: a Pod's port, X-Sandbox-Port)
 
 ``error_from_response`` picks the class by ``reason`` first (a 404 may mean a
 missing file or a missing sandbox), then by status. Used by ``turbok.sdk.client``;
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AccessDenied",
+    "BadGateway",
     "BadRequest",
     "CommandFailed",
     "Conflict",
@@ -139,6 +141,11 @@ class InsufficientStorage(RouterError):
     reason = "InsufficientStorage"
 
 
+class BadGateway(RouterError):
+    status = 502
+    reason = "BadGateway"
+
+
 _BY_REASON: dict[str, type[RouterError]] = {
     cls.reason: cls
     for cls in (
@@ -152,8 +159,10 @@ _BY_REASON: dict[str, type[RouterError]] = {
         TooManyRequests,
         SandboxNotReady,
         InsufficientStorage,
+        BadGateway,
     )
 }
+_BY_REASON["GatewayTimeout"] = BadGateway
 _BY_REASON["SandboxNotRunning"] = SandboxNotReady
 _BY_REASON["SandboxRestarting"] = SandboxNotReady
 _BY_REASON["ExecFailed"] = SandboxNotReady
@@ -168,6 +177,8 @@ _BY_STATUS: dict[int, type[RouterError]] = {
     429: TooManyRequests,
     503: SandboxNotReady,
     507: InsufficientStorage,
+    502: BadGateway,
+    504: BadGateway,
 }
 
 

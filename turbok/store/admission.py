@@ -17,8 +17,10 @@ order:
    before a rule existed can still get its finalizers removed.
 3. LimitRanger's min/max/ratio per Container and Pod: 403 Forbidden.
 4. ResourceQuota: every quota in the namespace that tracks what this write
-   adds (an object, or a Sandbox's cpu/memory) must have room: 403 Forbidden
-   ``exceeded quota: ...``. Usage is counted from the store itself at the
+   adds (an object; a Pod's ``pods`` and cpu/memory, a claim's storage, a
+   Service's node ports: ``turbok.api.quota.usage``) must have room: 403
+   Forbidden ``exceeded quota: ...``; a new Pod must specify what a compute
+   quota tracks (``must specify limits.memory for: main``). Usage is counted from the store itself at the
    moment of the write, so it never drifts (a write admitted on a worker
    thread is checked again on the event loop just before its commit:
    ``recheck``); the quota controller copies it into ``status.used``.
@@ -31,9 +33,17 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from turbok.api import limitrange, podtemplate
+from turbok.api import dra, limitrange, podtemplate
 from turbok.api import quota as q
-from turbok.api.kinds import LIMIT_RANGE, RESOURCE_QUOTA, Kind, KindRegistry
+from turbok.api.kinds import (
+    LIMIT_RANGE,
+    NAMESPACE,
+    RESOURCE_CLAIM,
+    RESOURCE_CLAIM_TEMPLATE,
+    RESOURCE_QUOTA,
+    Kind,
+    KindRegistry,
+)
 from turbok.api.status import Forbidden, Invalid
 from turbok.store.sqlite import SqliteStore
 
@@ -54,7 +64,7 @@ class Admission:
     def __init__(self, db: SqliteStore, kinds: KindRegistry) -> None:
         self.db = db
         self.kinds = kinds
-        self._sandbox = next((k for k in kinds if q.is_sandbox(k)), None)
+        self._pod = next((k for k in kinds if not k.group and k.kind == "Pod"), None)
 
     def _objects(self, kind: Kind, namespace: str) -> list[Obj]:
         return [row.object() for _, _, row in self.db.rows(kind.key, namespace)]
@@ -67,6 +77,10 @@ class Admission:
             self._invalid(kind, name, limitrange.validate(obj))
         elif kind is RESOURCE_QUOTA:
             self._invalid(kind, name, q.validate(obj))
+        elif kind in (RESOURCE_CLAIM, RESOURCE_CLAIM_TEMPLATE) and old is None:
+            row = self.db.get(NAMESPACE.key, "", namespace)
+            labels = (row.object()["metadata"].get("labels") or {}) if row is not None else {}
+            self._invalid(kind, name, dra.admin_access_causes(obj, labels))
         path = _POD_TEMPLATES.get((kind.group, kind.kind))
         if path is None:
             self._quota(kind, obj, old, namespace, name)
@@ -109,21 +123,21 @@ class Admission:
     def _quota(self, kind: Kind, obj: Obj, old: Obj | None, namespace: str, name: str) -> None:
         if not kind.namespaced or not self.db.count(RESOURCE_QUOTA.key, namespace):
             return
-        sandbox = q.is_sandbox(kind)
-        compute: dict[str, Decimal] = {}
-        if sandbox:
-            before = q.sandbox_usage(old) if old is not None else {}
-            for resource, amount in q.sandbox_usage(obj).items():
+        grown: dict[str, Decimal] = {}
+        after = q.usage(kind, obj)
+        if after:
+            before = q.usage(kind, old) if old is not None else {}
+            for resource, amount in after.items():
                 if amount > before.get(resource, Decimal(0)):
-                    compute[resource] = amount - before.get(resource, Decimal(0))
-        if old is not None and not compute:
+                    grown[resource] = amount - before.get(resource, Decimal(0))
+        if old is not None and not grown:
             return  # an update that adds nothing a quota counts
         for quota in self._objects(RESOURCE_QUOTA, namespace):
             hard = q.hard_of(quota)
             what = q.tracked(hard, self.kinds)
             asked = {r: Decimal(1) for r, counted in what.counts.items() if counted is kind and old is None}
-            asked.update({r: v for r, v in compute.items() if r in what.compute})
-            if sandbox and what.compute and (old is None or _pod_template(old) != _pod_template(obj)):
+            asked.update({r: v for r, v in grown.items() if what.usage.get(r) is kind})
+            if kind is self._pod and what.compute and (old is None or old.get("spec") != obj.get("spec")):
                 missing = q.unspecified(obj, what.compute)
                 if missing:
                     raise self._forbidden(kind, name, f"failed quota: {quota['metadata']['name']}: must specify "
@@ -139,9 +153,8 @@ class Admission:
         for resource, counted_kind in what.counts.items():
             if resource in asked:
                 used[resource] = Decimal(self.db.count(counted_kind.key, namespace))
-        if self._sandbox is not None and any(r in what.compute for r in asked):
-            for sandbox in self._objects(self._sandbox, namespace):
-                for resource, amount in q.sandbox_usage(sandbox).items():
+        for summed in {what.usage[r] for r in asked if r in what.usage}:
+            for obj in self._objects(summed, namespace):
+                for resource, amount in q.usage(summed, obj).items():
                     used[resource] = used.get(resource, Decimal(0)) + amount
         return used
-

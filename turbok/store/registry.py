@@ -6,7 +6,7 @@ turbok needs for Namespaces:
 - create: apiVersion/kind/namespace checks, ``generateName``, pruning of
   unknown fields (``fieldValidation`` Ignore/Warn/Strict), defaulting, schema
   and metadata validation (422 with field causes, nothing stored), uid,
-  creationTimestamp, generation 1; status is dropped where a status
+  creationTimestamp, generation 1 (where the kind has one); status is dropped where a status
   subresource exists; namespaces must exist and not be terminating.
 - update: optimistic concurrency on ``metadata.resourceVersion`` (409), the
   main resource cannot change status and the status subresource changes
@@ -33,16 +33,18 @@ from __future__ import annotations
 import base64
 import builtins
 import copy
+import datetime as dt
 import json
 import logging
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from turbok.api import gotypes, pod, schema
 from turbok.api import meta as m
-from turbok.api import schema
-from turbok.api.kinds import NAMESPACE, Kind, KindRegistry
+from turbok.api.kinds import BUILTIN, NAMESPACE, NETWORK_POLICY, POD, SERVICE, Kind, KindRegistry
 from turbok.api.patch import apply_patch, check_patch_type
 from turbok.api.status import (
     AlreadyExists,
@@ -54,8 +56,10 @@ from turbok.api.status import (
     NotFound,
 )
 from turbok.store.admission import Admission
+from turbok.store.allocator import ServiceAllocator, service_cidr
 from turbok.store.eventttl import EventTTL
 from turbok.store.sqlite import Row, SqliteStore
+from turbok.store.strategy import strategy_of
 from turbok.store.watch import Event, Watcher, WatchHub
 from turbok.store.workers import Raced, Workers, names_version, on_loop, worker_loop
 
@@ -113,6 +117,7 @@ class ObjectRegistry:
         self._workers = Workers()
         self._event_ttl = EventTTL(self)
         self.admission = Admission(db, kinds)
+        self.services = ServiceAllocator(db, service_cidr())
 
     # ------------------------------------------------------------ reads
 
@@ -184,23 +189,26 @@ class ObjectRegistry:
 
         by_fields = field_selector is not None and not field_selector.metadata_only()
 
-        def matches(ns_: str, name: str, labels: dict[str, str] | None, ev: Event | None = None) -> bool:
+        def matches(ns_: str, name: str, labels: dict[str, str] | None, ev: Event,
+                    fields: dict[str, str] | None) -> bool:
             if labels is None:
                 return False
             if ns is not None and ns_ != ns:
                 return False
             if field_selector:
-                # Fields beyond name and namespace (an event's involvedObject.*) are read from the object as
-                # committed; only labels are compared before and after a change.
-                target = ev.object() if by_fields and ev is not None else {"metadata": {"name": name,
-                                                                                        "namespace": ns_}}
-                if not field_selector.matches(target):
+                values = {"metadata.name": name, "metadata.namespace": ns_}
+                if by_fields:
+                    # The kind's selectable fields as they were after and before the change (a Pod bound
+                    # to a node is ADDED to that node's watch); read from the object when not recorded.
+                    values.update(fields if fields is not None else
+                                  m.field_values(ev.object(), kind.field_selectors))
+                if not field_selector.matches_values(values):
                     return False
             return not label_selector or label_selector.matches(labels)
 
         def filter_(ev: Event) -> str | None:
-            now_ = matches(ev.namespace, ev.name, ev.labels, ev) if ev.type != "DELETED" else False
-            before = matches(ev.namespace, ev.name, ev.prev_labels, ev)
+            now_ = matches(ev.namespace, ev.name, ev.labels, ev, ev.fields) if ev.type != "DELETED" else False
+            before = matches(ev.namespace, ev.name, ev.prev_labels, ev, ev.prev_fields)
             if ev.type == "DELETED":
                 return "DELETED" if before else None
             if now_ and before:
@@ -232,7 +240,14 @@ class ObjectRegistry:
             md.setdefault("labels", {})["kubernetes.io/metadata.name"] = md.get("name", "")
             obj["spec"] = {"finalizers": [NAMESPACE_FINALIZER]}
             obj["status"] = {"phase": "Active"}
+        self._go_decode(kind, obj)
         self._admit(kind, obj, None, opts)
+        strategy = strategy_of(kind)
+        strategy.default(obj)
+        strategy.prepare_create(obj)
+        self._invalid(kind, obj, strategy.validate(obj))
+        if kind is SERVICE:
+            self.services.allocate(obj)
         name = md["name"]
         ns = md.get("namespace", "")
         if kind.namespaced:
@@ -248,7 +263,8 @@ class ObjectRegistry:
                                 group=kind.group, name=name)
         md["uid"] = str(uuid.uuid4())
         md["creationTimestamp"] = m.now()
-        md["generation"] = 1
+        if _has_generation(kind):
+            md["generation"] = 1
         if opts.dry_run:
             return obj
         return self._commit(kind, obj, None)
@@ -274,8 +290,8 @@ class ObjectRegistry:
         if uid and uid != current["metadata"].get("uid"):
             raise Conflict(f"Precondition failed: UID in precondition: {uid}, UID in object meta: "
                            f"{current['metadata'].get('uid')}", kind=kind.plural, group=kind.group, name=name)
-        # Custom resources need a resourceVersion on update; core Namespaces may be updated unconditionally.
-        if not rv and require_rv and kind is not NAMESPACE:
+        # Custom resources need a resourceVersion on update; built-in kinds may be updated unconditionally.
+        if not rv and require_rv and kind is not NAMESPACE and kind not in BUILTIN:
             raise Invalid.of(kind=kind.kind, group=kind.group, name=name, causes=[
                 Cause("metadata.resourceVersion", "Invalid value: 0x0: must be specified for an update")])
         if rv and str(rv) != str(row.rv):
@@ -283,6 +299,10 @@ class ObjectRegistry:
                 f'Operation cannot be fulfilled on {kind.qualified} "{name}": the object has been modified; '
                 "please apply your changes to the latest version and try again",
                 kind=kind.plural, group=kind.group, name=name)
+        if subresource is None:
+            self._go_decode(kind, new)
+        elif kind in BUILTIN and (message := gotypes.message_of(kind.api_version, kind.kind)):
+            gotypes.drop_zeros(new, message)
         if subresource == "status":
             merged = copy.deepcopy(current)
             if "status" in new:
@@ -314,25 +334,38 @@ class ObjectRegistry:
         if subresource == "status" and "status" in (kind.schema.get("properties") or {}):
             # Only status changed, and the rest was valid when stored: check what changed.
             self._admit(kind, merged, current, opts, only={"status"})
+            strategy = strategy_of(kind)
+            strategy.prepare_status_update(merged, current)
+            self._invalid(kind, merged, strategy.validate_status_update(merged, current))
         else:
             self._admit(kind, merged, current, opts)
         if subresource is None:
+            strategy = strategy_of(kind)
+            strategy.default(merged)
+            strategy.prepare_update(merged, current)
+            self._invalid(kind, merged, strategy.validate_update(merged, current))
+            if kind is SERVICE:
+                self.services.allocate(merged, current)
             self.admission.admit(kind, merged, current)
         # Compared after pruning and defaulting: re-sending what the server defaulted is no change.
-        if subresource is None and _body(merged) != _body(current):
+        if subresource is None and _has_generation(kind) and _body(merged) != _body(current):
             merged["metadata"]["generation"] = int(current["metadata"].get("generation", 1)) + 1
         merged["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
         if merged == current or opts.dry_run:
             return merged
-        if merged["metadata"].get("deletionTimestamp") and not _finalizers(kind, merged):
+        # A Pod still in its grace period stays until the node deletes it with gracePeriodSeconds=0.
+        if merged["metadata"].get("deletionTimestamp") and not _finalizers(kind, merged) \
+                and not merged["metadata"].get("deletionGracePeriodSeconds"):
             return self._remove(kind, merged, current)
         return self._commit(kind, merged, current)
 
     def patch(self, kind: Kind, namespace: str | None, name: str, content_type: str, patch: Any, *,
               subresource: str | None = None, opts: WriteOptions | None = None) -> Obj:
-        check_patch_type(content_type, builtin=kind.group == "")  # 415 comes before 404, as in kube-apiserver
+        # NetworkPolicy's and resource.k8s.io's lists have no merge keys: replaced (as kube's are)
+        builtin = kind.group in ("", "resource.k8s.io") or kind == NETWORK_POLICY
+        check_patch_type(content_type, builtin=builtin)  # 415 comes before 404, as in kube-apiserver
         current = self.get(kind, namespace or "", name)
-        patched = _apply_patch(kind, name, current, content_type, patch, builtin=kind.group == "")
+        patched = _apply_patch(kind, name, current, content_type, patch, builtin=builtin)
         if not isinstance(patched.get("metadata"), dict):
             raise BadRequest("metadata must be an object")
         patched["metadata"].setdefault("resourceVersion", current["metadata"]["resourceVersion"])
@@ -348,7 +381,9 @@ class ObjectRegistry:
             raise Raced(e.message, kind=e.kind, group=e.group, name=e.name) from None
 
     def delete(self, kind: Kind, namespace: str | None, name: str, *, propagation: str | None = None,
-               preconditions: dict[str, Any] | None = None, opts: WriteOptions | None = None) -> Obj:
+               preconditions: dict[str, Any] | None = None, grace_period_seconds: int | None = None,
+               opts: WriteOptions | None = None) -> Obj:
+        """DELETE semantics: the object as removed, or as it stays (finalizers, a Pod's grace period)."""
         opts = opts or WriteOptions()
         row = self._row(kind, namespace or "", name)
         current = row.object()
@@ -363,9 +398,14 @@ class ObjectRegistry:
             raise Conflict(f"Precondition failed: ResourceVersion in precondition: {pre['resourceVersion']}, "
                            f"ResourceVersion in object meta: {row.rv}", kind=kind.plural, group=kind.group,
                            name=name)
-        if opts.dry_run:
-            return current
+        if grace_period_seconds is not None and grace_period_seconds < 0:
+            grace_period_seconds = 1  # as kube-apiserver: a negative period is one second
         obj = copy.deepcopy(current)
+        graceful = self._graceful(kind, obj, grace_period_seconds)
+        if graceful is None:
+            return current  # a graceful deletion is already under way and this one would not shorten it
+        if opts.dry_run:
+            return obj if graceful else current
         finalizers: list[str] = obj["metadata"].setdefault("finalizers", [])
         if propagation == "Foreground" and FOREGROUND not in finalizers:
             finalizers.append(FOREGROUND)
@@ -375,7 +415,7 @@ class ObjectRegistry:
             obj["metadata"].pop("finalizers")
         if kind is NAMESPACE:
             obj.setdefault("status", {})["phase"] = "Terminating"
-        if not _finalizers(kind, obj):
+        if not _finalizers(kind, obj) and not (graceful and obj["metadata"]["deletionGracePeriodSeconds"]):
             return self._remove(kind, obj, current)
         if not obj["metadata"].get("deletionTimestamp"):
             obj["metadata"]["deletionTimestamp"] = m.now()
@@ -383,6 +423,55 @@ class ObjectRegistry:
         if obj == current:
             return current
         return self._commit(kind, obj, current)
+
+    def _graceful(self, kind: Kind, obj: Obj, requested: int | None) -> bool | None:
+        """Set a graceful deletion's timestamp and period on ``obj`` (kube's ``rest.BeforeDelete``).
+
+        True when it did, False when the kind (or the object's state) wants no grace, None when a
+        graceful deletion is pending that this request does not shorten.
+        """
+        grace = strategy_of(kind).grace_period
+        md = obj["metadata"]
+        if grace is None:
+            return False
+        if md.get("deletionTimestamp"):
+            current = md.get("deletionGracePeriodSeconds")
+            if not current:
+                return False
+            if requested is None or requested >= current:
+                return None
+            started = m.parse_time(md["deletionTimestamp"]) - dt.timedelta(seconds=current)
+            md["deletionTimestamp"] = _timestamp(started + dt.timedelta(seconds=requested))
+            md["deletionGracePeriodSeconds"] = requested
+            return True
+        period = grace(obj, requested)
+        md["deletionTimestamp"] = _timestamp(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=period))
+        md["deletionGracePeriodSeconds"] = period
+        if md.get("generation"):
+            md["generation"] = int(md["generation"]) + 1
+        return True
+
+    # ------------------------------------------------------------ subresources that create
+
+    def create_subresource(self, kind: Kind, namespace: str, name: str, subresource: str, body: Any, *,
+                           opts: WriteOptions | None = None) -> Obj:
+        """POST to ``pods/binding`` or ``pods/eviction``: the Status kube-apiserver answers (201)."""
+        opts = opts or WriteOptions()
+        if kind is not POD or subresource not in ("binding", "eviction"):
+            raise NotFound(f"{kind.qualified}/{subresource} cannot be created")
+        current = self.get(kind, namespace, name)
+        if subresource == "binding":
+            node = pod.check_binding(name, body)
+            bound = pod.bind(current, node, (body.get("metadata") or {}).get("annotations"))
+            if not opts.dry_run:
+                self._commit(kind, bound, current)
+        else:
+            options = pod.check_eviction(name, namespace, body)
+            pre = options.get("preconditions")
+            self.delete(kind, namespace, name, preconditions=pre if isinstance(pre, dict) else None,
+                        grace_period_seconds=_optional_int(options.get("gracePeriodSeconds")),
+                        opts=WriteOptions(dry_run=opts.dry_run or bool(options.get("dryRun"))))
+        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}
 
     # ------------------------------------------------------------ scale subresource
 
@@ -456,7 +545,9 @@ class ObjectRegistry:
             causes = self._admit_part(kind, obj, part, part_schema, old_part, opts)
             obj.update(part)
         else:
-            causes = m.validate_metadata(obj["metadata"], label_name=kind is NAMESPACE)
+            name = obj["metadata"].get("name")
+            label = kind is NAMESPACE or (kind is SERVICE and "." not in str(name))  # DNS-1123 labels
+            causes = m.validate_metadata(obj["metadata"], label_name=label)
             causes += self._admit_part(kind, obj, obj, kind.schema, old, opts)
         if causes:
             raise Invalid.of(kind=kind.kind, group=kind.group, name=obj["metadata"].get("name", ""), causes=causes)
@@ -475,7 +566,29 @@ class ObjectRegistry:
         if dropped and opts.field_validation != "Ignore":
             opts.warnings.extend(f'unknown field "{p}"' for p in dropped)
         schema.default(part, part_schema)
+        if kind in BUILTIN:
+            # Built-in kinds are Go types: a wrong type is a decoding error (400); their rules are Go code
+            # (``strategy``), not their OpenAPI schema's.
+            wrong = schema.validate(part, part_schema, types_only=True)
+            if wrong:
+                raise BadRequest(f'{kind.kind} in version "{kind.version}" cannot be handled as a {kind.kind}: '
+                                 f"json: {_decoding_error(wrong[0])}", kind=kind.kind, group=kind.group,
+                                 name=obj["metadata"].get("name", ""))
+            return []
         return schema.validate(part, part_schema, old) if old is not None else schema.validate(part, part_schema)
+
+    @staticmethod
+    def _go_decode(kind: Kind, obj: Obj) -> None:
+        """What decoding into kube's Go types does to a built-in object: zero values of plain fields
+        dropped (``gotypes``), then the kind's own decoding (a Secret's ``stringData``)."""
+        if kind in BUILTIN and (message := gotypes.message_of(kind.api_version, kind.kind)):
+            gotypes.drop_zeros(obj, message)
+        strategy_of(kind).decode(obj)
+
+    @staticmethod
+    def _invalid(kind: Kind, obj: Obj, causes: builtins.list[Cause]) -> None:
+        if causes:
+            raise Invalid.of(kind=kind.kind, group=kind.group, name=obj["metadata"].get("name", ""), causes=causes)
 
     def _check_namespace_open(self, namespace: str) -> None:
         row = self.db.get(NAMESPACE.key, "", namespace)
@@ -501,7 +614,7 @@ class ObjectRegistry:
         row = self.db.put(kind.key, md.get("namespace", ""), md["name"], obj, encoded=encoded)
         prev_labels = (prev["metadata"].get("labels") or {}) if prev else None
         self.hub.publish(Event("MODIFIED" if prev else "ADDED", kind.key, md.get("namespace", ""), md["name"],
-                               row.rv, row.data, row.labels, prev_labels))
+                               row.rv, row.data, row.labels, prev_labels, *self._fields(kind, obj, prev)))
         return obj
 
     def _remove(self, kind: Kind, obj: Obj, prev: Obj) -> Obj:
@@ -515,8 +628,16 @@ class ObjectRegistry:
         labels = md.get("labels") or {}
         self.hub.publish(Event("DELETED", kind.key, md.get("namespace", ""), md["name"], rev,
                                json.dumps(obj, separators=(",", ":")), labels,
-                               prev["metadata"].get("labels") or {}))
+                               prev["metadata"].get("labels") or {}, *self._fields(kind, obj, prev)))
         return obj
+
+    @staticmethod
+    def _fields(kind: Kind, obj: Obj, prev: Obj | None) -> tuple[dict[str, str] | None, dict[str, str] | None]:
+        """The selectable fields of the object after and before a change, for field-selected watches."""
+        if not kind.field_selectors:
+            return None, None
+        return (m.field_values(obj, kind.field_selectors),
+                m.field_values(prev, kind.field_selectors) if prev is not None else None)
 
     def _unchanged_since(self, kind: Kind, md: Obj, prev: Obj | None) -> None:
         """The stored object is still ``prev`` (absent for a create). Always so on the event loop; an
@@ -604,6 +725,34 @@ def _scale_of(kind: Kind, obj: Obj) -> Obj:
         "spec": {"replicas": _get_path(obj, kind.scale.spec_replicas_path) or 0},
         "status": status,
     }
+
+
+def _has_generation(kind: Kind) -> bool:
+    """Custom resources, Namespaces, Events, Pods, EndpointSlices, NetworkPolicies, DeviceClasses and
+    ResourceSlices count generations; the other built-in kinds have none, as in kube-apiserver."""
+    return kind not in BUILTIN or kind is POD or kind.kind in ("EndpointSlice", "NetworkPolicy", "DeviceClass",
+                                                               "ResourceSlice")
+
+
+def _decoding_error(cause: Cause) -> str:
+    """A schema type error as Go's JSON decoder words it: ``cannot unmarshal string into Go struct field ...``."""
+    found = cause.message.removeprefix("Invalid value: ").split(":", 1)[0].strip('"')
+    found = {"integer": "number", "boolean": "bool"}.get(found, found)
+    wanted = cause.message.rsplit(" must be of type ", 1)[-1].split(":")[0]
+    field_ = re.sub(r"\[\d+\]", "", cause.field)
+    return f"cannot unmarshal {found} into Go struct field {field_} of type {wanted}"
+
+
+def _timestamp(when: dt.datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _optional_int(value: Any) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise BadRequest(f"gracePeriodSeconds must be an integer, not {value!r}")
+    return value
 
 
 def _encode_continue(namespace: str, name: str) -> str:

@@ -10,9 +10,9 @@ client re-lists. After a restart the window starts at the revision the store
 was opened at. A watcher whose queue grows past its bounds (events or bytes) is
 ended; its client resumes from the last resourceVersion it saw.
 
-Selectors are applied per event with the object's previous labels, so a
-watcher sees ADDED when an object starts matching and DELETED when it stops,
-as the watch cache does. Events are encoded once and shared by all watchers.
+Selectors are applied per event with the object's previous labels and
+selectable fields, so a watcher sees ADDED when an object starts matching and
+DELETED when it stops, as the watch cache does. Events are encoded once and shared by all watchers.
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ class Event:
     data: str  # the object as JSON
     labels: dict[str, str]
     prev_labels: dict[str, str] | None  # None for ADDED
+    #: The kind's selectable fields (``Kind.field_selectors``) after and before the change, when it has any.
+    fields: dict[str, str] | None = None
+    prev_fields: dict[str, str] | None = None
     _lines: dict[str, bytes] = field(default_factory=dict, repr=False)
 
     @property

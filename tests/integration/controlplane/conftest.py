@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -78,7 +79,7 @@ def template(name: str, **spec: Any) -> Obj:
     return {"apiVersion": EXT, "kind": "SandboxTemplate", "metadata": {"name": name},
             "spec": {"podTemplate": {"spec": {"containers": [{
                 "name": "main", "image": "python-runtime-sandbox",
-                "resources": {"limits": {"cpu": "1", "memory": "256Mi"}}}]}}, **spec}}
+                "resources": {"limits": {"cpu": "500m", "memory": "256Mi"}}}]}}, **spec}}
 
 
 def pool(name: str, template_name: str, replicas: int) -> Obj:
@@ -100,7 +101,10 @@ def sandbox(name: str, **spec: Any) -> Obj:
 @pytest.fixture
 def kube(control_plane: ControlPlaneProcess, request: pytest.FixtureRequest) -> Iterator[Kube]:
     """A fresh namespace on the shared control plane, deleted (with its sandboxes) afterwards."""
-    name = "it-" + request.node.name.replace("_", "-").lower()[:50].rstrip("-")
+    # Parametrized tests share a prefix; a hash of the whole name keeps their namespaces apart while the
+    # previous one is still terminating.
+    digest = hashlib.sha256(request.node.name.encode()).hexdigest()[:6]
+    name = "it-" + request.node.name.replace("_", "-").lower()[:50].rstrip("-") + "-" + digest
     k = Kube(control_plane, name)
     ns_res = k.api.resource("namespaces")
     k.api.create(ns_res, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})

@@ -20,9 +20,9 @@ import pytest
 
 from tests.conftest import ControlPlaneProcess
 from turbok.runtime import loopdev
-from turbok.runtime.base import sandbox_id
-from turbok.runtime.gvisor import RunscRuntime
-from turbok.runtime.local import HOME_RESERVE_BYTES
+from turbok.runtime.ids import sandbox_id
+from turbok.runtime.pods import HOME_RESERVE_BYTES
+from turbok.runtime.pods_gvisor import GvisorPodRuntime
 
 from .conftest import Kube, sandbox
 
@@ -68,7 +68,7 @@ def test_a_full_home_degrades_clearly_and_every_sandbox_recovers_without_a_resta
 ) -> None:
     cp = make_control_plane(small_home)
     kube = Kube(cp, "default")
-    runtime = RunscRuntime(small_home / "sandboxes")  # the test's own view of the same sandboxes
+    runtime = GvisorPodRuntime(small_home / "pods")  # the test's own view of the same pods
     rid = {}
     for name in ("a", "b"):
         obj = kube.create(with_disk(name, "32Mi"))
@@ -80,14 +80,17 @@ def test_a_full_home_degrades_clearly_and_every_sandbox_recovers_without_a_resta
     #    says why; so does one that must start again (its sandbox stopped under it).
     fill(small_home / "filler-1", leave=HOME_RESERVE_BYTES // 4)
     kube.create(with_disk("c", "32Mi"))
-    asyncio.run(runtime.stop(rid["a"]))
+    asyncio.run(runtime.stop_pod_sandbox(rid["a"]))
     for name in ("a", "c"):
-        kube.wait(lambda n=name: "no space left for sandboxes" in ready_message(kube, n), timeout=60,
-                  what=f"sandbox {name} saying the home is full")
+        try:
+            kube.wait(lambda n=name: "no space left for pods" in ready_message(kube, n), timeout=60,
+                      what=f"sandbox {name} saying the home is full")
+        except AssertionError as e:
+            raise AssertionError(f"{ready_message(kube, name)}\n{e}") from None
         assert ready_message(kube, name).startswith("False/")
 
     # 2. Completely full (the store cannot write either), and a sandbox must start meanwhile.
-    asyncio.run(runtime.stop(rid["b"]))
+    asyncio.run(runtime.stop_pod_sandbox(rid["b"]))
     fill(small_home / "filler-2", leave=0)
     # Writes inside a running sandbox fail now rather than reach the host (its disk is sparse).
     asyncio.run(asyncio.sleep(8))  # the controllers meet the full disk: failed starts, failed writes

@@ -1,4 +1,9 @@
-"""A real gVisor sandbox (RunscRuntime) behind a real router on loopback, shared by the module."""
+"""Real gVisor pod sandboxes (``GvisorPodRuntime``, on a pod network of the test's own) behind a real router
+on loopback, shared by the module.
+
+``live`` is one Ready sandbox (``default/live``: one container ``main`` of the built-in runtime image, with
+its sandboxd agent) behind a router with a 1 MiB output cap. ``boxes`` starts and removes more.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from turbok.runtime.base import SandboxSpec, sandbox_id
-from turbok.runtime.base_image import base_image_info, build_base_image
-from turbok.runtime.gvisor import RunscRuntime
-from turbok.runtime.images import BASE_IMAGE, ImageStore
+from tests.integration.sandboxd.boxes import Boxes
+from turbok.runtime.pods_gvisor import GvisorPodRuntime
 from turbok.sandboxd import StaticResolver, create_router_app
 from turbok.sandboxd.testing import serve_in_thread
 from turbok.sdk import SandboxConnection
@@ -27,41 +30,48 @@ OUTPUT_LIMIT = 1024 * 1024
 class Live:
     url: str
     token: str
-    runtime: RunscRuntime
+    runtime: GvisorPodRuntime
+    boxes: Boxes
     sandbox_id: str
     name: str = "live"
     namespace: str = "default"
 
     @property
     def workdir(self) -> Path:
-        return self.runtime.workdir(self.sandbox_id)
+        found = self.runtime.workdir(self.sandbox_id, "main")
+        assert found is not None
+        return found
+
+    @property
+    def ip(self) -> str:
+        return self.boxes.ip(self.sandbox_id)
 
     def connect(self) -> SandboxConnection:
         return SandboxConnection(self.url, self.token, self.namespace, self.name, timeout=30)
 
 
 @pytest.fixture(scope="module")
-def live() -> Iterator[Live]:
-    store = ImageStore()
-    if base_image_info(store) is None:
-        build_base_image(store)  # once per machine; about 30 s (mmdebstrap from a Debian mirror)
+def boxes() -> Iterator[Boxes]:
     root = Path(tempfile.mkdtemp(prefix="turbok-sandboxd-it-"))
-    runtime = RunscRuntime(root, store)
-    sid = sandbox_id(f"sandboxd-integration-{root.name}")
-    asyncio.run(runtime.start(SandboxSpec(id=sid, hostname="live", image=BASE_IMAGE)))
+    made = Boxes(root)
     try:
-        resolver = StaticResolver({("default", "live"): sid})
-
-        def make():  # type: ignore[no-untyped-def]
-            return create_router_app(
-                runtime=runtime, resolver=resolver, token=TOKEN, output_limit=OUTPUT_LIMIT
-            )
-
-        with serve_in_thread(make) as url:
-            yield Live(url=url, token=TOKEN, runtime=runtime, sandbox_id=sid)
+        yield made
     finally:
-        asyncio.run(runtime.remove(sid))
+        made.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def live(boxes: Boxes) -> Iterator[Live]:
+    sid = boxes.start("live")
+    resolver = StaticResolver({("default", "live"): sid})
+
+    def make():  # type: ignore[no-untyped-def]
+        return create_router_app(runtime=boxes.runtime, resolver=resolver, token=TOKEN, output_limit=OUTPUT_LIMIT)
+
+    with serve_in_thread(make) as url:
+        yield Live(url=url, token=TOKEN, runtime=boxes.runtime, boxes=boxes, sandbox_id=sid)
+    asyncio.run(boxes.runtime.remove_pod_sandbox(sid))
 
 
 @pytest.fixture

@@ -11,7 +11,14 @@ from typing import Any
 
 import pytest
 
-from turbok.api.limitrange import apply_builtin_defaults, apply_defaults, set_defaults, validate, violations
+from turbok.api.limitrange import (
+    BUILTIN_DEFAULT_REQUESTS,
+    apply_builtin_defaults,
+    apply_defaults,
+    set_defaults,
+    validate,
+    violations,
+)
 from turbok.api.podtemplate import validate_pod_template
 from turbok.api.quantity import format_quantity, parse_quantity
 
@@ -156,7 +163,24 @@ def test_builtin_defaults_fill_only_what_is_unset_and_never_go_below_a_request()
     pod = {"containers": [{"name": "a", "image": "x"},
                           {"name": "b", "image": "x", "resources": {"requests": {"cpu": "3"},
                                                                     "limits": {"memory": "0"}}}]}
-    apply_builtin_defaults(pod, {"cpu": "1", "memory": "2Gi"})
-    assert pod["containers"][0]["resources"] == {"limits": {"cpu": "1", "memory": "2Gi"}}
+    apply_builtin_defaults(pod, {"cpu": "1", "memory": "2Gi"}, {"cpu": "1m", "memory": "12Mi"})
+    # A built-in limit brings the built-in request (an idle sandbox's), not a request equal to the limit.
+    assert pod["containers"][0]["resources"] == {"limits": {"cpu": "1", "memory": "2Gi"},
+                                                 "requests": {"cpu": "1m", "memory": "12Mi"}}
     assert pod["containers"][1]["resources"]["limits"] == {"memory": "0", "cpu": "3"}
     assert parse_quantity(pod["containers"][1]["resources"]["limits"]["cpu"]) == Decimal(3)
+    assert pod["containers"][1]["resources"]["requests"] == {"cpu": "3"}  # its own; memory "0" is no limit
+
+
+def test_builtin_requests_are_small_enough_to_fill_the_node_with_idle_sandboxes() -> None:
+    pod = {"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "x", "resources": {"limits": {
+        "memory": "64Mi"}}}, {"name": "c", "image": "x", "resources": {"limits": {"cpu": "500m"}}}]}
+    apply_builtin_defaults(pod)
+    plain, limited, cpu_only = (c["resources"] for c in pod["containers"])
+    assert plain["requests"] == BUILTIN_DEFAULT_REQUESTS
+    requests = {r: parse_quantity(v) for r, v in plain["requests"].items()}
+    limits = {r: parse_quantity(v) for r, v in plain["limits"].items()}
+    assert requests["cpu"] * 50 <= limits["cpu"] and requests["memory"] * 50 <= limits["memory"]  # a 50th at most
+    # A limit the user gave is also its request (kube's defaulting): only the built-in one brings a request.
+    assert limited["requests"] == {"cpu": BUILTIN_DEFAULT_REQUESTS["cpu"]}
+    assert cpu_only["requests"] == {"memory": BUILTIN_DEFAULT_REQUESTS["memory"]}

@@ -62,7 +62,7 @@ def test_decode_namespace_and_delete_options() -> None:
     ns = protobuf.decode(namespace("team", {"a": "b", "c": "d"}, {"note": "x"}))
     assert ns == {"apiVersion": "v1", "kind": "Namespace",
                   "metadata": {"name": "team", "labels": {"a": "b", "c": "d"}, "annotations": {"note": "x"},
-                               "finalizers": ["example.com/hold"]}}
+                               "finalizers": ["example.com/hold"]}, "spec": {}, "status": {}}
     opts = protobuf.decode(delete_options("Foreground", uid="u-1", dry_run=True, grace=0))
     assert opts == {"gracePeriodSeconds": 0, "preconditions": {"uid": "u-1"}, "propagationPolicy": "Foreground",
                     "dryRun": ["All"]}
@@ -75,9 +75,9 @@ def test_malformed_protobuf_is_a_bad_request(body: bytes) -> None:
         protobuf.decode(body)
 
 
-def test_other_protobuf_kinds_are_415() -> None:
+def test_kinds_of_groups_not_served_are_415() -> None:
     with pytest.raises(UnsupportedMediaType, match="send JSON"):
-        protobuf.decode(envelope("v1", "Pod", b""))
+        protobuf.decode(envelope("apps/v1", "Deployment", b""))
 
 
 async def test_kubectl_create_namespace_over_protobuf(server: Server, api: Api) -> None:

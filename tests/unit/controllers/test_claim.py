@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 
 from turbok.api import meta as m
+from turbok.api.kinds import POD
 from turbok.controllers import labels as lb
-from turbok.runtime.base import sandbox_id
 
 from .conftest import Cluster, claim, pool, sandbox, template
 
@@ -24,6 +24,8 @@ def _later(seconds: float) -> str:
 
 async def test_warm_adoption_moves_ownership_and_strips_pool_labels(cluster: Cluster) -> None:
     await _ready_pool(cluster)
+    pods_before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in cluster.pods()}
+    started_before = list(cluster.node.started)
     body = claim("c")
     body["metadata"]["labels"] = {lb.CREATED_BY: "python-client"}
     created = cluster.create(body)
@@ -39,6 +41,20 @@ async def test_warm_adoption_moves_ownership_and_strips_pool_labels(cluster: Clu
     assert sb["metadata"]["ownerReferences"] == [lb.owner_ref(created)]
     assert sb["metadata"]["annotations"][lb.POD_NAME] == name
     assert m.condition(obj, "Ready")["observedGeneration"] == 1
+    pod_labels = sb["spec"]["podTemplate"]["metadata"]["labels"]
+    assert lb.WARM_POOL_SANDBOX not in pod_labels and lb.TEMPLATE_HASH not in pod_labels
+    assert pod_labels[lb.CLAIM_UID] == created["metadata"]["uid"]
+    assert pod_labels[lb.TEMPLATE_REF_HASH] == lb.name_hash("tpl")
+    assert pod_labels[lb.CREATED_BY] == "python-client"
+    # The running Pod is kept (no boot): relabelled as upstream's updatePodMetadata does, owned by its Sandbox.
+    pod = await cluster.wait(lambda: (p := cluster.get(POD, name)) and lb.WARM_POOL_SANDBOX not in p["metadata"][
+        "labels"] and p, what="the Pod relabelled")
+    assert pod["metadata"]["uid"] == pods_before[name]
+    assert name not in cluster.node.started[len(started_before):]  # (the pool's refill may have started since)
+    assert pod["metadata"]["labels"][lb.TEMPLATE_REF_HASH] == lb.name_hash("tpl")
+    assert pod["metadata"]["labels"][lb.CREATED_BY] == "python-client"
+    assert pod["metadata"]["ownerReferences"] == [lb.owner_ref(sb)]
+    assert pod["metadata"]["annotations"][lb.SANDBOX_IDENTITY] == sb["metadata"]["uid"]
 
 
 async def test_claim_with_env_starts_cold_under_allowed_policy(cluster: Cluster) -> None:
@@ -48,7 +64,7 @@ async def test_claim_with_env_starts_cold_under_allowed_policy(cluster: Cluster)
     assert obj["status"]["sandbox"]["name"] == "envy", "a cold sandbox takes the claim's name"
     sb = cluster.get(cluster.sandbox, "envy")
     assert sb["metadata"]["labels"][lb.LAUNCH_TYPE] == "cold"
-    assert cluster.runtime.started[sandbox_id(sb["metadata"]["uid"])].env["TOKEN"] == "abc"
+    assert cluster.get(POD, "envy")["spec"]["containers"][0]["env"] == [{"name": "TOKEN", "value": "abc"}]
 
 
 async def test_env_is_rejected_when_the_template_disallows_it(cluster: Cluster) -> None:
@@ -57,6 +73,16 @@ async def test_env_is_rejected_when_the_template_disallows_it(cluster: Cluster) 
     obj = await cluster.wait_condition(cluster.claim, "no-env", "Ready", "False", reason="EnvVarsInjectionRejected")
     assert "not allowed by the template policy" in m.condition(obj, "Ready")["message"]
     assert cluster.get(cluster.sandbox, "no-env") is None
+
+
+async def test_a_claim_refused_by_the_template_policy_is_served_once_the_template_allows_it(
+        cluster: Cluster) -> None:
+    await _ready_pool(cluster, replicas=1)
+    cluster.create(claim("later", env=[{"name": "A", "value": "1"}]))
+    await cluster.wait_condition(cluster.claim, "later", "Ready", "False", reason="EnvVarsInjectionRejected")
+    # the template changing wakes the claim (no timer: a refusal for the template's policy is final until then)
+    cluster.patch(cluster.template, "tpl", {"spec": {"envVarsInjectionPolicy": "Allowed"}})
+    await cluster.wait_condition(cluster.claim, "later", "Ready", reason="DependenciesReady")
 
 
 async def test_overriding_an_env_var_is_refused_under_allowed_but_not_under_overrides(cluster: Cluster) -> None:
@@ -104,18 +130,40 @@ async def test_a_foreign_sandbox_with_the_claims_name_is_a_reconciler_error(clus
     assert "not controlled by claim" in m.condition(obj, "Ready")["message"]
 
 
-async def test_invalid_additional_pod_metadata_is_invalid_metadata(cluster: Cluster) -> None:
+async def test_additional_pod_metadata_is_validated_as_upstream(cluster: Cluster) -> None:
     await _ready_pool(cluster)
-    cluster.create(claim("meta", additionalPodMetadata={"labels": {"agents.x-k8s.io/x": "y"}}))
-    await cluster.wait_condition(cluster.claim, "meta", "Ready", "False", reason="InvalidMetadata")
+    refused = {
+        "agents": ({"labels": {"agents.x-k8s.io/x": "y"}}, 'label domain "agents.x-k8s.io" is not in the allowlist'),
+        "plain": ({"labels": {"team": "a"}}, 'label "team" must have a domain prefix'),
+        "other": ({"labels": {"team.example.com/owner": "ana"}}, 'label domain "team.example.com" is not in the '
+                  "allowlist"),
+        "router": ({"labels": {"app": "sandbox-router"}}, 'restricted system label value: "app"="sandbox-router"'),
+        "value": ({"labels": {"sandbox.users.io/x": "bad value"}}, 'invalid label value: "bad value"'),
+        "kube": ({"annotations": {"kubernetes.io/x": "y"}}, 'restricted system domain: "kubernetes.io/x"'),
+        "key": ({"annotations": {"a/b/c": "y"}}, 'invalid annotation key: "a/b/c"'),
+    }
+    for name, (metadata, _) in refused.items():
+        cluster.create(claim(f"meta-{name}", additionalPodMetadata=metadata))
+    for name, (_, words) in refused.items():
+        obj = await cluster.wait_condition(cluster.claim, f"meta-{name}", "Ready", "False", reason="InvalidMetadata")
+        message = m.condition(obj, "Ready")["message"]
+        assert message.startswith("invalid additionalPodMetadata: failed to validate ") and words in message, message
+        assert "sandbox" not in obj.get("status", {}), "nothing adopted for an invalid claim"
 
 
-async def test_additional_pod_metadata_lands_on_the_sandbox_pod_template(cluster: Cluster) -> None:
+async def test_additional_pod_metadata_lands_on_the_sandbox_and_its_pod(cluster: Cluster) -> None:
     await _ready_pool(cluster)
-    cluster.create(claim("meta2", additionalPodMetadata={"labels": {"team.example.com/owner": "ana"}}))
+    cluster.create(claim("meta2", additionalPodMetadata={
+        "labels": {"sandbox.users.io/owner": "ana"},
+        "annotations": {"example.com/note": "x", lb.SAFE_TO_EVICT: "false"}}))
     obj = await cluster.wait_condition(cluster.claim, "meta2", "Ready")
-    sb = cluster.get(cluster.sandbox, obj["status"]["sandbox"]["name"])
-    assert sb["spec"]["podTemplate"]["metadata"]["labels"]["team.example.com/owner"] == "ana"
+    name = obj["status"]["sandbox"]["name"]
+    sb = cluster.get(cluster.sandbox, name)
+    assert sb["spec"]["podTemplate"]["metadata"]["labels"]["sandbox.users.io/owner"] == "ana"
+    pod = await cluster.wait(lambda: (p := cluster.get(POD, name)) and "sandbox.users.io/owner" in p["metadata"][
+        "labels"] and p, what="the label on the Pod")
+    assert pod["metadata"]["annotations"]["example.com/note"] == "x"
+    assert pod["metadata"]["annotations"][lb.SAFE_TO_EVICT] == "false"
 
 
 async def test_volume_claim_templates_disallowed_by_default(cluster: Cluster) -> None:
@@ -160,9 +208,7 @@ async def test_ttl_after_finished_expires_a_finished_claim(cluster: Cluster) -> 
     cluster.create(pool(replicas=0))
     cluster.create(claim("job", lifecycle={"ttlSecondsAfterFinished": 0, "shutdownPolicy": "Delete"}))
     await cluster.wait_condition(cluster.claim, "job", "Ready")
-    sb = cluster.get(cluster.sandbox, "job")
-    cluster.runtime.exit(sandbox_id(sb["metadata"]["uid"]), 0)
-    cluster.suite.sandboxes.enqueue(("default", "job"), 0.0)
+    cluster.node.finish("job", 0)
     await cluster.wait(lambda: cluster.get(cluster.claim, "job") is None, what="finished claim deleted")
 
 
@@ -197,3 +243,12 @@ async def test_adoption_and_cold_start_are_recorded_as_events(cluster: Cluster) 
 
     await cluster.wait(lambda: "SandboxAdopted" in reasons("warm"), what="adoption event")
     await cluster.wait(lambda: "SandboxProvisioned" in reasons("cold"), what="provisioning event")
+
+
+async def test_sandboxes_from_a_template_get_upstreams_secure_defaults(cluster: Cluster) -> None:
+    await _ready_pool(cluster, replicas=1)
+    [warm] = cluster.sandboxes()
+    spec = warm["spec"]["podTemplate"]["spec"]
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["dnsPolicy"] == "None" and spec["dnsConfig"] == {"nameservers": ["8.8.8.8", "1.1.1.1"]}
+    assert cluster.get(POD, warm["metadata"]["name"])["spec"]["dnsPolicy"] == "None"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from turbok.api.kinds import POD
 from turbok.controllers import labels as lb
 
 from .conftest import Cluster, claim, pool, template
@@ -30,6 +31,11 @@ async def test_pool_keeps_replicas_ready_with_upstream_names_labels_and_owner(cl
         assert md["annotations"][lb.TEMPLATE_REF] == "tpl"
         owner = lb.controller_of(sb)
         assert owner and owner["kind"] == "SandboxWarmPool" and owner["uid"] == created["metadata"]["uid"]
+        pod = cluster.get(POD, md["name"])
+        assert pod["metadata"]["labels"] == {
+            lb.SANDBOX_NAME_HASH: lb.name_hash(md["name"]), lb.WARM_POOL_SANDBOX: lb.name_hash("pool"),
+            lb.TEMPLATE_REF_HASH: lb.name_hash("tpl"), lb.CREATED_BY: "controller"}, \
+            "pool labels in the template are system labels; the Pod gets them as extension labels"
     status = cluster.get(cluster.pool, "pool")["status"]
     assert status["replicas"] == 3
     assert status["selector"] == f"{lb.WARM_POOL_SANDBOX}={lb.name_hash('pool')}"

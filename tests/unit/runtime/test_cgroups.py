@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from turbok.runtime.base import Isolation, Phase
+import pytest
+
 from turbok.runtime.cgroups import Cgroup, cgroup_version
-from turbok.runtime.local import stopped_state
 
 
 def v1_root(tmp_path: Path, oom: int, pids_max: int) -> Path:
@@ -59,19 +59,6 @@ def test_v1_create_writes_limits(tmp_path: Path) -> None:
     assert cg.procs_files()[0] == tmp_path / "memory/turbok/new/cgroup.procs"
 
 
-def test_stopped_state_reasons(tmp_path: Path) -> None:
-    oom = stopped_state("x", Isolation.GVISOR, counters=Cgroup("/turbok/box", v1_root(tmp_path / "a", 1, 0)),
-                        exit_code=None, had_run=True)
-    assert (oom.phase, oom.reason, oom.exit_code) == (Phase.STOPPED, "OOMKilled", 137)
-    pids = stopped_state("x", Isolation.GVISOR, counters=Cgroup("/turbok/box", v1_root(tmp_path / "b", 0, 3)),
-                         exit_code=None, had_run=True)
-    assert pids.reason == "PidsLimit"
-    exited = stopped_state("x", Isolation.GVISOR, counters=None, exit_code=3, had_run=True)
-    assert (exited.reason, exited.exit_code) == ("Exited", 3)
-    assert stopped_state("x", Isolation.GVISOR, counters=None, exit_code=None, had_run=True).reason == "Crashed"
-    assert stopped_state("x", Isolation.GVISOR, counters=None, exit_code=None, had_run=False).reason == "Stopped"
-
-
 def test_the_sandboxes_parent_gets_a_memory_bound_that_leaves_a_reserve(tmp_path: Path) -> None:
     from turbok.runtime.cgroups import RESERVED_MEMORY_BYTES, bound_parent_memory, sandboxes_memory_bytes
 
@@ -86,3 +73,14 @@ def test_the_sandboxes_parent_gets_a_memory_bound_that_leaves_a_reserve(tmp_path
     assert bound_parent_memory("/turbok", 5 << 30, root=v2)
     assert (v2 / "turbok/memory.max").read_text() == str(5 << 30)
     assert not bound_parent_memory("/turbok", 5 << 30, root=tmp_path / "none")
+
+
+def test_the_sandboxes_memory_comes_from_the_environment_when_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    from turbok.runtime.cgroups import SANDBOXES_MEMORY_ENV, sandboxes_memory_bytes, sandboxes_memory_limit
+
+    monkeypatch.setenv(SANDBOXES_MEMORY_ENV, "16Gi")
+    assert sandboxes_memory_limit() == 16 << 30
+    monkeypatch.setenv(SANDBOXES_MEMORY_ENV, "lots")  # not a quantity: ignored, with a warning
+    assert sandboxes_memory_limit() == sandboxes_memory_bytes()
+    monkeypatch.delenv(SANDBOXES_MEMORY_ENV)
+    assert sandboxes_memory_limit() == sandboxes_memory_bytes()

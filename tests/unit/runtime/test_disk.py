@@ -14,7 +14,7 @@ from turbok.runtime.disk import (
     bounds,
 )
 from turbok.runtime.errors import InvalidSandboxSpec
-from turbok.runtime.layout import SandboxDir
+from turbok.runtime.podlayout import SandboxDir
 
 
 def test_bounds_follow_the_limit_with_a_default_and_a_floor() -> None:

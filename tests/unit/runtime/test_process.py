@@ -1,14 +1,16 @@
-"""collect and HostProcess: capped output, timeouts, kills, exit codes (no sandbox)."""
+"""collect: capped output, timeouts, kills, exit codes (no sandbox)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import time
 
 import pytest
 
-from turbok.runtime.base import Process
-from turbok.runtime.process import TIMEOUT_EXIT_CODE, HostProcess, collect, read_capped
+from turbok.runtime.process import TIMEOUT_EXIT_CODE, Process, collect, read_capped
 
 
 class ScriptedProcess(Process):
@@ -100,36 +102,45 @@ async def test_read_capped_drains_everything() -> None:
     assert await read_capped(s, 5) == (b"zzzzz", True)
 
 
-async def host(argv: list[str], stdin: bytes | None = None) -> HostProcess:
+class HostSubprocess(Process):
+    """A host subprocess as a ``Process``: ``kill`` ends its whole session, as a runtime's kill ends
+    the command's tree inside the sandbox."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None and proc.stderr is not None
+        self._proc, self._stdout, self._stderr = proc, proc.stdout, proc.stderr
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode
+
+    @property
+    def stdout(self) -> asyncio.StreamReader:
+        return self._stdout
+
+    @property
+    def stderr(self) -> asyncio.StreamReader:
+        return self._stderr
+
+    async def wait(self) -> int:
+        code = await self._proc.wait()
+        return 128 - code if code < 0 else code
+
+    async def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        await self.wait()
+
+
+async def host(argv: list[str]) -> HostSubprocess:
     proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
     )
-
-    async def kill_inside() -> None:
-        import os
-        import signal
-
-        os.killpg(proc.pid, signal.SIGKILL)
-
-    return HostProcess(proc, stdin=stdin, kill_inside=kill_inside)
+    return HostSubprocess(proc)
 
 
-async def test_host_process_feeds_stdin_larger_than_a_pipe() -> None:
-    data = b"0123456789" * 100_000  # 1 MB: more than a pipe holds while cat writes back
-    r = await collect(await host(["cat"], stdin=data), timeout=10, output_limit=2_000_000)
-    assert r.stdout == data and r.exit_code == 0
-
-
-async def test_host_process_signal_exit_reads_like_a_shell() -> None:
-    p = await host(["sh", "-c", "kill -9 $$"])
-    assert await p.wait() == 137
-
-
-async def test_host_process_kill_ends_orphans_holding_pipes() -> None:
+async def test_a_kill_ends_orphans_holding_pipes() -> None:
     p = await host(["sh", "-c", "sleep 30 & echo started"])
     t = time.monotonic()
     r = await collect(p, timeout=0.5, output_limit=100)

@@ -132,3 +132,31 @@ async def test_a_newline_in_a_path_or_sandbox_name_cannot_forge_a_log_line(
     assert messages and all("\n" not in m and "\x1b" not in m and "\u202e" not in m for m in messages), messages
     assert any("/etc\\n2024-01-01" in m and "\\x1b[31m" in m for m in messages), messages
     assert any("box\\u202egone" in m for m in messages), messages
+
+
+async def test_the_unix_socket_needs_no_token_and_the_tcp_port_still_does(env: Env, tmp_path: object) -> None:
+    """A port-forward to the router's mirror Pod arrives on the 0600 socket, already authenticated by the API."""
+    from pathlib import Path
+
+    from aiohttp import web
+
+    from turbok.sandboxd.router import bind_unix_socket
+
+    env.runtime.script("true", Script())
+    app = create_router_app(runtime=env.runtime, resolver=env.resolver, token=env.token)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    path = Path(str(tmp_path)) / "router.sock"
+    sock = bind_unix_socket(path)
+    await web.SockSite(runner, sock).start()
+    try:
+        assert path.stat().st_mode & 0o777 == 0o600
+        transport = httpx.AsyncHTTPTransport(uds=str(path))
+        async with httpx.AsyncClient(transport=transport, base_url="http://router",
+                                     headers={"X-Sandbox-ID": env.name}) as local:
+            r = await local.post("/execute", json={"command": "true"})
+            assert r.status_code == 200, r.text
+        async with httpx.AsyncClient(base_url=env.url, headers={"X-Sandbox-ID": env.name}) as anon:
+            assert (await anon.post("/execute", json={"command": "true"})).status_code == 401
+    finally:
+        await runner.cleanup()

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from turbok.runtime.base import Process, RuntimeError_
+from turbok.runtime.errors import RuntimeError_
+from turbok.runtime.process import Process
 from turbok.sandboxd.testing import FakeProcess, Script
 from turbok.sdk.wire import ErrorFrame, ExitFrame, Frame, FrameDecoder, OutputFrame
 

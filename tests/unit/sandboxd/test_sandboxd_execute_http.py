@@ -34,6 +34,18 @@ async def test_execute_runs_the_command_through_sh_in_app(env: Env) -> None:
     assert spawn.cwd == "/app"
 
 
+async def test_an_image_without_a_work_directory_runs_commands_in_its_own(env: Env, monkeypatch: pytest.MonkeyPatch
+                                                                           ) -> None:
+    # A container without the host-served /app (an OCI image that sets no SANDBOX_BASE_DIR): no cwd is forced
+    # on it, so the runtime uses the image's working directory instead of failing on a missing /app.
+    monkeypatch.setattr(env.runtime, "workdir", lambda id, name="main": None)
+    env.runtime.script("pwd", Script(stdout=b"/\n"))
+    r = await env.http.post("/execute", json={"command": "pwd"})
+    assert r.status_code == 200 and r.json()["exit_code"] == 0
+    [spawn] = env.runtime.spawns
+    assert spawn.cwd is None
+
+
 async def test_output_is_decoded_with_replacement(env: Env) -> None:
     env.runtime.script("bin", Script(stdout=b"ok \xff\xfe end"))
     r = await env.http.post("/execute", json={"command": "bin"})

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from turbok.api.kinds import LIMIT_RANGE, RESOURCE_QUOTA
-from turbok.api.limitrange import BUILTIN_DEFAULT_LIMITS
+from turbok.api.kinds import LIMIT_RANGE, POD, RESOURCE_QUOTA
+from turbok.api.limitrange import BUILTIN_DEFAULT_LIMITS, BUILTIN_DEFAULT_REQUESTS
 from turbok.api.status import Forbidden, Invalid
 from turbok.store.registry import ObjectRegistry, WriteOptions
 
@@ -92,7 +92,8 @@ def test_invalid_pod_templates_are_refused_with_422_and_field_causes(
 
 def test_a_sandbox_without_limits_gets_the_builtin_defaults_and_explicit_ones_stay(registry: ObjectRegistry) -> None:
     created = registry.create(SANDBOX, sandbox("plain"))
-    assert container(created)["resources"] == {"limits": BUILTIN_DEFAULT_LIMITS}
+    # Requests of an idle sandbox go with the built-in limits: a request would default to its limit otherwise.
+    assert container(created)["resources"] == {"limits": BUILTIN_DEFAULT_LIMITS, "requests": BUILTIN_DEFAULT_REQUESTS}
     assert container(registry.get(SANDBOX, "default", "plain")) == container(created)
     mine = registry.create(SANDBOX, with_limits("mine", cpu="250m", memory="128Mi"))
     assert container(mine)["resources"] == {"limits": {"cpu": "250m", "memory": "128Mi"}}
@@ -109,7 +110,7 @@ def test_a_limit_range_changes_the_defaults_and_bounds_what_a_sandbox_may_ask(re
     assert lr["spec"]["limits"][0]["defaultRequest"] == {"memory": "512Mi"}  # kube's LimitRange defaulting
     created = registry.create(SANDBOX, sandbox("defaulted"))
     assert container(created)["resources"] == {"limits": {"memory": "512Mi", "cpu": BUILTIN_DEFAULT_LIMITS["cpu"]},
-                                               "requests": {"memory": "512Mi"}}
+                                               "requests": {"memory": "512Mi", "cpu": BUILTIN_DEFAULT_REQUESTS["cpu"]}}
     error = refused(registry, Forbidden, lambda: registry.create(SANDBOX, with_limits("big", memory="2Gi")))
     assert error.code == 403
     assert error.message == ('sandboxes.agents.x-k8s.io "big" is forbidden: maximum memory usage per Container is '
@@ -145,28 +146,64 @@ def test_a_quota_refuses_the_next_sandbox_and_claim_with_403_and_writes_nothing(
     registry.create(SANDBOX, sandbox("a", namespace="other"))
 
 
-def test_a_compute_quota_counts_requests_and_limits_and_resuming_a_sandbox(registry: ObjectRegistry) -> None:
-    registry.create(RESOURCE_QUOTA, quota({"requests.cpu": "1", "limits.memory": "1Gi"}))
+def pod(name: str, **limits: str) -> Obj:
+    container: Obj = {"name": "c", "image": "x"}
+    if limits:
+        container["resources"] = {"limits": dict(limits)}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"},
+            "spec": {"containers": [container]}}
+
+
+def test_a_compute_quota_counts_pods_and_not_their_sandboxes(registry: ObjectRegistry) -> None:
+    registry.create(RESOURCE_QUOTA, quota({"requests.cpu": "1", "limits.memory": "1Gi", "pods": "2"}))
+    # A Sandbox is counted as an object only: its compute is its Pod's (as a Deployment's on a cluster).
     registry.create(SANDBOX, with_limits("a", cpu="800m", memory="512Mi"))
-    error = refused(registry, Forbidden, lambda: registry.create(SANDBOX, with_limits("b", cpu="800m",
-                                                                                     memory="512Mi")))
-    assert error.message.endswith("exceeded quota: q, requested: requests.cpu=800m, used: requests.cpu=800m, "
-                                  "limited: requests.cpu=1")
-    # A suspended sandbox has no Pod: it uses nothing, and resuming it must fit.
-    suspended = with_limits("s", cpu="800m", memory="512Mi")
-    suspended["spec"]["operatingMode"] = "Suspended"
-    stored = registry.create(SANDBOX, suspended)
-    stored["spec"]["operatingMode"] = "Running"
-    refused(registry, Forbidden, lambda: registry.update(SANDBOX, stored))
-    registry.delete(SANDBOX, "default", "a")
-    registry.update(SANDBOX, stored)
+    registry.create(SANDBOX, with_limits("b", cpu="800m", memory="512Mi"))
+    registry.create(POD, pod("a", cpu="800m", memory="512Mi"))
+    error = refused(registry, Forbidden, lambda: registry.create(POD, pod("b", cpu="800m", memory="512Mi")))
+    assert error.message == ('pods "b" is forbidden: exceeded quota: q, requested: requests.cpu=800m, used: '
+                             "requests.cpu=800m, limited: requests.cpu=1")
+    # A finished Pod uses nothing.
+    done = registry.get(POD, "default", "a")
+    done["status"] = {"phase": "Succeeded"}
+    registry.update(POD, done, namespace="default", subresource="status")
+    registry.create(POD, pod("b", cpu="800m", memory="512Mi"))
+    registry.create(POD, pod("c", cpu="100m", memory="100Mi"))
+    error = refused(registry, Forbidden, lambda: registry.create(POD, pod("d", cpu="100m", memory="100Mi")))
+    assert error.message == 'pods "d" is forbidden: exceeded quota: q, requested: pods=1, used: pods=2, limited: pods=2'
 
 
-def test_a_quota_on_a_resource_no_container_sets_asks_for_it(registry: ObjectRegistry) -> None:
+def test_a_quota_on_a_resource_no_container_sets_asks_a_pod_for_it(registry: ObjectRegistry) -> None:
     registry.create(RESOURCE_QUOTA, quota({"limits.ephemeral-storage": "10Gi"}))
-    error = refused(registry, Forbidden, lambda: registry.create(SANDBOX, sandbox("x")))
-    assert error.message == ('sandboxes.agents.x-k8s.io "x" is forbidden: failed quota: q: must specify '
-                             "limits.ephemeral-storage for: c")
+    registry.create(SANDBOX, sandbox("x"))  # no Pod yet: nothing to specify
+    error = refused(registry, Forbidden, lambda: registry.create(POD, pod("x", cpu="1")))
+    assert error.message == 'pods "x" is forbidden: failed quota: q: must specify limits.ephemeral-storage for: c'
+    registry.create(POD, pod("x", **{"ephemeral-storage": "1Gi"}))
+
+
+def test_legacy_quota_names_count_the_core_objects_turbok_now_serves(registry: ObjectRegistry) -> None:
+    registry.create(RESOURCE_QUOTA, quota({"secrets": "1", "requests.storage": "1Gi",
+                                           "fast.storageclass.storage.k8s.io/persistentvolumeclaims": "1"}))
+    secret = registry.kinds.by_kind("v1", "Secret")
+    claim_kind = registry.kinds.by_kind("v1", "PersistentVolumeClaim")
+
+    def pvc(name: str, size: str, storage_class: str | None = None) -> Obj:
+        spec: Obj = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}
+        if storage_class:
+            spec["storageClassName"] = storage_class
+        return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name, "namespace": "default"},
+                "spec": spec}
+
+    registry.create(secret, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s1", "namespace": "default"}})
+    error = refused(registry, Forbidden, lambda: registry.create(secret, {
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s2", "namespace": "default"}}))
+    assert error.message.endswith("exceeded quota: q, requested: secrets=1, used: secrets=1, limited: secrets=1")
+    registry.create(claim_kind, pvc("small", "512Mi", "fast"))
+    error = refused(registry, Forbidden, lambda: registry.create(claim_kind, pvc("big", "1Gi")))
+    assert error.message.endswith("exceeded quota: q, requested: requests.storage=1Gi, used: "
+                                  "requests.storage=512Mi, limited: requests.storage=1Gi")
+    error = refused(registry, Forbidden, lambda: registry.create(claim_kind, pvc("fast2", "1Mi", "fast")))
+    assert "requested: fast.storageclass.storage.k8s.io/persistentvolumeclaims=1" in error.message
 
 
 def test_quota_objects_are_validated(registry: ObjectRegistry) -> None:

@@ -1,0 +1,191 @@
+"""A pod's own disk under real runsc: bytes and inodes bounded for /app, an emptyDir and the layer, given back
+to the host when freed; a full home refuses a pod clearly, leaves nothing mounted, and the pod starts once
+space is freed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from turbok.runtime import loopdev, mounts
+from turbok.runtime.cri import ContainerConfig, Mount, VolumeConfig
+from turbok.runtime.disk import MIN_INODES
+from turbok.runtime.errors import SandboxStartFailed
+from turbok.runtime.images import ImageStore
+from turbok.runtime.podlayout import PodDir
+from turbok.runtime.pods import release_root
+from turbok.runtime.pods_gvisor import GvisorPodRuntime
+
+from .podcheck import IMAGE, leftovers, pod_config, settled_leftovers
+
+_NO_LOOP = loopdev.unavailable()
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio,
+              pytest.mark.skipif(_NO_LOOP is not None, reason=f"loop devices unavailable: {_NO_LOOP}")]
+
+MiB = 1 << 20
+
+FILL = """
+import errno, os, sys
+path, = sys.argv[1:]
+written = 0
+try:
+    with open(path, "wb") as f:
+        while written < 256 * 2**20:
+            written += f.write(b"x" * 2**20)
+            f.flush()
+        os.fsync(f.fileno())
+except OSError as e:
+    print(errno.errorcode[e.errno], written)
+else:
+    print("OK", written)
+"""
+
+MANY = """
+import errno, os
+n = 0
+try:
+    os.makedirs("/app/many")
+    while n < 100000:
+        open(f"/app/many/{n}", "w").close()
+        n += 1
+except OSError as e:
+    print(errno.errorcode[e.errno], n)
+"""
+
+
+async def run(rt: GvisorPodRuntime, id: str, argv: list[str]) -> tuple[int, str, str]:
+    s = await rt.exec(id, "main", argv)
+    out, err = await asyncio.wait_for(asyncio.gather(s.process.stdout.read(), s.process.stderr.read()), 120)
+    return await s.process.wait(), out.decode(), err.decode()
+
+
+async def test_bytes_and_inodes_are_bounded_for_app_an_empty_dir_and_the_layer(tmp_path: Path,
+                                                                              images: ImageStore) -> None:
+    limit = 32 * MiB
+    rt = GvisorPodRuntime(tmp_path / "pods", images)
+    cfg = pod_config("bounded", single_container=True, ephemeral_storage_bytes=limit,
+                     volumes=[VolumeConfig("cache", "emptyDir")])
+    try:
+        await rt.run_pod_sandbox(cfg)
+        await rt.start_container(cfg.id, ContainerConfig("main", IMAGE, mounts=[Mount("cache", "/cache")]))
+        pdir = PodDir(rt.root, cfg.id)
+        for target in ("/app/big", "/cache/big", "/root/big"):
+            _, out, err = await run(rt, cfg.id, ["python3", "-c", FILL, target])
+            code, written = out.split()
+            assert code in ("ENOSPC", "EDQUOT"), (target, out, err)
+            assert 0.8 * limit < int(written) <= 1.1 * limit, (target, written)
+            assert (await run(rt, cfg.id, ["rm", target]))[0] == 0
+        # The host gave no more than the limit, and got it back when the files went (discard): the sparse
+        # image holds less than the limit (the filesystem's free space is shared with other work here).
+        assert pdir.disk_image.stat().st_blocks * 512 < 1.2 * limit
+
+        _, out, _ = await run(rt, cfg.id, ["python3", "-c", MANY])
+        code, made = out.split()
+        assert code == "ENOSPC" and int(made) <= MIN_INODES, out
+    finally:
+        await rt.remove_pod_sandbox(cfg.id)
+        found = await settled_leftovers(rt, [cfg.id])
+        release_root(rt.root)
+    assert found == {}
+
+
+async def test_a_pod_on_a_full_home_fails_clearly_leaves_nothing_mounted_and_starts_once_freed(
+        tmp_path: Path, images: ImageStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(home)], check=True)
+    monkeypatch.setattr("turbok.runtime.pods.HOME_RESERVE_BYTES", 0)  # reach the real ENOSPC
+    rt = GvisorPodRuntime(home / "pods", images)
+    cfg = pod_config("full-home", single_container=True, ephemeral_storage_bytes=32 * MiB)
+    try:
+        with open(home / "filler", "wb") as f, contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * MiB)
+                f.flush()
+        with pytest.raises(SandboxStartFailed, match="no space left for pods") as info:
+            await rt.run_pod_sandbox(cfg)
+        assert "starts once space is freed" in str(info.value)
+        assert mounts.mounts_below(rt.root) == [] and leftovers(rt, [cfg.id]).keys() <= {"dirs"}
+        (home / "filler").unlink()
+        await rt.run_pod_sandbox(cfg)
+        await rt.start_container(cfg.id, ContainerConfig("main", IMAGE))
+        assert await run(rt, cfg.id, ["sh", "-c", "echo ok > /app/ok && cat /app/ok"]) == (0, "ok\n", "")
+    finally:
+        await rt.remove_pod_sandbox(cfg.id)
+        release_root(rt.root)
+        subprocess.run(["umount", "-l", str(home)], check=False)
+
+
+def pre_disk_tree(path: Path) -> None:
+    """A sandbox directory of the old runtime as versions before the disks left it: plain 0755 directories."""
+    for d in ("upper/root", "upper/etc", "ovwork", "app/sub", "volumes/data", "rootfs", "run"):
+        (path / d).mkdir(mode=0o755, parents=True, exist_ok=True)
+    (path / "spec.json").write_text(json.dumps({"id": path.name, "hostname": "legacy"}))
+    (path / "upper/root/state").write_text("kept from the old layout\n")
+    os.mknod(path / "upper/etc/motd", stat.S_IFCHR | 0o000, os.makedev(0, 0))  # an overlay whiteout
+    (path / "app/sub/file").write_text("app data\n")
+    os.link(path / "app/sub/file", path / "app/hardlink")
+    (path / "volumes/data/v").write_text("volume data\n")
+    (path / "stdout.log").write_text("old output\n")
+    for p in [path, *path.rglob("*")]:
+        if p.is_dir() and not p.is_symlink():
+            os.chmod(p, 0o755)
+
+
+async def test_a_pod_takes_over_a_tree_from_before_the_disks_and_loses_nothing(tmp_path: Path,
+                                                                              images: ImageStore) -> None:
+    legacy = tmp_path / "sandboxes"
+    cfg = pod_config("pre-disk", single_container=True, ephemeral_storage_bytes=64 * MiB,
+                     volumes=[VolumeConfig("data", "emptyDir")])
+    pre_disk_tree(legacy / cfg.id)
+    rt = GvisorPodRuntime(tmp_path / "pods", images, legacy_root=legacy)
+    try:
+        await rt.run_pod_sandbox(cfg)
+        await rt.start_container(cfg.id, ContainerConfig("main", IMAGE, mounts=[Mount("data", "/data")]))
+        pdir = PodDir(rt.root, cfg.id)
+        assert stat.S_IMODE(pdir.path.stat().st_mode) == 0o700
+        code, out, err = await run(rt, cfg.id, ["sh", "-c", "cat /root/state /app/sub/file /app/hardlink /data/v; "
+                                                            "ls /etc/motd 2>&1; stat -c %h /app/sub/file"])
+        assert out.splitlines() == ["kept from the old layout", "app data", "app data", "volume data",
+                                    "ls: /etc/motd: No such file or directory", "2"], (out, err)
+        assert pdir.disk_image.exists() and mounts.is_mount_root(pdir.disk)  # now on a bounded disk of its own
+        assert (pdir.logs / "stdout.log").read_text() == "old output\n"
+        left = {p.name for p in pdir.path.iterdir()}
+        assert not {"upper", "ovwork", "app", "volumes", "stdout.log", "disk.plain", "disk.migrated"} & left, left
+        assert not (legacy / cfg.id).exists()
+    finally:
+        await rt.remove_pod_sandbox(cfg.id)
+        found = await settled_leftovers(rt, [cfg.id])
+        release_root(rt.root)
+    assert found == {}
+
+
+async def test_without_loop_devices_the_disk_is_unbounded_says_so_and_stays_nosuid(tmp_path: Path,
+                                                                                  images: ImageStore) -> None:
+    rt = GvisorPodRuntime(tmp_path / "pods", images, bounded_disks=False)
+    cfg = pod_config("unbounded", single_container=True, ephemeral_storage_bytes=16 * MiB)
+    try:
+        await rt.run_pod_sandbox(cfg)
+        await rt.start_container(cfg.id, ContainerConfig("main", IMAGE))
+        status = await rt.pod_sandbox_status(cfg.id)
+        assert any("disk not bounded" in n for n in status.notes), status.notes
+        assert not PodDir(rt.root, cfg.id).disk_image.exists()
+        workdir = rt.workdir(cfg.id, "main")
+        assert workdir is not None
+        flags = os.statvfs(workdir).f_flag
+        assert flags & os.ST_NOSUID and flags & os.ST_NODEV
+        # Past the limit: nothing enforces it here.
+        assert await run(rt, cfg.id, ["sh", "-c", "head -c 20000000 /dev/zero > /app/f && wc -c < /app/f"]) == (
+            0, "20000000\n", "")
+    finally:
+        await rt.remove_pod_sandbox(cfg.id)
+        found = await settled_leftovers(rt, [cfg.id])
+        release_root(rt.root)
+    assert found == {}
