@@ -159,6 +159,16 @@ def _creating_failure(pod: Obj) -> str | None:
     return None
 
 
+def _pull_failure(pod: Obj) -> str | None:
+    """A container whose image cannot be pulled (the node retries with back-off, as the kubelet)."""
+    status = pod.get("status") or {}
+    for entry in (*(status.get("initContainerStatuses") or ()), *(status.get("containerStatuses") or ())):
+        waiting = (entry.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in ("ErrImagePull", "ImagePullBackOff"):
+            return f'container "{entry.get("name")}": {waiting["reason"]}: {waiting.get("message") or ""}'.rstrip(": ")
+    return None
+
+
 def _ready(sandbox: Obj, errors: list[BaseException], service: Obj | None, pod: Obj | None) -> Condition:
     if errors:
         multiple = next((e for e in errors if isinstance(e, MultiplePods)), None)
@@ -185,7 +195,7 @@ def _ready(sandbox: Obj, errors: list[BaseException], service: Obj | None, pod: 
                     message, ready = "Pod is Ready", True
                 else:
                     message = "Pod is Ready but has no podIPs yet"
-        if not ready and (failure := _creating_failure(pod)) is not None:
+        if not ready and (failure := _creating_failure(pod) or _pull_failure(pod)) is not None:
             message += f"; {failure}"  # upstream's words, and why a retry has not helped yet
         if not ready and (why := _configuration_wait(pod)) is not None:
             return ("Ready", "False", "InvalidConfiguration", why)

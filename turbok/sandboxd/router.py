@@ -31,9 +31,10 @@ One request, in order:
    or metrics.
 
 ``X-Sandbox-Port`` picks the Pod's port: none or 8888 (the official client's
-``server_port``) is the runtime API above, served by the router (through the
-sandbox's agent, ``turbok.sandboxd.backend``) unless the Pod listens on 8888
-itself; any other port is forwarded to ``podIP:port`` (``turbok.sandboxd.proxy``;
+``server_port``) is the runtime API above, always served by the router (through
+the sandbox's agent, ``turbok.sandboxd.backend``), with the same semantics as
+upstream's runtime image; other paths on 8888 go to the Pod when it serves that
+port (upstream's examples probe ``GET /`` there); any other port is forwarded to ``podIP:port`` (``turbok.sandboxd.proxy``;
 HTTP/2 and gRPC by ``turbok.sandboxd.h2proxy``), within ``X-Sandbox-Timeout``
 (never above ``RouterConfig.proxy_timeout``).
 """
@@ -222,7 +223,7 @@ class _Router:
                 sandbox = call.sandbox
                 target_port = LEGACY_PORT if port is None else port
                 own = known and route is not None and route.handler is not None and target_port == LEGACY_PORT
-                if own and not await self._pod_serves(call, LEGACY_PORT):
+                if own:  # the runtime API is the router's, even where the Pod serves 8888 (its probes)
                     assert route is not None and route.handler is not None
                     label = route.label
                     if request.method != route.method:

@@ -97,9 +97,13 @@ def test_suspend_to_disk_only_keeps_the_disk(kube: Kube) -> None:
 
 
 def test_unknown_image_is_reported_on_the_sandbox(kube: Kube) -> None:
+    # A registry on loopback where nothing listens: the pull fails at once and nothing leaves the machine.
     body = sandbox("ghost")
-    body["spec"]["podTemplate"]["spec"]["containers"][0]["image"] = "registry.example/nothing:1"
+    body["spec"]["podTemplate"]["spec"]["containers"][0]["image"] = "127.0.0.1:9/nothing:1"
     kube.create(body)
-    obj = kube.wait_condition(kube.sandbox, "ghost", status="False", reason="InvalidConfiguration", timeout=30)
+    obj = kube.wait(lambda: (s := kube.get(kube.sandbox, "ghost")) and any(
+        c["type"] == "Ready" and c["status"] == "False" and "ImagePull" in c["message"]
+        for c in (s.get("status") or {}).get("conditions") or []) and s, timeout=60,
+        what="Sandbox ghost saying its image cannot be pulled")
     ready = next(c for c in obj["status"]["conditions"] if c["type"] == "Ready")
-    assert "registry.example/nothing:1" in ready["message"]
+    assert ready["reason"] == "DependenciesNotReady" and "127.0.0.1:9/nothing:1" in ready["message"]

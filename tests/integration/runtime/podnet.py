@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import itertools
 import os
 import re
 import shutil
@@ -37,7 +38,9 @@ def require_root_network() -> None:
 
 
 _slice = os.getpid() % 256
-_counter = iter(range(64))
+# 64 /26 networks per test process, reused in turn: the whole suite makes more than 64, and each test's
+# network is gone long before its slot comes round again.
+_counter = itertools.cycle(range(64))
 
 
 def unique_network_args() -> dict[str, Any]:
