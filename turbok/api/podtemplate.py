@@ -216,38 +216,32 @@ def validate_pod_spec(spec: Any, path: str, *, claim_volumes: Iterable[str] = ()
     volumes = validate_volumes(spec.get("volumes"), f"{path}.volumes", causes) | set(claim_volumes)
     mountable = None if more_volumes else volumes
     names: set[str] = set()
-    items = spec.get("containers")
-    for i, c in enumerate(items if isinstance(items, list) else []):
-        if not isinstance(c, dict):
-            continue
-        where = f"{path}.containers[{i}]"
-        causes += validate_container(c, where, mountable)
-        if runtime_checks:
-            causes += _runtime(c, where)
-        name = c.get("name")
-        if isinstance(name, str) and name:
-            if name in names:
-                causes.append(Cause(f"{where}.name", f"Duplicate value: {_q(name)}", "FieldValueDuplicate"))
-            names.add(name)
-        causes += validate_probes(c, where, init=False, sidecar=False, grace=grace)
+
+    def each(field: str, init: bool) -> list[Cause]:
+        """One list of containers: each valid, runnable here, named once across both lists, its probes."""
+        found: list[Cause] = []
+        listed = spec.get(field)
+        for i, c in enumerate(listed if isinstance(listed, list) else []):
+            if not isinstance(c, dict):
+                continue
+            where = f"{path}.{field}[{i}]"
+            found += validate_container(c, where, mountable)
+            if runtime_checks:
+                found += _runtime(c, where)
+            name = c.get("name")
+            if isinstance(name, str) and name:
+                if name in names:
+                    found.append(Cause(f"{where}.name", f"Duplicate value: {_q(name)}", "FieldValueDuplicate"))
+                names.add(name)
+            sidecar = init and c.get("restartPolicy") == "Always"
+            found += validate_probes(c, where, init=init, sidecar=sidecar, grace=grace)
+        return found
+
+    causes += each("containers", init=False)
     causes += _host_ports(spec)
-    if not items:
+    if not spec.get("containers"):
         causes.append(_required(f"{path}.containers"))
-    inits = spec.get("initContainers")
-    for i, c in enumerate(inits if isinstance(inits, list) else []):
-        if not isinstance(c, dict):
-            continue
-        where = f"{path}.initContainers[{i}]"
-        causes += validate_container(c, where, mountable)
-        if runtime_checks:
-            causes += _runtime(c, where)
-        name = c.get("name")
-        if isinstance(name, str) and name:
-            if name in names:
-                causes.append(Cause(f"{where}.name", f"Duplicate value: {_q(name)}", "FieldValueDuplicate"))
-            names.add(name)
-        sidecar = c.get("restartPolicy")
-        causes += validate_probes(c, where, init=True, sidecar=sidecar == "Always", grace=grace)
+    causes += each("initContainers", init=True)
     causes += _pod_fields(spec, path)
     return causes
 
