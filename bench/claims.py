@@ -11,16 +11,17 @@
    same container bundle, measured in the same run: the pod runtime prepares it untimed with the
    claim Pod's config (the same image, the built-in limits, the sandboxd agent injected, a network
    namespace on a pod network of the benchmark's own) and runsc runs it with the node's flags
-   (``--network=sandbox`` inside that namespace). ``--cold-agent`` says whether the claims' Pods
-   get the sandboxd agent (``on``: the default a user gets; the runtime execs it after the boot
-   and waits for it to serve, which raw ``runsc run`` does not do), not (``off``: the template
-   annotated ``turbok.dev/sandboxd: off``, and the raw bundle made without it) or ``both``
-   (one series each). ``--warm-agent off`` makes the warm pool's template the same way.
+   (``--network=sandbox`` inside that namespace). ``--cold-agent`` says how the claims' Pods
+   get the sandboxd agent, as the template's ``turbok.dev/sandboxd`` says it: ``on-demand`` (the
+   default a user gets: injected, started by the first call that reaches it, which these claims
+   never make), ``eager`` (the runtime execs it after the boot and the Pod is Ready once it
+   serves, which raw ``runsc run`` does not do), ``off`` (none; the raw bundle made without it),
+   or ``all`` (one series each). ``--warm-agent`` makes the warm pool's template the same way.
 
 Both use ``turbok serve`` as a user runs it, in a temporary home; every sandbox is removed at the
 end (``stop_sandboxes``). Usage (root, runsc, base image built)::
 
-    .venv/bin/python bench/claims.py [--rate 20] [--seconds 30] [--pool 600] [--cold 15] [--cold-agent both] [--warm-agent on]
+    .venv/bin/python bench/claims.py [--rate 20] [--seconds 30] [--pool 600] [--cold 15] [--cold-agent all] [--warm-agent on-demand]
 """
 
 from __future__ import annotations
@@ -80,11 +81,11 @@ class Api:
         out: dict[str, Any] = r.json()
         return out
 
-    def setup(self, ns: str, replicas: int, *, agent: bool = True) -> None:
+    def setup(self, ns: str, replicas: int, *, agent: str = "on-demand") -> None:
         self.post("/api/v1/namespaces", {"metadata": {"name": ns}})
         template: dict[str, Any] = {"spec": {"containers": [{"name": "main", "image": IMAGE}]}}
-        if not agent:
-            template["metadata"] = {"annotations": {"turbok.dev/sandboxd": "off"}}
+        if agent != "on-demand":
+            template["metadata"] = {"annotations": {"turbok.dev/sandboxd": agent}}
         self.post(f"{EXT}/{ns}/sandboxtemplates", {
             "apiVersion": "extensions.agents.x-k8s.io/v1beta1", "kind": "SandboxTemplate",
             "metadata": {"name": "py"}, "spec": {"podTemplate": template}})
@@ -162,7 +163,7 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def warm(api: Api, rate: float, seconds: float, pool: int, *, agent: bool = True) -> dict[str, Any]:
+def warm(api: Api, rate: float, seconds: float, pool: int, *, agent: str = "on-demand") -> dict[str, Any]:
     ns = "bench-warm"
     api.setup(ns, pool, agent=agent)
     t0 = time.monotonic()
@@ -265,13 +266,13 @@ class RawReference:
         await asyncio.to_thread(self.network.remove_host)
 
 
-async def cold(api: Api, n: int, work: Path, *, agent: bool) -> dict[str, Any]:
-    ns = "bench-cold" if agent else "bench-cold-no-agent"
+async def cold(api: Api, n: int, work: Path, *, agent: str) -> dict[str, Any]:
+    ns = f"bench-cold-{agent}"
     api.setup(ns, 0, agent=agent)
     watch = ReadyWatch(api, ns)
     watch.start()
     watch.started.wait(10)
-    raw_ref = RawReference(work / ns, agent=agent)
+    raw_ref = RawReference(work / ns, agent=agent != "off")
     await raw_ref.prepare()
     ours: list[float] = []
     raw: list[float] = []
@@ -338,8 +339,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--pool", type=int, default=600)
     parser.add_argument("--cold", type=int, default=15)
-    parser.add_argument("--cold-agent", choices=("on", "off", "both"), default="both")
-    parser.add_argument("--warm-agent", choices=("on", "off"), default="on")
+    parser.add_argument("--cold-agent", choices=("on-demand", "eager", "off", "all"), default="all")
+    parser.add_argument("--warm-agent", choices=("on-demand", "eager", "off"), default="on-demand")
     parser.add_argument("--skip-warm", action="store_true")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="turbok-bench-claims-"))
@@ -348,15 +349,15 @@ def main() -> None:
     try:
         print(f"turbok serve at {cp.api_url} (home {cp.home}, pid {cp.proc.pid if cp.proc else '?'})", flush=True)
         # Cold first, on a quiet machine; the warm phase leaves a pool refilling in the background.
-        agents = {"on": [True], "off": [False], "both": [False, True]}[args.cold_agent]
+        agents = ["off", "on-demand", "eager"] if args.cold_agent == "all" else [args.cold_agent]
         for agent in agents if args.cold else []:
             c = asyncio.run(cold(api, args.cold, work, agent=agent))
-            print(f"| cold claim create -> Ready (watch), sandboxd agent {'on' if agent else 'off'}, "
+            print(f"| cold claim create -> Ready (watch), sandboxd agent {agent}, "
                   f"n={c['claims']} | p50 {c['p50']:.1f} ms | p99 {c['p99']:.1f} ms "
                   f"| raw runsc run p50 {c['raw_p50']:.1f} ms p99 {c['raw_p99']:.1f} ms | ratio {c['p50'] / c['raw_p50']:.2f} |",
                   flush=True)
         if not args.skip_warm:
-            w = warm(api, args.rate, args.seconds, args.pool, agent=args.warm_agent == "on")
+            w = warm(api, args.rate, args.seconds, args.pool, agent=args.warm_agent)
             print(f"| warm claim create -> Ready (watch), {w['claims']} claims at {w['rate']:.1f}/s, pool {args.pool}, "
                   f"sandboxd agent {args.warm_agent} "
                   f"| p50 {w['p50']:.1f} ms | p99 {w['p99']:.1f} ms | max {w['max']:.1f} ms | ready {w['ready']}/{w['claims']} "

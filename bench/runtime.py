@@ -18,9 +18,14 @@
    what removed children used), so other work on the machine does not count. It
    bounds how fast a warm pool can refill on this machine's cores.
 
+Every measurement runs once per runsc binary (``--runsc``, repeatable: a path, ``default`` for
+``TURBOK_RUNSC`` or Debian's runsc, ``shared`` for ../shared/gvisor's current one, ``both`` for these
+two), on the platform ``TURBOK_RUNSC_PLATFORM`` picks (``auto``: systrap where the binary has it), and
+its raw reference with the same binary and flags; the table has a column group per binary.
+
 Usage (root, base image built: ``turbok image build-base``)::
 
-    .venv/bin/python bench/runtime.py [--starts 20] [--execs 200]
+    .venv/bin/python bench/runtime.py [--starts 20] [--execs 200] [--runsc both]
 """
 
 from __future__ import annotations
@@ -45,7 +50,11 @@ from turbok.runtime.images import ImageStore
 from turbok.runtime.podlayout import PodDir
 from turbok.runtime.pods import release_root
 from turbok.runtime.pods_gvisor import GvisorPodRuntime
+from turbok.runtime.runsc import Runsc, RunscSettings
+from turbok.runtime.runsc import choose as choose_runsc
 from turbok.sandboxd.injection import agent_injection
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.gvisor_binaries
 
 IMAGE = "python-runtime-sandbox"
 
@@ -213,12 +222,35 @@ async def bench_pod_exec(prt: GvisorPodRuntime, n: int) -> dict[str, list[float]
     return res
 
 
-def line(name: str, ours: list[float], ref: list[float]) -> str:
+def cells(ours: list[float], ref: list[float]) -> str:
     p50, r50 = statistics.median(ours), statistics.median(ref)
-    return (
-        f"| {name} | {p50 * 1e3:.1f} ms | {pct(ours, 0.99) * 1e3:.1f} ms | "
-        f"{r50 * 1e3:.1f} ms | {pct(ref, 0.99) * 1e3:.1f} ms | {p50 / r50:.3f} |"
-    )
+    return (f"{p50 * 1e3:.1f} ms | {pct(ours, 0.99) * 1e3:.1f} ms | {r50 * 1e3:.1f} ms | "
+            f"{pct(ref, 0.99) * 1e3:.1f} ms | {p50 / r50:.3f}")
+
+
+def binaries(choices: list[str]) -> list[Runsc]:
+    """The ``--runsc`` choices as chosen binaries (``both``: Debian's and the shared one)."""
+    from tests.gvisor_binaries import debian_runsc, resolve
+
+    paths: list[str] = []
+    for choice in choices or ["default"]:
+        for one in ("default", "shared") if choice == "both" else (choice,):
+            path = resolve(one) or os.environ.get("TURBOK_RUNSC") or debian_runsc() or "runsc"
+            if path not in paths:
+                paths.append(path)
+    return [choose_runsc(RunscSettings.from_env(binary=p)) for p in paths]
+
+
+async def measure(runsc: Runsc, images: ImageStore, root: Path, starts: int, execs: int
+                  ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    prt = GvisorPodRuntime(root / "pods", images, runsc=runsc, cgroup_parent=CGROUP_PARENT)
+    prt.injection = agent_injection(images, root / "agent")
+    try:
+        return await bench_pod_start(prt, starts), await bench_pod_exec(prt, execs)
+    finally:
+        for id in await prt.list_pod_sandboxes():
+            await prt.remove_pod_sandbox(id)
+        release_root(root / "pods")
 
 
 async def main() -> None:
@@ -227,45 +259,49 @@ async def main() -> None:
     ap.add_argument("--execs", type=int, default=200)
     ap.add_argument("--pods", type=int, dest="starts", default=argparse.SUPPRESS, help="the same as --starts")
     ap.add_argument("--root", type=Path, default=None, help="pod root (default: a temp dir)")
+    ap.add_argument("--runsc", action="append", default=[], metavar="PATH|default|shared|both",
+                    help="a runsc to measure (repeatable; a column group each; default: TURBOK_RUNSC or Debian's)")
     args = ap.parse_args()
     images = ImageStore()
     images.resolve(IMAGE)  # fails clearly when the base image is not built
+    chosen = binaries(args.runsc)
     root = args.root or Path(tempfile.mkdtemp(prefix="turbok-bench-"))
-    prt = GvisorPodRuntime(root / "pods", images, cgroup_parent=CGROUP_PARENT)
-    prt.injection = agent_injection(images, root / "agent")
+    results = []
     try:
-        starts = await bench_pod_start(prt, args.starts)
-        execs = await bench_pod_exec(prt, args.execs)
+        for i, runsc in enumerate(chosen):
+            results.append(await measure(runsc, images, root / f"runsc-{i}", args.starts, args.execs))
     finally:
-        for id in await prt.list_pod_sandboxes():
-            await prt.remove_pod_sandbox(id)
-        release_root(root / "pods")
         if args.root is None:
             shutil.rmtree(root, ignore_errors=True)
         remove_parent_cgroup()
     med = statistics.median
-    print(f"runsc: {shutil.which('runsc')}, cores: {os.cpu_count()}, python {sys.version.split()[0]}")
-    print("| what | p50 | p99 | raw p50 | raw p99 | ratio p50 |")
-    print("|---|---|---|---|---|---|")
-    print(line(f"pod cold start: run_pod_sandbox + start_container vs raw `runsc run --detach` "
-               f"(n={len(starts['runtime'])})", starts["runtime"], starts["raw"]))
-    if starts["agent"]:
-        print(line(f"pod cold start with the sandboxd agent vs raw `runsc run --detach` (n={len(starts['agent'])})",
-                   starts["agent"], starts["raw"]))
-    print(line(f"pod exec `true`: PodRuntime.exec (a stream) vs raw `runsc exec` (n={args.execs})",
-               execs["runtime"], execs["raw"]))
+    print(f"cores: {os.cpu_count()}, python {sys.version.split()[0]}")
+    for i, runsc in enumerate(chosen):
+        print(f"runsc {chr(65 + i)}: {runsc.path}, version {runsc.version}, platform {runsc.platform}")
+    groups = [chr(65 + i) for i in range(len(chosen))]
+    print("| what | " + " | ".join(f"{g} p50 | {g} p99 | {g} raw p50 | {g} raw p99 | {g} ratio p50" for g in groups)
+          + " |")
+    print("|---|" + "---|" * (5 * len(groups)))
+    first = results[0][0]
+    print(f"| pod cold start: run_pod_sandbox + start_container vs raw `runsc run --detach` (n={len(first['runtime'])}) | "
+          + " | ".join(cells(st["runtime"], st["raw"]) for st, _ in results) + " |")
+    if all(st["agent"] for st, _ in results):
+        print(f"| pod cold start with the sandboxd agent vs raw `runsc run --detach` (n={len(first['agent'])}) | "
+              + " | ".join(cells(st["agent"], st["raw"]) for st, _ in results) + " |")
+    print(f"| pod exec `true`: PodRuntime.exec (a stream) vs raw `runsc exec` (n={args.execs}) | "
+          + " | ".join(cells(ex["runtime"], ex["raw"]) for _, ex in results) + " |")
     print()
-    print(f"CPU per start (p50): {med(starts['cpu_start']) * 1e3:.0f} ms (runsc clients "
-          f"{med(starts['client_cpu']) * 1e3:.0f} ms, the rest sandbox+gofer) over "
-          f"{med(starts['runtime']) * 1e3:.0f} ms wall")
-    print(f"CPU per stop (p50): {med(starts['cpu_stop']) * 1e3:.0f} ms over {med(starts['stop_wall']) * 1e3:.0f} ms wall")
-    print(f"Whole machine busy time meanwhile (p50; a ceiling, includes any other work): start "
-          f"{med(starts['host_start']) * 1e3:.0f} ms, stop {med(starts['host_stop']) * 1e3:.0f} ms; "
-          f"load average {os.getloadavg()[0]:.2f}")
-    per_claim = med(starts["cpu_start"]) + med(starts["cpu_stop"])
     cores = os.cpu_count() or 1
-    print(f"=> start+stop costs {per_claim * 1e3:.0f} ms of CPU: at most {cores / per_claim:.1f} "
-          f"pods/s refilled on {cores} cores if nothing else ran")
+    for g, (starts, _) in zip(groups, results, strict=True):
+        per_claim = med(starts["cpu_start"]) + med(starts["cpu_stop"])
+        print(f"{g}: CPU per start (p50) {med(starts['cpu_start']) * 1e3:.0f} ms (runsc clients "
+              f"{med(starts['client_cpu']) * 1e3:.0f} ms, the rest sandbox+gofer) over "
+              f"{med(starts['runtime']) * 1e3:.0f} ms wall; per stop {med(starts['cpu_stop']) * 1e3:.0f} ms over "
+              f"{med(starts['stop_wall']) * 1e3:.0f} ms wall; machine busy (a ceiling) start "
+              f"{med(starts['host_start']) * 1e3:.0f} ms, stop {med(starts['host_stop']) * 1e3:.0f} ms")
+        print(f"{g}: => start+stop costs {per_claim * 1e3:.0f} ms of CPU: at most {cores / per_claim:.1f} "
+              f"pods/s refilled on {cores} cores if nothing else ran")
+    print(f"load average {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -32,13 +32,22 @@ fi
 # The distribution starts docker-registry as a service; the tests start their own on loopback.
 systemctl disable --now docker-registry >/dev/null 2>&1 || true
 
-# An idle gVisor sandbox holds about 41-50 host tasks: the default pid_max (32768) would cap a
-# machine near 650 sandboxes.
-for knob in kernel.pid_max kernel.threads-max; do
-  if [ "$(sysctl -n $knob)" -lt 4194304 ]; then
-    sysctl -qw $knob=4194304 || echo "note: could not raise $knob" >&2
+# Host limits that scale with the sandboxes (docs/node.md, "Host limits"; `turbok serve` warns at start
+# about any still too low): an idle sandbox holds about 60 host tasks (the default pid_max, 32768, caps
+# a machine near 490), the control plane one inotify watch per container log, and a sandbox's Sentry
+# can map guest memory in tens of thousands of regions. Not persisted: a reboot restores the kernel's
+# defaults (run this again, or put the same lines in /etc/sysctl.d/90-turbok.conf).
+for setting in kernel.pid_max=4194304 kernel.threads-max=4194304 fs.inotify.max_user_watches=524288 \
+               fs.inotify.max_user_instances=512 vm.max_map_count=262144; do
+  knob=${setting%%=*} want=${setting#*=}
+  have=$(sysctl -n "$knob" 2>/dev/null || echo 0)
+  if [ "$have" -lt "$want" ] && ! sysctl -qw "$setting" 2>/dev/null; then
+    echo "note: could not raise $knob from $have to $want (a container without the right?): as root on the host, sysctl -w $setting" >&2
   fi
 done
+# Open files: `turbok serve` raises its soft limit to the hard one itself; a hard limit under 65536 caps it.
+[ "$(ulimit -Hn)" = unlimited ] || [ "$(ulimit -Hn)" -ge 65536 ] \
+  || echo "note: the hard open-files limit is $(ulimit -Hn): raise it (LimitNOFILE= in a unit, limits.conf) for many sandboxes" >&2
 
 # --- Python: a virtual environment in .venv with turbok and its test tools.
 if [ ! -x .venv/bin/python ]; then

@@ -25,6 +25,21 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TURBOK_IMAGES", str(Path("~/.turbok/images").expanduser()))
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--runsc", default="default", metavar="default|shared|PATH",
+                     help="the runsc every sandbox of this run uses (sets TURBOK_RUNSC, subprocesses too): default "
+                          "(TURBOK_RUNSC as it is, else Debian's runsc), shared (../shared/gvisor's current one) or a "
+                          "path; see tests/gvisor_binaries.py")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from tests.gvisor_binaries import resolve
+
+    chosen = resolve(config.getoption("--runsc"))
+    if chosen is not None:
+        os.environ["TURBOK_RUNSC"] = chosen
+
+
 @dataclass
 class ControlPlaneProcess:
     home: Path

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from tests.kube_apiserver import SERVICE_RANGE
+from tests.kube_cluster import SERVICE_RANGE
 from turbok.api.kinds import default_registry
 
 DATA = Path(__file__).resolve().parent / "data" / "differential"

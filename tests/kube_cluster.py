@@ -1,11 +1,17 @@
 """A real Kubernetes control plane on loopback: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok.
 
+The one place tests start a real cluster (``kube_cluster``): tests/kube (the Kubernetes engine), the
+checkpoint operator's, the conformance checker's and the differential tests each ask it for the parts
+they need. (The upgrade rehearsal's tests use turbok's own ``ScratchControlPlane``: it is what they test.)
+
 Where the binaries come from, envtest's convention first: ``$KUBEBUILDER_ASSETS`` (a directory holding
 ``etcd``, ``kube-apiserver``... as kubebuilder's ``setup-envtest`` lays them out); else the unpacked
 ``~/.cache/turbok-kube-assets/current`` (``TURBOK_KUBE_ASSETS`` moves it); else ``../shared/kube/unpack.sh``
-is run once to unpack it there (about 16 s). Without any of them ``missing()`` says which, and the tests
-that need a cluster skip with that reason. kube-controller-manager, kube-scheduler and kwok are optional
-per cluster (a KUBEBUILDER_ASSETS of envtest has no kwok: those tests skip naming it).
+is run once to unpack it there (about 16 s). A test that asserts one release's answers asks for it
+(``version="1.37.2"``): that release of the unpacked ../shared/kube, whatever KUBEBUILDER_ASSETS says.
+Without any of them ``missing()`` says which, and the tests that need a cluster skip with that reason.
+kube-controller-manager, kube-scheduler and kwok are optional per cluster (a KUBEBUILDER_ASSETS of envtest
+has no kwok: those tests skip naming it).
 
 Everything listens on 127.0.0.1 on free ports. Every address the cluster hands out is loopback: Service
 ClusterIPs from 127.96.0.0/16, kwok's Pod IPs from 127.64.0.0/16 (its node's InternalIP 127.63.0.1), so a
@@ -37,6 +43,9 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 SHARED_KUBE = REPO.parent / "shared" / "kube"
 CACHE = Path(os.environ.get("TURBOK_KUBE_ASSETS", Path.home() / ".cache" / "turbok-kube-assets"))
+#: The release of ../shared/kube that tests asserting one release's answers ask for (differential, conformance,
+#: checkpoint).
+RELEASE = "1.37.2"
 SERVICE_RANGE = "127.96.0.0/16"
 POD_CIDR = "127.64.0.0/16"
 NODE_IP = "127.63.0.1"
@@ -45,26 +54,27 @@ KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 _unpack_lock = threading.Lock()
 
 
-def assets_dir() -> Path | None:
-    """The directory with the binaries (``KUBEBUILDER_ASSETS``, the cache, or the cache after unpacking)."""
+def assets_dir(version: str | None = None) -> Path | None:
+    """The directory with the binaries (``KUBEBUILDER_ASSETS``, the cache, or the cache after unpacking);
+    with ``version``, that release's directory of the unpacked ../shared/kube."""
     env = os.environ.get("KUBEBUILDER_ASSETS")
-    if env:
+    if env and version is None:
         return Path(env)
-    current = CACHE / "current"
-    if (current / "kube-apiserver").exists():
-        return current
+    wanted = CACHE / (version or "current")
+    if (wanted / "kube-apiserver").exists():
+        return wanted
     unpack = SHARED_KUBE / "unpack.sh"
     if not unpack.exists():
         return None
     with _unpack_lock:
-        if not (current / "kube-apiserver").exists():
+        if not (wanted / "kube-apiserver").exists():
             subprocess.run(["sh", str(unpack), str(CACHE)], check=True, capture_output=True, timeout=300)
-    return current if (current / "kube-apiserver").exists() else None
+    return wanted if (wanted / "kube-apiserver").exists() else None
 
 
-def binary(name: str) -> Path | None:
+def binary(name: str, version: str | None = None) -> Path | None:
     """A binary of the assets (``kubectl``, ``helm``, ``kwok``...), or None."""
-    found = assets_dir()
+    found = assets_dir(version)
     if found is None:
         return None
     for candidate in (found / name, found.parent / "bin" / name):
@@ -73,14 +83,16 @@ def binary(name: str) -> Path | None:
     return None
 
 
-def missing(*names: str) -> str | None:
+def missing(*names: str, version: str | None = None) -> str | None:
     """Why a control plane with ``names`` (besides etcd and kube-apiserver) cannot start here, or None."""
-    found = assets_dir()
+    found = assets_dir(version)
     if found is None:
+        if version is not None:
+            return f"no Kubernetes {version} binaries in {CACHE / version} ({SHARED_KUBE} is absent or lacks them)"
         return ("no Kubernetes binaries: KUBEBUILDER_ASSETS is unset, ~/.cache/turbok-kube-assets is empty and "
                 f"{SHARED_KUBE / 'unpack.sh'} does not exist")
     for name in ("etcd", "kube-apiserver", *names):
-        if binary(name) is None:
+        if binary(name, version) is None:
             return f"{name} is not in {found} (KUBEBUILDER_ASSETS or the unpacked ../shared/kube)"
     if shutil.which("openssl") is None:
         return "openssl is not installed (it makes the service-account key)"
@@ -184,7 +196,8 @@ class KubeCluster:
                 out.append(event)
         return out
 
-    def wait(self, what: str, predicate: Any, timeout: float = 30.0) -> Any:
+    def wait(self, what: str, predicate: Any, timeout: float = 30.0, every: float = 0.1) -> Any:
+        """``predicate()``'s first truthy value; fails naming ``what`` after ``timeout`` s."""
         deadline = time.monotonic() + timeout
         while True:
             value = predicate()
@@ -192,7 +205,7 @@ class KubeCluster:
                 return value
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out waiting for {what}")
-            time.sleep(0.1)
+            time.sleep(every)
 
 
 def _wait_ready(client: httpx.Client, procs: dict[str, subprocess.Popen[bytes]], log: Path,
@@ -213,8 +226,14 @@ def _wait_ready(client: httpx.Client, procs: dict[str, subprocess.Popen[bytes]],
 @contextmanager
 def kube_cluster(*, controller_manager: bool = True, scheduler: bool = True, kwok: bool = True,
                  extra_users: tuple[tuple[str, str], ...] = (), audit: bool = False,
-                 prepare: Callable[[KubeCluster], None] | None = None) -> Iterator[KubeCluster]:
+                 prepare: Callable[[KubeCluster], None] | None = None,
+                 version: str | None = None) -> Iterator[KubeCluster]:
     """Start the control plane, yield it, stop it (SIGTERM, then SIGKILL) and remove its files.
+
+    ``controller_manager`` (garbage collection, namespace deletion, ServiceAccounts), ``scheduler`` and
+    ``kwok`` (simulated nodes that run Pods) are what tests differ by: the differential tests compare a
+    bare kube-apiserver, the conformance checks need namespaces to go away, tests/kube need all three.
+    ``version``: that release of ../shared/kube (for tests that assert its answers), not the default assets.
 
     ``extra_users``: (name, group) pairs given static tokens in ``tokens.csv`` (``cluster.work / name``).
     ``audit``: write the audit log (every request, blocking: it costs the apiserver a fair share of its CPU).
@@ -222,8 +241,12 @@ def kube_cluster(*, controller_manager: bool = True, scheduler: bool = True, kwo
     there are watched by its garbage collector at once (it finds later ones only at its next discovery,
     up to 30 s on).
     """
-    found = assets_dir()
-    assert found is not None, missing()
+    found = assets_dir(version)
+    assert found is not None, missing(version=version)
+
+    def bin_(name: str) -> str:
+        return str(binary(name, version))
+
     work = Path(tempfile.mkdtemp(prefix="kube-cluster-"))
     procs: dict[str, subprocess.Popen[bytes]] = {}
     log_path = work / "log"
@@ -245,13 +268,13 @@ def kube_cluster(*, controller_manager: bool = True, scheduler: bool = True, kwo
         audit_log = work / "audit.jsonl"
         ep, pp, api = free_port(), free_port(), free_port()
         procs["etcd"] = subprocess.Popen(
-            [str(binary("etcd")), "--data-dir", str(work / "etcd"), "--unsafe-no-fsync",
+            [bin_("etcd"), "--data-dir", str(work / "etcd"), "--unsafe-no-fsync",
              "--listen-client-urls", f"http://127.0.0.1:{ep}", "--advertise-client-urls", f"http://127.0.0.1:{ep}",
              "--listen-peer-urls", f"http://127.0.0.1:{pp}", "--initial-advertise-peer-urls",
              f"http://127.0.0.1:{pp}", "--initial-cluster", f"default=http://127.0.0.1:{pp}"],
             stdout=log, stderr=log)
         procs["kube-apiserver"] = subprocess.Popen(
-            [str(binary("kube-apiserver")), "--etcd-servers", f"http://127.0.0.1:{ep}",
+            [bin_("kube-apiserver"), "--etcd-servers", f"http://127.0.0.1:{ep}",
              "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
              "--endpoint-reconciler-type", "none", "--secure-port", str(api), "--cert-dir", str(work / "certs"),
              "--token-auth-file", str(tokens), "--authorization-mode", "Node,RBAC",
@@ -273,7 +296,7 @@ def kube_cluster(*, controller_manager: bool = True, scheduler: bool = True, kwo
         kc = str(cluster.kubeconfig)
         if controller_manager:
             procs["kube-controller-manager"] = subprocess.Popen(
-                [str(binary("kube-controller-manager")), "--kubeconfig", kc, "--bind-address", "127.0.0.1",
+                [bin_("kube-controller-manager"), "--kubeconfig", kc, "--bind-address", "127.0.0.1",
                  "--secure-port", "0", "--leader-elect=false",
                  "--controllers", "*,-node-ipam-controller,-kube-apiserver-serving-clustertrustbundle-publisher-controller",
                  "--service-account-private-key-file", str(work / "sa.key"),
@@ -281,7 +304,7 @@ def kube_cluster(*, controller_manager: bool = True, scheduler: bool = True, kwo
                 stdout=log, stderr=log)
         if scheduler:
             procs["kube-scheduler"] = subprocess.Popen(
-                [str(binary("kube-scheduler")), "--kubeconfig", kc, "--bind-address", "127.0.0.1",
+                [bin_("kube-scheduler"), "--kubeconfig", kc, "--bind-address", "127.0.0.1",
                  "--secure-port", "0", "--leader-elect=false", "--kube-api-qps", "500", "--kube-api-burst", "1000"],
                 stdout=log, stderr=log)
         if kwok:
@@ -289,7 +312,7 @@ def kube_cluster(*, controller_manager: bool = True, scheduler: bool = True, kwo
             if not stages.exists():
                 stages = found.parent / "kwok-stages.yaml"
             procs["kwok"] = subprocess.Popen(
-                [str(binary("kwok")), "--kubeconfig", kc, "--config", str(stages), "--manage-all-nodes=false",
+                [bin_("kwok"), "--kubeconfig", kc, "--config", str(stages), "--manage-all-nodes=false",
                  "--manage-nodes-with-annotation-selector", f"{KWOK_NODE_ANNOTATION}=fake",
                  "--cidr", POD_CIDR, "--node-ip", NODE_IP],
                 stdout=log, stderr=log)
@@ -303,15 +326,17 @@ def kube_cluster(*, controller_manager: bool = True, scheduler: bool = True, kwo
         finally:
             client.close()
     finally:
-        for name in reversed(list(procs)):
-            procs[name].terminate()
-        deadline = time.monotonic() + 3  # nothing of a test cluster is worth a slow drain: its files go too
-        for p in procs.values():
-            try:
-                p.wait(max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        # etcd last: a kube-apiserver whose etcd is gone hangs on its way out (until killed, 2 s later)
+        for group in ([n for n in reversed(procs) if n != "etcd"], [n for n in procs if n == "etcd"]):
+            for name in group:
+                procs[name].terminate()
+            deadline = time.monotonic() + 3  # nothing of a test cluster is worth a slow drain: its files go too
+            for name in group:
+                try:
+                    procs[name].wait(max(deadline - time.monotonic(), 0.1))
+                except subprocess.TimeoutExpired:
+                    procs[name].kill()
+                    procs[name].wait()
         log.close()
         if os.environ.get("TURBOK_KEEP_KUBE_LOGS"):
             print(f"kube cluster files kept in {work}")

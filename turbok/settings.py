@@ -4,7 +4,8 @@ The store, the API server and the router keep their bounds in frozen
 dataclasses with documented defaults. ``from_env(cls, names)`` builds one where
 each field named in ``names`` comes from its variable when that is set and not
 empty; arguments ``given`` (not None) win over both. Integers take Kubernetes'
-binary suffixes (``64Mi``, ``2Gi``) and ``_`` separators; a value that does not
+binary suffixes (``64Mi``, ``2Gi``) and ``_`` separators; a ``str`` field takes
+the value stripped (its class checks what it may be); a value that does not
 parse is a ``SettingError`` naming the variable, so a typo stops the start with
 one clear line instead of running with a default nobody chose. Each class checks
 its own ranges (``__post_init__``). This module imports nothing of turbok but
@@ -41,7 +42,9 @@ def parse_size(raw: str) -> int:
     return int(m.group(1)) * _UNITS[m.group(2)]
 
 
-def _parse(raw: str, kind: Any) -> int | float:
+def _parse(raw: str, kind: Any) -> int | float | str:
+    if kind in (str, "str"):
+        return raw.strip()
     if kind in (float, "float"):
         return float(raw)
     return parse_size(raw)

@@ -54,6 +54,15 @@ def api(control_plane: ControlPlaneProcess) -> Iterator[kclient.ApiClient]:
         "apiVersion": "extensions.agents.x-k8s.io/v1beta1", "kind": "SandboxWarmPool",
         "metadata": {"name": "python-pool"},
         "spec": {"replicas": 1, "sandboxTemplateRef": {"name": "python-template"}}})
+    objects.create_namespaced_custom_object(*EXT, NS, "sandboxtemplates", {
+        "apiVersion": "extensions.agents.x-k8s.io/v1beta1", "kind": "SandboxTemplate",
+        "metadata": {"name": "eager-template"},
+        "spec": {"podTemplate": {"metadata": {"annotations": {"turbok.dev/sandboxd": "eager"}},
+                                 "spec": {"containers": [{"name": "python-runtime", "image": "python-runtime-sandbox"}]}}}})
+    objects.create_namespaced_custom_object(*EXT, NS, "sandboxwarmpools", {
+        "apiVersion": "extensions.agents.x-k8s.io/v1beta1", "kind": "SandboxWarmPool",
+        "metadata": {"name": "eager-pool"},
+        "spec": {"replicas": 1, "sandboxTemplateRef": {"name": "eager-template"}}})
     yield api
     core.delete_namespace(NS)
     api.close()
@@ -96,10 +105,12 @@ def _wait_no_claims(api: kclient.ApiClient) -> None:
 
 
 def test_sandboxd_in_cluster_pod_ip(api: kclient.ApiClient) -> None:
+    # A client on the Pod's address goes around the router and port-forwards, which start the agent on demand:
+    # its template says `turbok.dev/sandboxd: eager`, so the agent serves when the Pod is Ready.
     c: Any
     with SandboxClient(connection_config=SandboxdInClusterConnectionConfig(mode="in-cluster-pod-ip"),
                        api_client=api) as c:
-        sb = c.create_sandbox("python-pool", namespace=NS, sandbox_ready_timeout=60)
+        sb = c.create_sandbox("eager-pool", namespace=NS, sandbox_ready_timeout=60)
         if not sb.get_pod_ip():
             pytest.skip("the control plane started without a pod network (its log says why)")
         _exercise(sb)

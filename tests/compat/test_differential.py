@@ -7,7 +7,7 @@ line of message (not the message where the case says ``loose``: it quotes a Go
 library's words). For a write both accept, the stored objects must agree too
 (after removing what only a full cluster adds: the service-account token
 volume, and the particular ClusterIP drawn). Skipped, naming what is missing,
-without the kube binaries (tests/kube_apiserver.py).
+without the kube binaries (tests/kube_cluster.py: a bare etcd and kube-apiserver).
 """
 
 from __future__ import annotations
@@ -26,14 +26,15 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from tests.differential import CASES, NAMESPACE, RECORDED, TABLE, TABLE_CASES, answer, cells, normal, path_of
-from tests.kube_apiserver import KubeApiServer, kube_apiserver, missing
+from tests.kube_cluster import RELEASE, KubeCluster, kube_cluster, missing
 from turbok.api.kinds import default_registry
 from turbok.api.patch import json_patch
 from turbok.apiserver.app import create_app
 from turbok.store.registry import ObjectRegistry
 from turbok.store.sqlite import SqliteStore
 
-pytestmark = [pytest.mark.compat, pytest.mark.skipif(missing() is not None, reason=str(missing()))]
+pytestmark = [pytest.mark.compat, pytest.mark.skipif(missing(version=RELEASE) is not None,
+                                                  reason=str(missing(version=RELEASE)))]
 
 TOKEN = "differential-token"
 
@@ -85,8 +86,8 @@ def record() -> Iterator[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def kube() -> Iterator[KubeApiServer]:
-    with kube_apiserver() as server:
+def kube() -> Iterator[KubeCluster]:
+    with kube_cluster(controller_manager=False, scheduler=False, kwok=False, version=RELEASE) as server:
         for client in (server.client,):
             client.post("/api/v1/namespaces", json={"metadata": {"name": NAMESPACE}})
             # The ServiceAccount admission plugin wants the namespace's default ServiceAccount.
@@ -102,7 +103,7 @@ def turbok(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
-def test_same_answer_as_kube_apiserver(case: dict[str, Any], kube: KubeApiServer, turbok: httpx.Client,
+def test_same_answer_as_kube_apiserver(case: dict[str, Any], kube: KubeCluster, turbok: httpx.Client,
                                        record: dict[str, Any]) -> None:
     body = case["body"]
     path = path_of(body)
@@ -127,7 +128,7 @@ def test_same_answer_as_kube_apiserver(case: dict[str, Any], kube: KubeApiServer
 
 
 @pytest.mark.parametrize("case", TABLE_CASES, ids=[c["name"] for c in TABLE_CASES])
-def test_same_table_as_kube_apiserver(case: dict[str, Any], kube: KubeApiServer, turbok: httpx.Client,
+def test_same_table_as_kube_apiserver(case: dict[str, Any], kube: KubeCluster, turbok: httpx.Client,
                                       record: dict[str, Any]) -> None:
     body = case["body"]
     path = path_of(body)

@@ -24,10 +24,10 @@ import yaml
 
 from tests.compat.test_differential import TurbokApi
 from tests.conftest import ControlPlaneProcess
-from tests.kube_apiserver import kube_apiserver, missing
-from tests.kube_cluster import binary
+from tests.kube_cluster import RELEASE, binary, kube_cluster, missing
 
-pytestmark = [pytest.mark.compat, pytest.mark.skipif(missing() is not None, reason=str(missing()))]
+pytestmark = [pytest.mark.compat, pytest.mark.skipif(missing(version=RELEASE) is not None,
+                                                  reason=str(missing(version=RELEASE)))]
 
 CM = "/api/v1/namespaces/{ns}/configmaps"
 Transcript = list[Any]
@@ -35,7 +35,7 @@ Transcript = list[Any]
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    with kube_apiserver() as kube, TurbokApi(tmp_path_factory.mktemp("protocol")) as turbok:
+    with kube_cluster(controller_manager=False, scheduler=False, kwok=False, version=RELEASE) as kube, TurbokApi(tmp_path_factory.mktemp("protocol")) as turbok:
         yield {"kube": kube, "turbok": turbok}
 
 
@@ -210,13 +210,7 @@ def test_kubectl_apply_patch_replace_delete(servers: dict[str, Any], control_pla
                                             tmp_path: Path) -> None:
     """kubectl 1.37 against both (turbok's whole control plane here: kubectl sends no token over plain HTTP)."""
     kubectl = str(binary("kubectl"))
-    kube_config = tmp_path / "kube.kubeconfig"
-    kube_config.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "c",
-        "clusters": [{"name": "c", "cluster": {"server": servers["kube"].url, "insecure-skip-tls-verify": True}}],
-        "users": [{"name": "u", "user": {"token": servers["kube"].token}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
-    configs = {"kube": kube_config, "turbok": control_plane.kubeconfig}
+    configs = {"kube": servers["kube"].kubeconfig, "turbok": control_plane.kubeconfig}
     manifest = tmp_path / "cm.yaml"
 
     def run(which: str, ns: str, *args: str) -> list[Any]:

@@ -19,13 +19,13 @@ import yaml
 
 from tests.compat.kubectl import KUBECTL, Kubectl, client_minor, make_kubectl
 from tests.conftest import ControlPlaneProcess
-from tests.kube_apiserver import ASSETS
+from tests.kube_cluster import CACHE
 
 REPO = Path(__file__).resolve().parents[2]
 NOWHERE = "compat-nowhere"
 _CANDIDATES = {
     "path": KUBECTL,
-    "current": str(ASSETS / "bin" / "kubectl"),
+    "current": str(CACHE / "bin" / "kubectl"),
     "debian-1.20": os.environ.get("TURBOK_LEGACY_KUBECTL") or str(REPO / ".cache" / "kubernetes-client" / "usr" /
                                                                    "bin" / "kubectl"),
 }

@@ -19,6 +19,15 @@ The pool keeps an index of its sandboxes from the changes it watches (upstream
 uses an informer cache the same way), so a pass costs no listing or parsing;
 changes arrive synchronously with each commit, so the index always includes
 this controller's own creates: upstream's expectations machinery is not needed.
+
+turbok's other addition (``max_starting``, the embedded engine's): a pool keeps at
+most that many sandboxes starting at once and makes the next ones as those become
+Ready. One machine boots a few sandboxes at a time (the node's start slots): a
+pool emptied by a burst of claims would otherwise make hundreds of Sandboxes and
+Pods at once, whose writes, watches and status updates take the control plane
+from the claims still arriving, only to wait for a slot. A claim that finds the
+pool empty starts a sandbox of its own, which boots before the refills. A
+cluster's kubelets boot in parallel on many nodes: the operator keeps no bound.
 """
 
 from __future__ import annotations
@@ -67,9 +76,11 @@ class WarmPoolReconciler(Reconciler):
     # One pass per 100 ms at most: at 20 claims/s, a burst of adoptions costs one pass.
     coalesce = 0.1
 
-    def __init__(self, client: Client, events: EventRecorder | None = None) -> None:
+    def __init__(self, client: Client, events: EventRecorder | None = None, *, max_starting: int | None = None) -> None:
+        """``max_starting``: at most this many of a pool's sandboxes not Ready yet (None: no bound, upstream's)."""
         super().__init__(client)
         self.events = events
+        self.max_starting = max_starting
         #: (pool uid, template uid and resourceVersion) told that the pool keeps no devices: told once
         self._told: set[tuple[str, str, str]] = set()
         self.kind = client.kinds.by_kind(lb.EXTENSIONS_API, "SandboxWarmPool")
@@ -150,7 +161,10 @@ class WarmPoolReconciler(Reconciler):
 
         created = 0
         if template is not None:
-            for _ in range(max(desired - len(active) - terminating, 0)):
+            missing = max(desired - len(active) - terminating, 0)
+            if self.max_starting is not None:
+                missing = min(missing, max(self.max_starting - sum(1 for _, mb in active if not mb.ready), 0))
+            for _ in range(missing):
                 await self.client.create(self.sandbox_kind, self._new_sandbox(pool, template, pod_hash, bp_hash))
                 created += 1
         if len(active) + created > desired:

@@ -48,6 +48,9 @@ __all__ = ["ControlPlane", "Endpoints"]
 
 log = logging.getLogger(__name__)
 
+#: A warm pool keeps this many sandboxes starting per boot the node runs at once (``WarmPoolReconciler``).
+POOL_STARTING_PER_SLOT = 4
+
 
 @dataclass
 class Endpoints:
@@ -232,8 +235,11 @@ class ControlPlane:
 
         assert self.registry is not None
         ca = self.home.root / "pki" / "ca.crt"  # published in every namespace as kube-root-ca.crt
+        # A pool keeps what this machine's node can boot in a few rounds starting, not a burst's worth.
+        slots = self.node.ctx.starts.slots if self.node is not None else None
         suite = ControllerSuite(EmbeddedClient(self.registry), metrics=self.metrics,
-                                root_ca=ca.read_text() if ca.exists() else None, idle=self._idle())
+                                root_ca=ca.read_text() if ca.exists() else None, idle=self._idle(),
+                                pool_max_starting=POOL_STARTING_PER_SLOT * slots if slots else None)
         await suite.start()
         self._stoppers.append(suite.stop)
 
@@ -243,7 +249,9 @@ class ControlPlane:
         from turbok.runtime.errors import RuntimeError_
         from turbok.runtime.factory import make_pod_runtime
         from turbok.runtime.network import PodNetwork
+        from turbok.runtime.runsc import RunscSettings
 
+        RunscSettings.from_env()  # a bad TURBOK_RUNSC_PLATFORM stops the start before the host is touched
         network = PodNetwork.from_env(self.home.root / "network")  # a bad TURBOK_POD_CIDR stops the start
         try:
             await asyncio.to_thread(network.ensure_host)
@@ -286,9 +294,19 @@ class ControlPlane:
                          pod_cidr=str(cidr) if cidr is not None else None, settings=NodeSettings.from_env(),
                          network=network,  # it enforces NetworkPolicy there and serves the pods' DNS
                          dra=self._dra_settings(node_dir))
+        self._check_host_limits()
         await self.node.start()
         self._stoppers.append(self.node.stop)
         await self._start_streams(network)
+
+    def _check_host_limits(self) -> None:
+        """One warning line per host limit too low for the sandboxes the Node holds (``turbok.node.hostlimits``);
+        the open-files limit is raised to its hard limit first, before any sandbox is adopted or booted."""
+        from turbok.node.hostlimits import check_host_limits
+        from turbok.node.nodeinfo import pods_capacity
+
+        assert self.node is not None
+        check_host_limits(self.node.settings.max_pods or pods_capacity(self.node.reporter.machine(), pids=False))
 
     async def _start_streams(self, network: Any) -> None:
         """Pod streams (logs, exec, attach, port-forward) and the router's mirror Pod and Service."""

@@ -199,6 +199,7 @@ def _pod_network(home: Home) -> Any:
 def _stop_all(home: Home, *, remove: bool) -> int:
     import asyncio
 
+    from turbok.node.storage import unmount_volumes
     from turbok.runtime.factory import make_pod_runtime
     from turbok.runtime.legacy import LegacySandboxes
 
@@ -238,6 +239,9 @@ def _stop_all(home: Home, *, remove: bool) -> int:
         for rid, result in zip(ids, results, strict=True):
             if isinstance(result, BaseException):
                 raise DaemonError(f"could not stop sandbox {rid}: {result}")
+        if all(result is True for result in results[len(ids) - len(pod_ids):]):
+            # No pod is left hibernated on them: the volumes' disks (PVs, bounded emptyDirs) go unmounted too.
+            await asyncio.to_thread(unmount_volumes, home.root / "storage")
         return sum(1 for result in results if result is True)
 
     return asyncio.run(run())

@@ -8,7 +8,8 @@ kubelet does, with the kubelet's names, reasons and Events:
   conditions, the Lease heartbeat), ``scheduler`` (binding unscheduled Pods
   here when they fit; on a cluster kube-scheduler does it), ``podworker`` (one
   worker per Pod: pod sandbox, init containers, restarts, probes, grace
-  periods, deletion), ``status`` (Pod status as the kubelet computes it, and
+  periods, deletion), ``reaper`` (teardowns bounded, removals finished in the
+  background after their Pods are gone), ``status`` (Pod status as the kubelet computes it, and
   the coalescing writer of ``pods/status``), ``restarts`` (CrashLoopBackOff and
   how a container ended), ``suspend`` (state kept for a Pod deleted with
   ``turbok.dev/on-delete``: hibernate/stop, resume), ``events`` (core/v1 Events,

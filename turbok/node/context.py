@@ -3,7 +3,9 @@
 ``NodeContext.lock(id)`` serialises the workers of one runtime id: an old Pod
 of a Sandbox still terminating and its new Pod (same
 ``turbok.dev/sandbox-identity``) never act on the pod sandbox at once, and the
-node's sweeps never remove a sandbox a worker holds.
+node's sweeps never remove a sandbox a worker holds. It is granted only once
+the id's background removal (``reaper``) is done, so a new Pod never boots into
+one.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from turbok.api.kinds import Kind
 from turbok.node.client import NodeClient, Obj
 from turbok.node.clock import Clock
 from turbok.node.events import EventRecorder
+from turbok.node.reaper import Reaper
 from turbok.node.startqueue import StartQueue
 from turbok.node.status import StatusWriter
 from turbok.node.storage import LocalStorage
@@ -61,6 +64,8 @@ class NodeContext:
     snapshots: NodeSnapshots | None = None
     #: a Pod's ResourceClaims prepared by their DRA drivers before its sandbox starts (``turbok.node.dra``)
     dra: NodeDra | None = None
+    #: the node's bounded teardowns and the removals still running after their Pods went (``turbok.node.reaper``)
+    reaper: Reaper = field(default_factory=Reaper)
     _locks: dict[str, tuple[asyncio.Lock, int]] = field(default_factory=dict)
 
     @contextlib.asynccontextmanager
@@ -70,6 +75,7 @@ class NodeContext:
         self._locks[id] = (lock, users + 1)
         try:
             async with lock:
+                await self.reaper.removed(id)  # queued for the lock before its removal began: not into it
                 yield
         finally:
             lock, users = self._locks[id]

@@ -44,9 +44,11 @@ from turbok.node.containers import fingerprint
 from turbok.node.context import NodeContext
 from turbok.node.dra.setup import DraSettings, NodeDraStack
 from turbok.node.events import KUBELET, SCHEDULER, EventRecorder
+from turbok.node.hostroom import DEFAULT_DISK_RESERVE, DEFAULT_MEMORY_RESERVE, HostRoom, host_facts
 from turbok.node.netpolicy import NetworkPolicies, PolicyNetwork, dns_config
 from turbok.node.nodeinfo import DEFAULT_MAX_PODS, Machine, NodeReporter, node_name, probe_machine
 from turbok.node.podworker import PodWorker
+from turbok.node.reaper import DEFAULT_SLOTS, Reaper
 from turbok.node.scheduler import Scheduler
 from turbok.node.snapshots import NodeSnapshots
 from turbok.node.startqueue import StartQueue
@@ -91,15 +93,26 @@ class NodeSettings:
     #: 2-core machine with two sandboxes of ``cpu: 1``; limits are still enforced (CFS quota). 1: the kubelet's
     #: accounting. Memory is never overcommitted.
     cpu_overcommit: float = DEFAULT_CPU_OVERCOMMIT
+    #: pod sandboxes stopped or removed at once (TURBOK_NODE_TEARDOWNS; ``turbok.node.reaper``): deletions beyond
+    #: it queue, boots never wait for it
+    teardowns: int = DEFAULT_SLOTS
+    #: memory the scheduler keeps free of new sandboxes (TURBOK_NODE_MEMORY_RESERVE, a size such as 1Gi): no
+    #: Pod is bound while MemAvailable less this cannot hold one more idle sandbox (``hostroom``)
+    memory_reserve: int = DEFAULT_MEMORY_RESERVE
+    #: free space of the home below which no Pod is bound (TURBOK_NODE_DISK_RESERVE)
+    disk_reserve: int = DEFAULT_DISK_RESERVE
 
     def __post_init__(self) -> None:
-        check_positive(self, zero_allowed=frozenset({"start_slots", "max_pods"}))
+        check_positive(self, zero_allowed=frozenset({"start_slots", "max_pods", "memory_reserve",
+                                                     "disk_reserve"}))
 
     @classmethod
     def from_env(cls) -> NodeSettings:
         return from_env(cls, {"max_pods": "TURBOK_NODE_MAX_PODS", "start_slots": "TURBOK_NODE_START_SLOTS",
                               "relist_seconds": "TURBOK_NODE_RELIST_SECONDS",
-                              "cpu_overcommit": "TURBOK_NODE_CPU_OVERCOMMIT"})
+                              "cpu_overcommit": "TURBOK_NODE_CPU_OVERCOMMIT", "teardowns": "TURBOK_NODE_TEARDOWNS",
+                              "memory_reserve": "TURBOK_NODE_MEMORY_RESERVE",
+                              "disk_reserve": "TURBOK_NODE_DISK_RESERVE"})
 
 
 class Node:
@@ -130,7 +143,10 @@ class Node:
             runtime_version=runtime_version or f"{runtime.isolation.value}://unknown",
             kubelet_version=kubelet_version, max_pods=self.settings.max_pods,
             cpu_overcommit=self.settings.cpu_overcommit, pod_cidr=pod_cidr, clock=self.clock)
-        self.scheduler = Scheduler(client, self.name, self.scheduler_events) if scheduler else None
+        # The host's room, read cheaply (``hostroom.host_facts``); a test's ``machine`` stands in for both.
+        self.room = HostRoom(machine or host_facts(disk, internal_ip), clock=self.clock,
+                             memory_reserve=self.settings.memory_reserve, disk_reserve=self.settings.disk_reserve)
+        self.scheduler = Scheduler(client, self.name, self.scheduler_events, room=self.room) if scheduler else None
         # Dynamic Resource Allocation (turbok.node.dra): claims allocated and prepared, turbok's GPU driver.
         self.dra = NodeDraStack(client, dra, node_name=self.name, events=self.scheduler_events,
                                 embedded=scheduler) if dra is not None else None
@@ -147,7 +163,8 @@ class Node:
                                pod_kind=self.pod_kind, storage=self.storage,
                                tokens=ServiceAccountTokens(state_dir / "serviceaccount.key", node_name=self.name),
                                allocatable=lambda: self.reporter.allocatable,
-                               dra=self.dra.manager if self.dra is not None else None)
+                               dra=self.dra.manager if self.dra is not None else None,
+                               reaper=Reaper(self.settings.teardowns))
         # The pod network's policies and DNS (a CNI's job on a cluster): turbok.node.netpolicy.
         self.policies = NetworkPolicies(client, network, node_name=self.name) if network is not None else None
         self.resolver: PodResolver | None = None
@@ -221,6 +238,7 @@ class Node:
             await self.snapshots.stop()
         await asyncio.gather(*(w.stop() for w in list(self.workers.values())), return_exceptions=True)
         self.workers.clear()
+        await self.ctx.reaper.stop()  # what it had left is swept at the next start
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -319,7 +337,8 @@ class Node:
         async with self.ctx.lock(rid):
             if self.kept.get(rid) is None and not any(w.rid == rid for w in self.workers.values()):
                 with contextlib.suppress(RuntimeError_):
-                    await self.runtime.remove_pod_sandbox(rid)
+                    async with self.ctx.reaper.slot():
+                        await self.runtime.remove_pod_sandbox(rid)
                     await self._release(rid)
 
     # ------------------------------------------------------------ the runtime's view
@@ -343,7 +362,8 @@ class Node:
             if any(w.rid == rid for w in self.workers.values()) or self.kept.get(rid) is not None:
                 return  # a Pod for it appeared meanwhile
             try:
-                await self.runtime.remove_pod_sandbox(rid)
+                async with self.ctx.reaper.slot():
+                    await self.runtime.remove_pod_sandbox(rid)
             except RuntimeError_ as e:
                 log.warning("removing pod sandbox %s: %s", rid, e)
                 return
@@ -415,7 +435,8 @@ class Node:
                 log.info("removing kept pod sandbox %s (%s/%s): its owner and its Pods are gone", kept.id,
                          kept.namespace, kept.pod)
                 try:
-                    await self.runtime.remove_pod_sandbox(kept.id)
+                    async with self.ctx.reaper.slot():
+                        await self.runtime.remove_pod_sandbox(kept.id)
                 except RuntimeError_ as e:
                     log.warning("removing kept pod sandbox %s: %s", kept.id, e)
                     continue

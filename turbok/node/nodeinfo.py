@@ -27,12 +27,14 @@ As the kubelet registers and reports itself:
 
 ``NodeReporter.register()`` creates or updates both at start;
 ``run()`` loops. Machine facts come from ``/proc`` and ``os`` (``probe_machine``),
-replaceable in tests.
+replaceable in tests; ``refresh_machine`` re-reads only what moves (memory, tasks, free disk) for the
+scheduler's host-room check (``hostroom``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -51,7 +53,8 @@ from turbok.api.status import AlreadyExists, ApiError, Conflict, NotFound
 from turbok.node.client import NodeClient, Obj
 from turbok.node.clock import Clock, MonotonicClock
 
-__all__ = ["LEASE_NAMESPACE", "Machine", "NodeReporter", "node_name", "pods_capacity", "probe_machine"]
+__all__ = ["LEASE_NAMESPACE", "Machine", "NodeReporter", "node_name", "pods_capacity", "probe_machine",
+           "refresh_machine"]
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +135,6 @@ def probe_machine(disk: Path, internal_ip: str = "127.0.0.1") -> Machine:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cpus = os.cpu_count() or 1
-    pids = sum(1 for p in os.listdir("/proc") if p.isdigit()) if os.path.isdir("/proc") else 0
     pid_max = _read("/proc/sys/kernel/pid_max")
     return Machine(
         cpus=cpus,
@@ -140,7 +142,7 @@ def probe_machine(disk: Path, internal_ip: str = "127.0.0.1") -> Machine:
         memory_available_bytes=mem.get("MemAvailable", mem.get("MemFree", 0)),
         disk_bytes=st.f_blocks * st.f_frsize,
         disk_available_bytes=st.f_bavail * st.f_frsize,
-        pids_used=pids,
+        pids_used=_tasks(),
         pid_max=int(pid_max) if pid_max.isdigit() else 4_194_304,
         kernel=platform.release(),
         os_image=_os_image(),
@@ -151,14 +153,37 @@ def probe_machine(disk: Path, internal_ip: str = "127.0.0.1") -> Machine:
     )
 
 
-def pods_capacity(machine: Machine) -> int:
+def _tasks() -> int:
+    """Host tasks (processes and threads: what ``pid_max`` bounds) in use: ``/proc/loadavg``'s 4th field
+    (running/total), the kernel's own count, as the kubelet's ``pid.available`` reads it (sysinfo)."""
+    fields = _read("/proc/loadavg").split()
+    total = fields[3].partition("/")[2] if len(fields) > 3 else ""
+    return int(total) if total.isdigit() else 0
+
+
+def refresh_machine(machine: Machine, disk: Path) -> Machine:
+    """``machine`` with what changes by the second read again: available memory (``/proc/meminfo``), tasks
+    in use (``/proc/loadavg``) and the home's free space (one ``statvfs``): three reads, no directory walk;
+    the scheduler's host-room check (``hostroom``) calls it at most once a second."""
+    mem = _meminfo()
+    try:
+        st = os.statvfs(disk)
+        disk_available = st.f_bavail * st.f_frsize
+    except OSError:
+        disk_available = machine.disk_available_bytes
+    return dataclasses.replace(machine, memory_available_bytes=mem.get("MemAvailable", mem.get("MemFree", 0)),
+                               pids_used=_tasks(), disk_available_bytes=disk_available)
+
+
+def pods_capacity(machine: Machine, *, pids: bool = True) -> int:
     """How many idle sandboxes the machine holds: its allocatable memory and CPUs over an idle sandbox's
     requests (``BUILTIN_DEFAULT_REQUESTS``: what a Pod asking nothing is given), and the pids under the
-    PIDPressure threshold over an idle sandbox's tasks; the smallest of the three, at least 1."""
+    PIDPressure threshold over an idle sandbox's tasks; the smallest of the three, at least 1. Without
+    ``pids``: what memory and CPUs alone allow (what ``hostlimits`` wants ``kernel.pid_max`` to serve)."""
     idle = {name: parse_quantity(value) for name, value in BUILTIN_DEFAULT_REQUESTS.items()}
     by_memory = int(max(machine.memory_bytes - EVICTION_MEMORY, 0) // idle["memory"])
     by_cpu = int(machine.cpus // idle["cpu"])
-    by_pids = int(machine.pid_max * PID_PRESSURE_FRACTION) // IDLE_POD_TASKS
+    by_pids = int(machine.pid_max * PID_PRESSURE_FRACTION) // IDLE_POD_TASKS if pids else by_memory
     return max(1, min(by_memory, by_cpu, by_pids))
 
 

@@ -81,7 +81,14 @@ def single_container(pod: Obj) -> bool:
         c.get("restartPolicy") == "Always" for c in spec.get("initContainers") or [])
 
 
-#: Pod annotation: ``off`` keeps the sandboxd agent out of a Sandbox's Pod (its image serves its own API).
+#: A warm pool's Pods (upstream's label): their boots wait behind the Pods someone waits for.
+WARM_POOL_LABEL = "agents.x-k8s.io/warm-pool-sandbox"
+#: Pod annotation: ``off`` keeps the sandboxd agent out of a Sandbox's Pod (its image serves its own API);
+#: ``eager`` starts it with the container (the Pod is Ready once it serves: a client on the Pod's address, the
+#: official client's ``in-cluster-pod-ip`` mode, finds it at once); otherwise it starts on the first call that
+#: reaches it through turbok (the router, a port-forward to its ports: ``PodRuntime.ensure_agent``), so that
+#: sandboxes nobody talks to through sandboxd (a warm pool's, idle ones) cost neither its start (an interpreter's,
+#: about 0.5 s of a core under runsc's ptrace platform) nor its memory (about 15 MiB).
 AGENT_ANNOTATION = "turbok.dev/sandboxd"
 #: Upstream sandboxd's REST and gRPC ports, which the agent serves unless a container declares them.
 AGENT_PUBLIC_PORTS = (8080, 9090)
@@ -90,7 +97,7 @@ AGENT_PUBLIC_PORTS = (8080, 9090)
 def agent(pod: Obj) -> dict[str, Any]:
     """Where the runtime puts the sandboxd agent (``PodSandboxConfig.agent_container``/``agent_ports``): the first
     container of a Sandbox's Pod (``turbok.dev/sandbox-identity``), unless ``turbok.dev/sandboxd: off``; on
-    8080 and 9090 unless a container of the Pod declares them (its own server's)."""
+    8080 and 9090 unless a container of the Pod declares them (its own server's); on demand (``AGENT_ANNOTATION``)."""
     annotations = pod["metadata"].get("annotations") or {}
     containers = (pod.get("spec") or {}).get("containers") or []
     if "turbok.dev/sandbox-identity" not in annotations or annotations.get(AGENT_ANNOTATION) == "off" \
@@ -98,7 +105,8 @@ def agent(pod: Obj) -> dict[str, Any]:
         return {}
     declared = {p.get("containerPort") for c in containers for p in c.get("ports") or []}
     return {"agent_container": str(containers[0]["name"]),
-            "agent_ports": tuple(p for p in AGENT_PUBLIC_PORTS if p not in declared)}
+            "agent_ports": tuple(p for p in AGENT_PUBLIC_PORTS if p not in declared),
+            "agent_on_demand": annotations.get(AGENT_ANNOTATION) != "eager"}
 
 
 def sandbox_config(pod: Obj, id: str, volumes: Sequence[VolumeConfig], *,

@@ -29,9 +29,11 @@ kubelet's PLEG), a probe changes its mind, or a back-off runs out:
 6. Deletion (``deletionTimestamp``, or the Pod gone): a boot waiting for its
    slot is abandoned, one in flight is let finish and torn down; preStop hooks
    and SIGTERM then SIGKILL within the grace period (``Killing``); the pod
-   sandbox is removed, or hibernated/stopped and kept when the Pod says
-   ``turbok.dev/on-delete`` (``suspend``); the final status is written; then
-   the Pod is deleted with ``gracePeriodSeconds=0``.
+   sandbox is stopped in one of the node's teardown slots (``reaper``), or
+   hibernated/stopped and kept when the Pod says ``turbok.dev/on-delete``
+   (``suspend``); the final status is written; then the Pod is deleted with
+   ``gracePeriodSeconds=0``. What a removed sandbox leaves (network, disk,
+   directory, emptyDirs) goes in the background after that (``Reaper.remove``).
 
 The runtime id is ``suspend.runtime_id(pod)``, known before anything runs, so
 a teardown never depends on a boot having finished. Workers sharing a runtime
@@ -80,8 +82,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: A warm pool's Pods (upstream's label): their boots wait behind the Pods someone waits for.
-WARM_POOL_LABEL = "agents.x-k8s.io/warm-pool-sandbox"
 #: The kubelet never gives a container less than this to stop, whatever the grace period says.
 MIN_GRACE = 2.0
 DEFAULT_GRACE = 30
@@ -423,12 +423,10 @@ class PodWorker:
             except ApiError as e:
                 log.warning("pod %s: looking up its snapshot: %s", self.key, e)
                 return INPUT_RETRY
-        labels = pod["metadata"].get("labels") or {}
-        priority = REFILL if WARM_POOL_LABEL in labels else URGENT
         if self.ctx.starts.full:
             self._waiting_all("ContainerCreating")
             self._publish()  # it waits for a boot slot: say so
-        async with self.ctx.starts.slot(priority):
+        async with self.ctx.starts.slot(self._priority()):
             self._check()
             try:
                 sb = None
@@ -468,6 +466,10 @@ class PodWorker:
         if running and (kept is not None or (plan is not None and plan.snapshot_id is not None)):
             self._restored(running, f"snapshot {plan.name}" if plan is not None and plan.snapshot_id else "")
         return sb
+
+    def _priority(self) -> int:
+        """A warm pool's Pods start after the Pods someone waits for."""
+        return REFILL if podspec.WARM_POOL_LABEL in (self.pod["metadata"].get("labels") or {}) else URGENT
 
     async def _prepare_devices(self) -> PodDevices | float | None:
         """The Pod's ResourceClaims prepared by their drivers (``turbok.node.dra``); None without claims,
@@ -694,7 +696,11 @@ class PodWorker:
                                    field_path=c.field_path)
         self._check()
         try:
-            st = await self._critical_call(self.ctx.runtime.start_container(self.rid, config))
+            # A container's start is a boot (one runsc sandbox per container where one runs at a time): it takes
+            # a start slot as the pod sandbox's does, or a pool's refill would start hundreds of them at once.
+            async with self.ctx.starts.slot(self._priority()):
+                self._check()
+                st = await self._critical_call(self.ctx.runtime.start_container(self.rid, config))
         except ImageError as e:
             # This node never pulls (images come from its local table): the kubelet's words for an image
             # that is not on the machine and will not be pulled. Retried with back-off: the table may change.
@@ -870,10 +876,13 @@ class PodWorker:
             try:
                 await self._teardown(mode, grace)
                 break
-            except Exception as e:  # the Pod goes anyway; what is left is swept at the next start
+            except Exception as e:  # the Pod goes anyway; the reaper goes on trying, else the next start's sweep
                 log.warning("pod %s: tearing down pod sandbox %s (try %d): %s", self.key, self.rid, attempt + 1, e)
                 self.ctx.events.record(pod, "FailedKillPod", f"error killing pod: {e}", warning=True)
                 await self.ctx.clock.sleep(2.0 ** attempt)
+        else:
+            if mode is None and self.ctx.kept.get(self.rid) is None:
+                self.ctx.reaper.remove(self.rid, self._remove_sandbox)
         await self._unprepare_devices()
         if self.gone:
             return
@@ -905,7 +914,8 @@ class PodWorker:
         if mode == "hibernate" and running:
             if runtime.supports_hibernation:
                 try:
-                    await self._critical_call(runtime.hibernate_pod_sandbox(self.rid))
+                    async with self.ctx.reaper.slot():
+                        await self._critical_call(runtime.hibernate_pod_sandbox(self.rid))
                     kept_as = "hibernate"
                 except (RuntimeError_, NotImplementedError) as e:
                     log.warning("pod %s: hibernation failed, stopping it (disk kept): %s", self.key, e)
@@ -918,7 +928,8 @@ class PodWorker:
         if mode is not None and kept_as is None:
             if running:
                 await self._kill_all(grace)
-            await self._critical_call(runtime.stop_pod_sandbox(self.rid))
+            async with self.ctx.reaper.slot():
+                await self._critical_call(runtime.stop_pod_sandbox(self.rid))
             kept_as = "stop"
         if kept_as is not None:
             previous = self.ctx.kept.get(self.rid)
@@ -931,13 +942,10 @@ class PodWorker:
         else:
             if running:
                 await self._kill_all(grace)
-            await self._critical_call(runtime.remove_pod_sandbox(self.rid))
-            if self.ctx.storage is not None:  # its bounded emptyDirs go with it
-                try:
-                    await self.ctx.storage.release_pod(self.rid)
-                except (OSError, ValueError) as e:
-                    log.warning("pod %s: removing its emptyDirs: %s", self.key, e)
+            async with self.ctx.reaper.slot():  # once stopped, nothing of it runs: the Pod may go
+                await self._critical_call(runtime.stop_pod_sandbox(self.rid))
             self.ctx.kept.remove(self.rid)
+            self.ctx.reaper.remove(self.rid, self._remove_sandbox)
         for c in (*self.inits, *self.apps):
             if c.view.running:  # hibernated or stopped with the sandbox
                 c.view.ready = c.view.started = False
@@ -945,6 +953,14 @@ class PodWorker:
                                                "reason": "Completed" if kept_as == "hibernate" else "Error",
                                                "startedAt": c.view.state["running"].get("startedAt"),
                                                "finishedAt": m.now()}}
+
+    async def _remove_sandbox(self) -> None:
+        """The bounded emptyDirs and the rest of a stopped pod sandbox (network, disk, directory): the reaper's
+        background work, after the Pod is gone. The emptyDirs first: until its last step the runtime lists the
+        sandbox, so a removal cut short anywhere is found by the next start's sweep, which does both."""
+        if self.ctx.storage is not None:
+            await self.ctx.storage.release_pod(self.rid)
+        await self.ctx.runtime.remove_pod_sandbox(self.rid)
 
     async def _kill_all(self, grace: float) -> None:
         """App containers at once, then sidecars in reverse order, as the kubelet kills a Pod."""

@@ -14,10 +14,18 @@ A Pod with no ``spec.nodeName`` whose ``schedulerName`` is unset or
   annotated ``volume.kubernetes.io/selected-node`` so a WaitForFirstConsumer
   provisioner makes its volume, and the Pod waits).
 
+- the host has room for one more idle sandbox now (``hostroom.HostRoom``:
+  memory less a reserve, tasks under 90% of ``pid_max``, the home's disk
+  above a floor), counting the Pods bound here and not yet Running.
+
 Otherwise the Pod gets ``PodScheduled=False``, reason ``Unschedulable`` and
 kube-scheduler's message (``0/1 nodes are available: 1 Insufficient cpu.``),
 and a Warning ``FailedScheduling`` Event; it is tried again when Pods bound
 here finish or go, when the Node or a claim changes, or when its spec does.
+A Pod refused only for the host's room waits apart: a reading of the host
+(every ``hostroom.RETRY_SECONDS`` while such Pods wait, not otherwise) queues
+again as many as it holds, highest priority first, so neither a deletion nor
+room for one retries hundreds of Pods the host cannot take yet.
 A bound Pod gets a ``Scheduled`` Event (``Successfully assigned ns/p to node``).
 
 Accounting is incremental (``observe`` is fed every Pod, Node and claim
@@ -41,6 +49,7 @@ from turbok.api.status import ApiError, Conflict, NotFound
 from turbok.node.client import NodeClient, Obj
 from turbok.node.dra.scheduling import DraScheduling
 from turbok.node.events import EventRecorder
+from turbok.node.hostroom import RETRY_SECONDS, HostRoom
 from turbok.node.status import set_condition
 
 __all__ = ["DEFAULT_SCHEDULER", "Scheduler", "pod_requests"]
@@ -74,10 +83,13 @@ def _ours(pod: Obj) -> bool:
 
 
 class Scheduler:
-    def __init__(self, client: NodeClient, node_name: str, events: EventRecorder) -> None:
+    def __init__(self, client: NodeClient, node_name: str, events: EventRecorder,
+                 room: HostRoom | None = None) -> None:
         self.client = client
         self.node_name = node_name
         self.events = events
+        #: what the host has left (None: requests only, as kube-scheduler)
+        self.room = room
         self.pod_kind = client.kinds.by_kind("v1", "Pod")
         self.pvc_kind = client.kinds.by_kind("v1", "PersistentVolumeClaim")
         self.node: Obj | None = None
@@ -88,6 +100,11 @@ class Scheduler:
         self._queued: dict[str, Obj] = {}
         #: unschedulable Pods by uid, with the generation that was tried
         self._waiting: dict[str, tuple[Obj, Any]] = {}
+        #: Pods refused only for the host's room, by uid (tried again by ``_host_retry``)
+        self._host_waiting: dict[str, tuple[Obj, Any]] = {}
+        #: Pods bound here and not yet Running: booting sandboxes the host's figures do not show yet
+        self._starting: set[str] = set()
+        self._host_task: asyncio.Task[None] | None = None
         self._seq = itertools.count()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -111,26 +128,36 @@ class Scheduler:
         spec = pod.get("spec") or {}
         if deleted or md.get("deletionTimestamp") or _terminal(pod) or (
                 spec.get("nodeName") and spec["nodeName"] != self.node_name):
-            self._queued.pop(uid, None)
-            self._waiting.pop(uid, None)
+            self._forget(uid)
+            self._starting.discard(uid)
             if deleted or _terminal(pod):
                 self._release(uid)
             return
         if spec.get("nodeName"):  # bound here
-            self._queued.pop(uid, None)
-            self._waiting.pop(uid, None)
+            self._forget(uid)
             if uid not in self.bound:
                 self._account(uid, pod_requests(pod))
+            if (pod.get("status") or {}).get("phase") == "Running":
+                self._starting.discard(uid)
+            else:
+                self._starting.add(uid)
             return
         if not _ours(pod):
             return
-        waiting = self._waiting.get(uid)
-        if waiting is not None:
+        for waiting_in in (self._waiting, self._host_waiting):
+            waiting = waiting_in.get(uid)
+            if waiting is None:
+                continue
             if waiting[1] == md.get("generation"):
-                self._waiting[uid] = (pod, waiting[1])  # only its status changed (ours, likely): keep waiting
+                waiting_in[uid] = (pod, waiting[1])  # only its status changed (ours, likely): keep waiting
                 return
-            del self._waiting[uid]
+            del waiting_in[uid]
         self._enqueue(pod)
+
+    def _forget(self, uid: str) -> None:
+        self._queued.pop(uid, None)
+        self._waiting.pop(uid, None)
+        self._host_waiting.pop(uid, None)
 
     def retry_waiting(self) -> None:
         waiting, self._waiting = self._waiting, {}
@@ -155,6 +182,7 @@ class Scheduler:
             self._used[k] = self._used.get(k, Decimal(0)) + v
 
     def _release(self, uid: str) -> None:
+        self._starting.discard(uid)
         requests = self.bound.pop(uid, None)
         if requests is None:
             return
@@ -166,12 +194,38 @@ class Scheduler:
     # ------------------------------------------------------------ deciding
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, self._host_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    def _wait_for_room(self, pod: Obj) -> None:
+        md = pod["metadata"]
+        self._host_waiting[md["uid"]] = (pod, md.get("generation"))
+        if self._host_task is None or self._host_task.done():
+            self._host_task = asyncio.get_running_loop().create_task(self._host_retry(), name="scheduler-room")
+
+    async def _host_retry(self) -> None:
+        """While Pods wait for the host's room: read the host every ``RETRY_SECONDS``; queue again as many as
+        it holds now, highest priority first (one that still does not fit comes back here). Trying only those
+        keeps a pool of hundreds waiting from writing hundreds of Events each time one sandbox's room appears.
+        No reading while none waits."""
+        assert self.room is not None
+        while self._host_waiting:
+            await self.room.clock.sleep(RETRY_SECONDS)
+            room = self.room.fits(len(self._starting), fresh=True) if self._host_waiting else 0
+            if room <= 0:
+                continue
+            ordered = sorted(self._host_waiting, key=lambda uid: -int(
+                (self._host_waiting[uid][0].get("spec") or {}).get("priority") or 0))  # stable: then first come
+            for uid in ordered[:room]:
+                pod, _ = self._host_waiting.pop(uid)
+                self._enqueue(pod)
 
     async def _run(self) -> None:
         while True:
+            if self.room is not None and self._heap:
+                self.room.expire()  # one reading of the host per pass, shared by the Pods queued together
             while self._heap:
                 _, _, uid = heapq.heappop(self._heap)
                 pod = self._queued.pop(uid, None)
@@ -246,16 +300,21 @@ class Scheduler:
         md = pod["metadata"]
         ns, name, uid = md.get("namespace", ""), md["name"], md["uid"]
         reasons = self.unfit(pod)
-        claims = None if reasons else await self._claims(pod)
-        if not reasons and not claims and self.dra is not None:
+        host = self.room.short(len(self._starting)) if self.room is not None else []
+        claims = None if reasons or host else await self._claims(pod)
+        if not reasons and not host and not claims and self.dra is not None:
             claims = await self.dra.schedule(pod, self.node)  # its ResourceClaims allocated and reserved
-        if reasons or claims:
+        if reasons or host or claims:
             message = f"0/1 nodes are available: {claims}." if claims else \
-                "0/1 nodes are available: " + ", ".join(f"1 {r}" for r in sorted(reasons)) + "."
-            self._waiting[uid] = (pod, md.get("generation"))
+                "0/1 nodes are available: " + ", ".join(f"1 {r}" for r in sorted({*reasons, *host})) + "."
+            if reasons or claims:
+                self._waiting[uid] = (pod, md.get("generation"))
+            else:
+                self._wait_for_room(pod)
             await self._unschedulable(pod, message)
             return
         self._account(uid, pod_requests(pod))  # assume it: the next Pod sees the space taken
+        self._starting.add(uid)
         body = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": ns, "uid": uid},
                 "target": {"apiVersion": "v1", "kind": "Node", "name": self.node_name}}
         try:

@@ -3,7 +3,8 @@
 Booting a gVisor sandbox is CPU-bound (about 150 ms of CPU here): booting
 more at once than there are cores only makes every boot slower, and a Pod a
 user waits for would boot behind a warm pool's refill. ``StartQueue`` admits
-at most ``slots`` boots at a time (default: the CPUs this process may use;
+at most ``slots`` boots at a time (a pod sandbox's, and each container's start,
+which is a ``runsc run`` of its own where one container runs at a time) (default: the CPUs this process may use;
 ``TURBOK_NODE_START_SLOTS``) and serves urgent ones before refills, first come
 first served within a priority. A boot whose Pod is deleted while it waits
 leaves the queue (its task is cancelled) without ever starting.

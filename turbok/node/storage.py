@@ -67,6 +67,7 @@ from turbok.api.status import AlreadyExists, ApiError, Conflict, NotFound
 from turbok.node.client import NodeClient, Obj, ObjectEvent
 from turbok.runtime.disk import MIN_EPHEMERAL_STORAGE, Disks, bounds
 from turbok.runtime.podlayout import SandboxDir
+from turbok.runtime.teardown import in_teardown_thread
 
 __all__ = [
     "DEFAULT_CLASS",
@@ -193,6 +194,20 @@ def _claim_uses(pod: Obj, claim: str) -> bool:
     return False
 
 
+def unmount_volumes(root: Path, disks: Disks | None = None) -> None:
+    """Unmount every volume image under the storage ``root`` (PersistentVolumes' and bounded emptyDirs'; data
+    kept, the next use mounts it again). Only when no pod sandbox uses them (``turbok down --stop-sandboxes``):
+    ``LocalStorage.stop`` leaves them mounted for the pods still running."""
+    disks = disks or Disks()
+    images = [VolumeImages(root / "volumes", disks)]
+    with contextlib.suppress(FileNotFoundError):
+        images += [VolumeImages(Path(e.path), disks) for e in os.scandir(root / "emptydir")
+                   if e.is_dir(follow_symlinks=False)]
+    for volumes in images:
+        for name in volumes.names():
+            volumes.unmount(name)
+
+
 class LocalStorage:
     """The node's StorageClass, local provisioner and PV binding; also bounded emptyDirs.
 
@@ -233,21 +248,8 @@ class LocalStorage:
             self._task = None
 
     async def unmount_all(self) -> None:
-        """Unmount every volume image under the root (data kept; the next use mounts it again). Only
-        when no pod sandbox uses them: ``stop`` leaves them mounted for the pods still running."""
-        def unmount() -> None:
-            for name in self.volumes.names():
-                self.volumes.unmount(name)
-            try:
-                ids = [e.name for e in os.scandir(self.empty_dirs_root) if e.is_dir(follow_symlinks=False)]
-            except FileNotFoundError:
-                ids = []
-            for sid in ids:
-                images = VolumeImages(self.empty_dirs_root / sid, self.disks)
-                for name in images.names():
-                    images.unmount(name)
-
-        await asyncio.to_thread(unmount)
+        """Unmount every volume image under the root (see ``unmount_volumes``)."""
+        await asyncio.to_thread(unmount_volumes, self.root, self.disks)
 
     def _on_event(self, event: ObjectEvent) -> None:
         if event.resource in (PERSISTENT_VOLUME_CLAIM.key, PERSISTENT_VOLUME.key, STORAGE_CLASS.key) or \
@@ -668,4 +670,4 @@ class LocalStorage:
             with contextlib.suppress(FileNotFoundError, OSError):
                 images.root.rmdir()
 
-        await asyncio.to_thread(remove_all)
+        await in_teardown_thread(remove_all)  # unmounts: never in the boots' threads

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 from turbok.api.status import ApiError, BadRequest
 from turbok.node import logs as container_logs
+from turbok.node import podspec
 from turbok.node.client import Obj
 from turbok.node.routerpod import RouterPod
 from turbok.node.suspend import runtime_id as default_runtime_id
@@ -201,8 +202,15 @@ class NodeStreams:
         if self.network is None:
             raise ApiError("this node runs Pods without a pod network: there is no address to forward to")
         status: dict[str, Any] = pod.get("status") or {}
+        rid = self.runtime_id(pod)
         try:
-            return await self.network.connect(self.runtime_id(pod), port)
+            try:
+                return await self.network.connect(rid, port)
+            except PortNotListening:
+                # The sandboxd agent starts on demand (``PodRuntime.ensure_agent``): SandboxdPodTunnel's first call.
+                if port not in podspec.agent(pod).get("agent_ports", ()) or not await self.runtime.ensure_agent(rid):
+                    raise
+                return await self.network.connect(rid, port)
         except PortNotListening:
             where = status.get("podIP") or "the pod"
             raise ApiError(f"dial tcp4 {where}:{port}: connect: connection refused") from None

@@ -15,7 +15,9 @@ device: ``loopdev``; host mounts: ``mounts``), its containers' root filesystems
 image table; ``imagestore``, ``layers``, ``imageconfig``, ``reference``,
 ``registry``: OCI images pulled from registries; ``base_image``: building the
 built-in base image); what is injected into a Pod (``injection``); process
-plumbing (``process``: ``Process``, capped output, timeouts); the errors
+plumbing (``process``: ``Process``, capped output, timeouts; ``orphans``: the
+sandboxes this process adopts and reaps; ``teardown``: the threads teardowns
+block in); the errors
 (``errors``); and the sandboxes of the old, per-Sandbox runtime that a pod has
 not taken over yet (``legacy``: stop and remove only).
 

@@ -5,10 +5,13 @@ injection=...)``; turbok's is ``turbok.sandboxd.injection.agent_injection``). Fo
 container a Pod names in ``PodSandboxConfig.agent_container``, the runtime then
 
 1. adds ``mounts`` (read-only binds of host directories) to the container's mounts;
-2. once the container runs, execs ``argv(root, ports)`` in it (the container's
-   user, env and root filesystem; ``root`` is the container's work directory,
-   ``ports`` the Pod's ``agent_ports``) and reads its stdout until ``ready``
-   (the program detaches and serves); the exec's end is the program's start.
+2. execs ``argv(root, ports)`` in it (the container's user, env and root
+   filesystem; ``root`` is the container's work directory, ``ports`` the Pod's
+   ``agent_ports``) and reads its stdout until ``ready`` (the program detaches
+   and serves); the exec's end is the program's start. That happens once the
+   container runs, or with ``PodSandboxConfig.agent_on_demand`` (the default)
+   on the first ``PodRuntime.ensure_agent``: whoever connects to the program
+   asks for it first when nothing answers on ``port``.
 
 A program that does not become ready within ``timeout`` seconds is a note on the
 container's status (the node makes it a Warning Event), never a failed container.
@@ -32,4 +35,6 @@ class Injection:
     argv: Callable[[str, Sequence[int]], list[str]]
     #: The line the program prints on stdout once it serves.
     ready: bytes
+    #: The pod-network port the program always serves: something answering there means it runs.
+    port: int | None = None
     timeout: float = 20.0

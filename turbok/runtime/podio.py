@@ -55,12 +55,14 @@ _SYS_PIDFD_GETFD = 438  # the same number on x86_64 and aarch64 (new syscalls sh
 
 
 def start_time(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat: tells a pid from a reused one."""
+    """Field 22 of /proc/PID/stat: tells a pid from a reused one. None where no such process runs, a zombie
+    included (it ended; its parent, this process where it is the subreaper (``orphans``), reaps it later)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
 def take_fd(pid: int, fd: int) -> int:

@@ -50,6 +50,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from turbok.runtime import orphans
 from turbok.runtime.cgroups import Cgroup
 from turbok.runtime.cri import (
     Capabilities,
@@ -87,6 +88,8 @@ from turbok.runtime.pods import (
     _write_json,
     canonical,
 )
+from turbok.runtime.runsc import Runsc, RunscSettings
+from turbok.runtime.runsc import choose as choose_runsc
 from turbok.runtime.snapshotstore import (
     SnapshotDir,
     copy_image,
@@ -95,6 +98,7 @@ from turbok.runtime.snapshotstore import (
     sync_filesystem,
     wait_released,
 )
+from turbok.runtime.teardown import in_teardown_thread
 
 __all__ = ["BOOT_NICENESS", "GvisorPodRuntime", "snapshot_key"]
 
@@ -200,20 +204,32 @@ class GvisorPodRuntime(LocalPodRuntime):
     supports_hibernation = True
     supports_snapshots = True
     withheld_capabilities = frozenset({"CAP_NET_RAW"})
+    adopts_orphans = True
 
-    def __init__(self, root: Path, images: ImageStore | None = None, *, runsc: str = "runsc",
-                 network: PodNetworkLike | None = None, pids_limit: int | None = DEFAULT_PIDS_LIMIT,
-                 cgroup_parent: str = "/turbok", bounded_disks: bool = True,
-                 default_ephemeral_storage: int | None = None, legacy_root: Path | None = None) -> None:
-        path = shutil.which(runsc)
-        if path is None:
-            raise SandboxStartFailed(f"runsc not found at {runsc!r}: install gVisor (apt-get install -y runsc)")
+    def __init__(self, root: Path, images: ImageStore | None = None, *, runsc: str | Runsc | None = None,
+                 platform: str | None = None, network: PodNetworkLike | None = None,
+                 pids_limit: int | None = DEFAULT_PIDS_LIMIT, cgroup_parent: str = "/turbok",
+                 bounded_disks: bool = True, default_ephemeral_storage: int | None = None,
+                 legacy_root: Path | None = None) -> None:
+        """``runsc``: a chosen ``Runsc`` (``turbok.runtime.runsc.choose``), or the binary (a path or a name on
+        PATH) with ``platform`` (``auto``...); either left None comes from ``TURBOK_RUNSC`` /
+        ``TURBOK_RUNSC_PLATFORM`` (default ``runsc``, ``auto``)."""
+        if not isinstance(runsc, Runsc):
+            wanted = RunscSettings.from_env(binary=runsc, platform=platform)
+            if shutil.which(wanted.binary) is None:
+                raise SandboxStartFailed(
+                    f"runsc not found at {wanted.binary!r}: install gVisor (apt-get install -y runsc)")
+            runsc = choose_runsc(wanted)
         kw: dict[str, Any] = {}
         if default_ephemeral_storage is not None:
             kw["default_ephemeral_storage"] = default_ephemeral_storage
         super().__init__(root, images, network=network, pids_limit=pids_limit, cgroup_parent=cgroup_parent,
                          bounded_disks=bounded_disks, legacy_root=legacy_root, **kw)
-        self.runsc = path
+        self.runsc_choice = runsc
+        self.runsc = runsc.path
+        #: the runsc version (the Node's ``containerRuntimeVersion`` is ``gvisor://<version>``)
+        self.version = runsc.version
+        self._global_flags = runsc.global_flags()
         self.state_dir = self.root / ".runsc"
         nice = shutil.which("nice")
         self._boot_prefix: tuple[str, ...] = (nice, "-n", str(BOOT_NICENESS)) if nice else ()
@@ -221,7 +237,7 @@ class GvisorPodRuntime(LocalPodRuntime):
     # ------------------------------------------------------------------ runsc plumbing
 
     def _cmd(self, *args: str) -> list[str]:
-        return [self.runsc, f"--root={self.state_dir}", *args]
+        return [self.runsc, f"--root={self.state_dir}", *self._global_flags, *args]
 
     async def _runsc(self, *args: str, timeout: float = 60.0) -> tuple[int, bytes]:
         proc = await asyncio.create_subprocess_exec(
@@ -330,8 +346,26 @@ class GvisorPodRuntime(LocalPodRuntime):
             return False, "PidsLimit", "the pod's sandbox reached its limit of host tasks and was killed"
         return False, "Crashed", "the pod's sandbox ended"
 
+    def _processes(self, sandbox: str) -> list[int]:
+        """The sandbox's process, then its gofers (one per container), as runsc's state files name them."""
+        sandboxes, gofers = [], []
+        for state in self.state_dir.glob(f"*_sandbox:{sandbox}.state"):
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                data = json.loads(state.read_bytes())
+                sandboxes.append((data.get("sandbox") or {}).get("pid"))
+                gofers.append(data.get("goferPid"))
+        return [pid for pid in (*sandboxes, *gofers) if isinstance(pid, int)]
+
+    async def _end(self, pdir: PodDir, sandbox: str) -> None:
+        """Kill and reap the sandbox's processes where they are this process' (``orphans``), so that the
+        ``runsc delete`` that follows finds them gone instead of waiting for PID 1 to reap them."""
+        if orphans.adopted():
+            owner = f"{pdir.path}/".encode()  # in their --bundle and log paths
+            await in_teardown_thread(lambda: orphans.kill_and_reap(self._processes(sandbox), owner=owner))
+
     async def _stop_pod(self, pdir: PodDir, pod: dict[str, Any]) -> None:
         if self._state_file(pdir.id, pdir.id).exists():
+            await self._end(pdir, pdir.id)
             code, out = await self._runsc("delete", "--force", pdir.id)
             if code != 0 and self._state_file(pdir.id, pdir.id).exists():
                 raise RuntimeError_(f"pod {pdir.id}: runsc delete failed: {out.decode(errors='replace').strip()}")
@@ -556,6 +590,8 @@ class GvisorPodRuntime(LocalPodRuntime):
 
     async def _forget(self, pdir: PodDir, cdir: ContainerDir, rec: dict[str, Any]) -> None:
         if self._registration(pdir, rec).exists():
+            if rec.get("shape") == "solo":
+                await self._end(pdir, rec["cid"])
             await self._runsc("delete", "--force", rec["cid"])
 
     # ------------------------------------------------------------------ exec

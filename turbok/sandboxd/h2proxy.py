@@ -488,6 +488,7 @@ def stream_router(router: Any) -> StreamRouter:
         path = headers.get(":path", "")
         if path in _COMMANDS:
             slot = router.slots.slot(sandbox_id, f"{namespace}/{name}")
+        await router.agent_for(sandbox_id, target.ip, port)
         local = None
         if path == _COMMANDS[1] and port == GRPC_PORT and await router.agents.available(target.ip):
             local = _local_execute(router, AgentBackend(router.runtime, target, router.agents))

@@ -119,4 +119,5 @@ def agent_injection(images: ImageStore, stage_root: Path) -> Injection | None:
         if not (base / rel).exists():
             return None
     code = stage(stage_root)
-    return Injection(mounts=[(base, BASE_MOUNT), (code, AGENT_MOUNT)], argv=argv, ready=READY.encode())
+    return Injection(mounts=[(base, BASE_MOUNT), (code, AGENT_MOUNT)], argv=argv, ready=READY.encode(),
+                     port=AGENT_PORT)

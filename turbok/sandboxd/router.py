@@ -60,6 +60,7 @@ from turbok.printable import printable
 from turbok.runtime.cri import PodRuntime
 from turbok.runtime.errors import RuntimeError_
 from turbok.sandboxd import execute, files, proxy
+from turbok.sandboxd.agent import GRPC_PORT, REST_PORT
 from turbok.sandboxd.agentclient import AgentBackend, AgentPool
 from turbok.sandboxd.backend import Backend, ExecBackend, Targets
 from turbok.sandboxd.context import MAX_JSON_BODY, Call, RouterConfig, runtime_failure
@@ -122,6 +123,8 @@ _MAX_NAME = 253  # a DNS subdomain, the longest Kubernetes object name
 DROP_SETTLE = 0.2
 #: The port upstream's runtime serves its protocol on (the official client's ``X-Sandbox-Port`` default).
 LEGACY_PORT = 8888
+#: How long a pod found without an agent to start (its image serves its own API, or it is off) is not asked again.
+NO_AGENT_TTL = 30.0
 SANDBOX_PORT_HEADER = "X-Sandbox-Port"
 
 
@@ -178,6 +181,8 @@ class _Router:
             metrics=metrics,
         )
         self.uploads = UploadLedger(limit=config.upload_total_limit, metrics=metrics)
+        self._waking: dict[str, asyncio.Future[None]] = {}
+        self._no_agent: dict[str, float] = {}
 
     def _authenticate(self, request: web.Request, endpoint: str) -> None:
         if endpoint == RETIRED_TOKEN_PATH_PREFIX:
@@ -237,6 +242,7 @@ class _Router:
                     if not ip:
                         raise BadGateway(f"sandbox {call.sandbox} has no address on the pod network, so only the "
                                          "runtime API reaches it (no X-Sandbox-Port)")
+                    await self.agent_for(call.sandbox_id, ip, target_port)
                     resp = await proxy.forward(call, self.proxy, ip, target_port)
             else:
                 if route is None or not known:
@@ -301,9 +307,39 @@ class _Router:
             target = await self.targets.find(sandbox_id)
         except RuntimeError_ as e:
             raise runtime_failure(e, sandbox) from e
-        if target.ip and await self.agents.available(target.ip):
-            return AgentBackend(self.runtime, target, self.agents)
+        if target.ip:
+            if await self.agents.available(target.ip):
+                return AgentBackend(self.runtime, target, self.agents)
+            self._wake_agent(sandbox_id, target.ip)  # this request goes through runsc exec meanwhile
         return ExecBackend(self.runtime, target)
+
+    def _wake_agent(self, sandbox_id: str, ip: str) -> None:
+        """Start the pod's sandboxd agent in the background (it starts on demand, ``PodRuntime.ensure_agent``);
+        a pod without one is not asked again for ``NO_AGENT_TTL`` seconds."""
+        if sandbox_id in self._waking or self._no_agent.get(sandbox_id, 0.0) > time.monotonic():
+            return
+
+        async def wake() -> None:
+            try:
+                if await self.runtime.ensure_agent(sandbox_id):
+                    self.agents.forget(ip)
+                    return
+            except Exception:
+                log.warning("could not start the sandboxd agent of pod %s", sandbox_id, exc_info=True)
+            finally:
+                self._waking.pop(sandbox_id, None)
+            if len(self._no_agent) > 4096:
+                self._no_agent.clear()
+            self._no_agent[sandbox_id] = time.monotonic() + NO_AGENT_TTL
+
+        self._waking[sandbox_id] = asyncio.ensure_future(wake())
+
+    async def agent_for(self, sandbox_id: str, ip: str, port: int) -> None:
+        """Before relaying to ``port`` of a Pod: where that is one of the agent's ports and nothing answers there,
+        start the agent (on demand) and wait for it."""
+        if port in (GRPC_PORT, REST_PORT) and not await self.agents.listens(ip, port) \
+                and await self.runtime.ensure_agent(sandbox_id):
+            self.agents.forget(ip)
 
     async def _run(self, handler: Handler, call: Call) -> web.StreamResponse:
         try:

@@ -33,14 +33,15 @@ starts. Called by ``turbok upgrade rehearse`` and the tests.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
+from turbok.api import status as st
+from turbok.client.api import PATCH_TYPES, Api, status_code
+from turbok.client.errors import ConnectionFailed
 from turbok.upgrade.assets import Assets, BinarySet, probe_versions
 from turbok.upgrade.emulation import ControlPlaneVersion, default_min_compatibility
 from turbok.upgrade.errors import AssetsError, ScratchError
@@ -164,25 +165,28 @@ class _Ref:
         return f"{self.kind}/{self.name}" + (f" -n {self.namespace}" if self.namespace else "")
 
 
-class _Api:
+class _Discovery:
     """Discovery-backed paths for kinds; rebuilt for every kube-apiserver started."""
 
-    def __init__(self, client: httpx.Client) -> None:
+    def __init__(self, client: Api) -> None:
         self.client = client
         self._resources: dict[str, dict[str, tuple[str, bool]]] = {}
 
     def served(self) -> set[str]:
-        groups = self.client.get("/apis").json().get("groups") or []
+        groups = self.client.request("GET", "/apis").get("groups") or []
         return {"v1"} | {v["groupVersion"] for g in groups for v in g.get("versions") or []}
 
     def resource(self, api_version: str, kind: str) -> tuple[str, bool] | None:
         """(plural, namespaced) for ``kind`` at ``api_version``, or None when not served."""
         if api_version not in self._resources:
             base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
-            r = self.client.get(base)
             found: dict[str, tuple[str, bool]] = {}
-            if r.status_code == 200:
-                for res in r.json().get("resources") or []:
+            try:
+                listed = self.client.request("GET", base)
+            except st.ApiError:  # a groupVersion not served (404), or not yet
+                listed = {}
+            if isinstance(listed, dict):
+                for res in listed.get("resources") or []:
                     if "/" not in res["name"]:
                         found[res["kind"]] = (res["name"], bool(res.get("namespaced")))
             self._resources[api_version] = found
@@ -198,12 +202,9 @@ class _Api:
         return f"{base}{ns}/{plural}" + (f"/{ref.name}" if ref.name else "")
 
 
-def _reason(r: httpx.Response) -> str:
-    try:
-        body = r.json()
-        return str(body.get("message") or body.get("reason") or r.status_code)
-    except ValueError:
-        return f"{r.status_code} {r.text[:200]}"
+def _reason(err: st.ApiError) -> str:
+    """What the server said: its Status message (``error_from`` puts the code and body there when it sent none)."""
+    return err.message or str(status_code(err))
 
 
 # --- the rehearsal ----------------------------------------------------------------------------------
@@ -220,8 +221,8 @@ class _Runner:
         self.refs: list[_Ref] = []
         self.written: dict[_Ref, str] = {}
         self.cp: ScratchControlPlane | None = None
-        self.client: httpx.Client | None = None
-        self.api: _Api | None = None
+        self.client: Api | None = None
+        self.api: _Discovery | None = None
 
     # --- processes ---
 
@@ -241,7 +242,7 @@ class _Runner:
         self.cp.start_apiserver(self._binaries(cp_version.binary).apiserver, emulated=emulated, extra=extra)
         self.result.learned.accepted.add((cp_version.binary, cp_version.emulated))
         self.client = self.cp.client()
-        self.api = _Api(self.client)
+        self.api = _Discovery(self.client)
 
     def _controllers(self, cp_version: ControlPlaneVersion) -> list[Check]:
         assert self.cp is not None
@@ -261,9 +262,15 @@ class _Runner:
     def _health(self, expect: ControlPlaneVersion) -> list[Check]:
         assert self.client is not None
         checks = []
-        r = self.client.get("/readyz")
-        checks.append(Check("healthy", r.status_code == 200, f"/readyz answered {r.status_code}"))
-        info = self.client.get("/version").json()
+        try:
+            code = self.client.send("GET", "/readyz", accept="*/*").status_code
+        except st.ApiError as e:
+            code = status_code(e)
+        checks.append(Check("healthy", code == 200, f"/readyz answered {code}"))
+        try:
+            info = self.client.request("GET", "/version")
+        except st.ApiError as e:
+            return [*checks, Check("version", False, f"/version: {_reason(e)} (planned {expect})")]
         git = str(info.get("gitVersion", ""))
         ok = git.lstrip("v").startswith(str(expect.binary))
         detail = f"gitVersion {git}"
@@ -285,31 +292,32 @@ class _Runner:
             if path is None:
                 unread.append(f"{ref}: {ref.api_version} not served")
                 continue
-            r = self.client.get(path)
-            if r.status_code != 200:
-                unread.append(f"{ref}: {_reason(r)}")
+            try:
+                obj = self.client.request("GET", path)
+            except st.ApiError as e:
+                unread.append(f"{ref}: {_reason(e)}")
                 continue
-            seen = ((r.json().get("metadata") or {}).get("annotations") or {}).get(ANNOTATION)
+            seen = ((obj.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION)
             if ref in self.written and seen != self.written[ref]:
                 mismatched.append(f"{ref}: annotation {seen!r}, last written {self.written[ref]!r}")
             patch = {"metadata": {"annotations": {ANNOTATION: value}}}
-            w = self.client.patch(path, content=json.dumps(patch),
-                                  headers={"Content-Type": "application/merge-patch+json"})
-            if w.status_code == 200:
+            try:
+                self.client.send("PATCH", path, body=patch, content_type=PATCH_TYPES["merge"])
                 self.written[ref] = value
-            else:
-                unwritten.append(f"{ref}: {_reason(w)}")
+            except st.ApiError as e:
+                unwritten.append(f"{ref}: {_reason(e)}")
         cm = {"apiVersion": "v1", "kind": "ConfigMap",
               "metadata": {"name": f"step-{value}".lower().replace("_", "-"), "namespace": NAMESPACE},
               "data": {"step": value}}
-        c = self.client.post(f"/api/v1/namespaces/{NAMESPACE}/configmaps", json=cm)
+        try:
+            self.client.send("POST", f"/api/v1/namespaces/{NAMESPACE}/configmaps", body=cm)
+        except st.ApiError as e:
+            unwritten.append(f"new ConfigMap: {_reason(e)}")
         n = len(self.refs)
         return [
             Check("objects readable", not unread, "; ".join(unread) or f"{n} object(s) read"),
             Check("writes kept", not mismatched, "; ".join(mismatched) or "every object shows what was last written"),
-            Check("objects writable", not unwritten and c.status_code == 201,
-                  "; ".join(unwritten + ([] if c.status_code == 201 else [f"new ConfigMap: {_reason(c)}"]))
-                  or f"{n} object(s) updated, a ConfigMap created"),
+            Check("objects writable", not unwritten, "; ".join(unwritten) or f"{n} object(s) updated, a ConfigMap created"),
         ]
 
     def _state_checks(self, state: ClusterState, step: int, *, label: str = "") -> list[Check]:
@@ -321,7 +329,7 @@ class _Runner:
         assert self.client is not None and self.api is not None
         failures: list[str] = []
         ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
-        self.client.post("/api/v1/namespaces", json=ns)
+        self._create_namespace(ns)
         ordered = sorted(self.objects, key=lambda o: {"Namespace": 0, "CustomResourceDefinition": 1}.get(
             str(o.get("kind")), 2))
         for obj in ordered:
@@ -335,17 +343,19 @@ class _Runner:
                 continue
             namespace = str(meta.get("namespace") or NAMESPACE) if res[1] else ""
             if res[1] and namespace != NAMESPACE:
-                self.client.post("/api/v1/namespaces", json={**ns, "metadata": {"name": namespace}})
+                self._create_namespace({**ns, "metadata": {"name": namespace}})
             body = {**obj, "metadata": {**meta, "namespace": namespace} if namespace else meta}
             body["metadata"].pop("resourceVersion", None)
             ref = _Ref(ref.api_version, ref.kind, ref.name, namespace)
             path = self.api.path(_Ref(ref.api_version, ref.kind, "", namespace))
             assert path is not None
-            r = self.client.post(path, json=body)
-            if r.status_code == 409:
-                r = self.client.get(f"{path}/{ref.name}")
-            if r.status_code not in (200, 201):
-                failures.append(f"{ref}: {_reason(r)}")
+            try:
+                try:
+                    self.client.send("POST", path, body=body)
+                except st.AlreadyExists:
+                    self.client.send("GET", f"{path}/{ref.name}")
+            except st.ApiError as e:
+                failures.append(f"{ref}: {_reason(e)}")
                 continue
             self.refs.append(ref)
             if ref.kind == "CustomResourceDefinition":
@@ -354,11 +364,20 @@ class _Runner:
                       "; ".join(failures) or f"{len(self.refs)} object(s) created: "
                       + ", ".join(sorted({f'{r.api_version} {r.kind}' for r in self.refs})))]
 
+    def _create_namespace(self, ns: dict[str, Any]) -> None:
+        assert self.client is not None
+        with contextlib.suppress(st.ApiError):  # there already, or refused: the objects written into it say which
+            self.client.send("POST", "/api/v1/namespaces", body=ns)
+
     def _wait_established(self, path: str, name: str) -> None:
         assert self.client is not None
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            conds = (self.client.get(f"{path}/{name}").json().get("status") or {}).get("conditions") or []
+            try:
+                crd = self.client.request("GET", f"{path}/{name}")
+            except st.ApiError:
+                crd = {}
+            conds = (crd.get("status") or {}).get("conditions") or []
             if any(c.get("type") == "Established" and c.get("status") == "True" for c in conds):
                 return
             time.sleep(0.2)
@@ -368,7 +387,7 @@ class _Runner:
         assert self.client is not None
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            self.api = _Api(self.client)
+            self.api = _Discovery(self.client)
             if self.api.resource(ref.api_version, ref.kind) is not None:
                 return True
             time.sleep(0.3)
@@ -434,8 +453,10 @@ class _Runner:
             res.checks.extend(self._do(step))
         except ScratchError as e:
             res.checks.append(Check("started", False, str(e)))
-        except httpx.HTTPError as e:
+        except ConnectionFailed as e:
             res.checks.append(Check("api", False, f"kube-apiserver did not answer: {e}"))
+        except st.ApiError as e:
+            res.checks.append(Check("api", False, f"kube-apiserver refused a request: {_reason(e)}"))
         return res
 
     def _prev(self, step: Step) -> ClusterState:
@@ -507,7 +528,7 @@ class _Runner:
             self._apiserver(ControlPlaneVersion.of(older.version))
             checks = self._read_write(len(self.plan.steps) + 1, label="-binary-rollback")
             ok, detail = all(c.ok for c in checks), "; ".join(c.detail for c in checks if not c.ok)
-        except (ScratchError, httpx.HTTPError) as e:
+        except (ScratchError, ConnectionFailed, st.ApiError) as e:
             ok, detail = False, str(e)
         self.result.learned.binary_rollbacks.append(BinaryRollback(end.binary, None, older.version, ok, detail))
 

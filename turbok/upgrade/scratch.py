@@ -12,17 +12,23 @@ process and deletes the scratch directory):
    the new one on the same port and waits for ``/readyz``. A binary that refuses
    its flags (an emulated version outside its range) raises ``ScratchError`` with
    its last log lines, and nothing keeps running in its place.
-3. ``client()`` talks to it with an admin token (TLS unverified: the serving
-   certificate is self-signed and the address is 127.0.0.1).
+3. ``client()`` talks to it as the admin through the project's one REST client
+   (``turbok.client.api.Api``), verifying the self-signed serving certificate
+   kube-apiserver wrote into the scratch directory (it is reused by every binary
+   started on it, as is ``kubeconfig``, which carries it).
 4. ``run_controllers(kcm, scheduler, emulated=...)`` starts both against it, waits
    for their ``/healthz`` and stops them again (they have no state of their own);
    ``start_controller_manager(kcm)`` keeps one running until ``close`` (garbage
    collection and namespace deletion, for tests that need them).
 
 Every address is 127.0.0.1; Services get ClusterIPs from 127.96.0.0/16. The
-token lives in a 0600 file and is never logged. etcd runs with
-``--unsafe-no-fsync``: the data is thrown away afterwards. Called by the
-rehearsal and by tests that need a real kube-apiserver.
+token lives in 0600 files and is never logged. Health probes (etcd's
+``/health``, kube-apiserver's ``/readyz``, the controllers' ``/healthz``) go
+through ``Api`` too, each TLS server verified against the self-signed
+certificate it wrote at its start. etcd runs with ``--unsafe-no-fsync``: the
+data is thrown away afterwards. Called by the rehearsal and by the tests that
+read facts off the binaries (tests/integration/upgrade); other tests start
+their clusters with tests/kube_cluster.py.
 """
 
 from __future__ import annotations
@@ -36,13 +42,14 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
-import httpx
-
+from turbok.api import status as st
+from turbok.client.api import Api, status_code
+from turbok.client.errors import ConnectionFailed
+from turbok.client.kubeconfig import ClusterConfig
 from turbok.upgrade.errors import ScratchError
 from turbok.upgrade.versions import Version
 
@@ -58,6 +65,15 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def _certificate(path: Path) -> bytes | None:
+    """A PEM file a component writes at its start; None while absent or still being written."""
+    try:
+        pem = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    return pem if pem.rstrip().endswith(b"-----END CERTIFICATE-----") else None
 
 
 class _Process:
@@ -148,9 +164,11 @@ class ScratchControlPlane:
             f.write(pem)
         (self.dir / "sa.pub").write_bytes(key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+    def _write_kubeconfig(self, ca: Path) -> None:
         kubeconfig = (
             "apiVersion: v1\nkind: Config\ncurrent-context: scratch\n"
-            f"clusters:\n- name: scratch\n  cluster:\n    server: {self.server}\n    insecure-skip-tls-verify: true\n"
+            f"clusters:\n- name: scratch\n  cluster:\n    server: {self.server}\n    certificate-authority: {ca}\n"
             f"users:\n- name: admin\n  user:\n    token: {self.token}\n"
             "contexts:\n- name: scratch\n  context:\n    cluster: scratch\n    user: admin\n"
         )
@@ -160,8 +178,21 @@ class ScratchControlPlane:
 
     @property
     def kubeconfig(self) -> Path:
-        """An admin kubeconfig for this control plane (0600, token inside)."""
+        """An admin kubeconfig for this control plane (0600, token inside), once kube-apiserver has started."""
         return self.dir / "kubeconfig"
+
+    @property
+    def ca_file(self) -> Path:
+        """kube-apiserver's self-signed serving certificate (and its CA), written at its first start."""
+        return self.dir / "certs" / "apiserver.crt"
+
+    def config(self) -> ClusterConfig | None:
+        """The admin's ``ClusterConfig``; None until kube-apiserver has written its serving certificate."""
+        pem = _certificate(self.ca_file)
+        if pem is None:
+            return None
+        return ClusterConfig(server=self.server, context="scratch", cluster_name="scratch", user_name="admin",
+                             token=self.token, ca_pem=pem, source=str(self.dir))
 
     # --- etcd ---
 
@@ -174,7 +205,8 @@ class ScratchControlPlane:
             "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls",
             f"http://127.0.0.1:{peer}", "--initial-cluster", f"default=http://127.0.0.1:{peer}",
         ], self.dir / "etcd.log")
-        self._wait(self._etcd, f"{self._etcd_url}/health", lambda r: r.status_code == 200, auth=False)
+        url = self._etcd_url
+        self._wait(self._etcd, "/health", lambda: ClusterConfig(server=url))
 
     # --- kube-apiserver ---
 
@@ -203,7 +235,8 @@ class ScratchControlPlane:
         log = self.dir / "kube-apiserver.log"
         log.write_text("")  # a fresh log per start, so a failure names this start's error
         self._apiserver = _Process(name, self.apiserver_args(binary, emulated=emulated, extra=extra), log)
-        self._wait(self._apiserver, f"{self.server}/readyz", lambda r: r.status_code == 200)
+        self._wait(self._apiserver, "/readyz", self.config)
+        self._write_kubeconfig(self.ca_file)
 
     def stop_apiserver(self) -> None:
         if self._apiserver is not None:
@@ -214,10 +247,12 @@ class ScratchControlPlane:
     def apiserver_running(self) -> bool:
         return self._apiserver is not None and self._apiserver.alive()
 
-    def client(self, timeout: float = 30.0) -> httpx.Client:
-        """An admin client for the running kube-apiserver (the caller closes it)."""
-        return httpx.Client(base_url=self.server, verify=False, timeout=timeout,  # noqa: S501 - self-signed on 127.0.0.1
-                            headers={"Authorization": f"Bearer {self.token}", "Accept": "application/json"})
+    def client(self, timeout: float = 30.0) -> Api:
+        """The admin's ``Api`` for the running kube-apiserver (the caller closes it)."""
+        config = self.config()
+        if config is None or not self.apiserver_running:
+            raise ScratchError("kube-apiserver is not running: start it before asking for a client")
+        return Api(config, timeout=timeout, user_agent="turbok-scratch")
 
     # --- controllers ---
 
@@ -245,8 +280,9 @@ class ScratchControlPlane:
 
     def _controller(self, name: str, binary: Path, emulated: Version | None) -> _Process:
         port = free_port()
+        certs = self.dir / f"{name}-certs"  # its self-signed serving certificate, for the probe to verify
         args = [str(binary), "--kubeconfig", str(self.kubeconfig), "--bind-address", "127.0.0.1",
-                "--secure-port", str(port), "--leader-elect=false",
+                "--secure-port", str(port), "--cert-dir", str(certs), "--leader-elect=false",
                 "--authentication-kubeconfig", str(self.kubeconfig),
                 "--authorization-kubeconfig", str(self.kubeconfig)]
         if name == "kube-controller-manager":
@@ -256,27 +292,41 @@ class ScratchControlPlane:
         if emulated is not None:
             args.append(f"--emulated-version={emulated}")
         proc = _Process(name, args, self.dir / f"{name}.log")
-        self._wait(proc, f"https://127.0.0.1:{port}/healthz", lambda r: r.status_code == 200, auth=False)
+
+        def serving() -> ClusterConfig | None:
+            pem = _certificate(certs / f"{name}.crt")
+            return None if pem is None else ClusterConfig(server=f"https://127.0.0.1:{port}", ca_pem=pem)
+
+        self._wait(proc, "/healthz", serving)
         return proc
 
     # --- waiting ---
 
-    def _wait(self, proc: _Process, url: str, ok: Any, *, auth: bool = True) -> None:
-        headers = {"Authorization": f"Bearer {self.token}"} if auth else {}
+    def _wait(self, proc: _Process, path: str, config: Callable[[], ClusterConfig | None]) -> None:
+        """Until GET ``path`` answers 2xx on the server of ``config()`` (None: its certificate is not written yet)."""
         deadline = time.monotonic() + _READY_TIMEOUT_S
-        last = ""
-        with httpx.Client(verify=False, timeout=5.0, headers=headers) as c:  # noqa: S501 - loopback, self-signed
+        last = "no serving certificate"
+        api: Api | None = None
+        try:
             while time.monotonic() < deadline:
                 if not proc.alive():
                     raise ScratchError(f"{proc.name} exited with code {proc.proc.returncode}: {proc.tail()}")
-                try:
-                    r = c.get(url)
-                    if ok(r):
+                if api is None and (ready := config()) is not None:
+                    api = Api(ready, timeout=5.0, user_agent="turbok-scratch")
+                if api is not None:
+                    try:
+                        api.send("GET", path, accept="*/*")
                         return
-                    last = f"{r.status_code}"
-                except httpx.HTTPError as e:
-                    last = type(e).__name__
+                    except st.ApiError as e:
+                        last = str(status_code(e))
+                    except ConnectionFailed as e:
+                        last = str(e)
+                        api.close()  # its certificate may have been read before it was whole: read it again
+                        api = None
                 time.sleep(0.2)
+        finally:
+            if api is not None:
+                api.close()
         proc.stop()
         raise ScratchError(f"{proc.name} was not ready within {_READY_TIMEOUT_S:.0f} s (last answer {last}): {proc.tail()}")
 

@@ -23,14 +23,15 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.kube_cluster import RELEASE, KubeCluster, kube_cluster, missing
 from turbok.checkpoint import CheckpointManager
 from turbok.checkpoint.operator import Reconciler, desired_objects
 from turbok.client.kubeconfig import load_kubeconfig
 from turbok.client.rest import RestClient
 
-from .kube import Cluster, control_plane, missing, wait_for
-
-pytestmark = pytest.mark.skipif(missing() is not None, reason=missing() or "")
+NEEDS = ("kube-controller-manager", "kube-scheduler", "kwok")
+pytestmark = pytest.mark.skipif(missing(*NEEDS, version=RELEASE) is not None,
+                                reason=str(missing(*NEEDS, version=RELEASE)))
 
 CRD = Path(__file__).parents[3] / "turbok" / "api" / "crds" / "checkpointing.turbok.dev_checkpointconfigurations.yaml"
 GROUP_PATH = "/apis/checkpointing.turbok.dev/v1/checkpointconfigurations"
@@ -38,16 +39,16 @@ NS = "turbok-checkpoint"
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    with control_plane() as c:
+def cluster() -> Iterator[KubeCluster]:
+    with kube_cluster(version=RELEASE) as c:
         crd = yaml.safe_load(CRD.read_text())
         r = c.client.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=crd)
         assert r.status_code == 201, r.text
-        wait_for("the CRD to be established", lambda: any(
+        c.wait("the CRD to be established", lambda: any(
             cond["type"] == "Established" and cond["status"] == "True"
             for cond in (c.client.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd['metadata']['name']}")
-                         .json().get("status", {}).get("conditions") or [])))
-        wait_for("the resource to be served", lambda: c.client.get(GROUP_PATH).status_code == 200)
+                         .json().get("status", {}).get("conditions") or [])), timeout=60)
+        c.wait("the resource to be served", lambda: c.client.get(GROUP_PATH).status_code == 200, timeout=60)
         for name, gpu in (("gpu-1", True), ("gpu-2", True), ("cpu-1", False)):
             node: dict[str, Any] = {
                 "apiVersion": "v1", "kind": "Node",
@@ -76,7 +77,7 @@ def _config(name: str, tmp: Path, port: int) -> dict[str, Any]:
     }
 
 
-def test_the_real_api_server_accepts_the_crd_and_refuses_bad_configurations(cluster: Cluster, tmp_path: Path) -> None:
+def test_the_real_api_server_accepts_the_crd_and_refuses_bad_configurations(cluster: KubeCluster, tmp_path: Path) -> None:
     bad = _config("bad", tmp_path, 7480)
     bad["spec"]["replicationFactor"] = -1
     bad["spec"]["inMemoryVolumeSize"] = "lots"
@@ -106,7 +107,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_a_configuration_becomes_agents_that_find_each_other_and_report_their_tiers(cluster: Cluster, tmp_path: Path) -> None:
+def test_a_configuration_becomes_agents_that_find_each_other_and_report_their_tiers(cluster: KubeCluster, tmp_path: Path) -> None:
     port = _free_port()
     assert cluster.client.post(GROUP_PATH, json=_config("training", tmp_path, port)).status_code == 201
     rest = RestClient(load_kubeconfig(cluster.kubeconfig))
@@ -124,14 +125,14 @@ def test_a_configuration_becomes_agents_that_find_each_other_and_report_their_ti
         up = [p for p in pods if p.get("status", {}).get("phase") == "Running" and p["status"].get("podIP")]
         return up if len(up) == 2 else []
 
-    pods = wait_for("two agent pods running on the matching nodes", running, timeout=90)
+    pods = cluster.wait("two agent pods running on the matching nodes", running, timeout=90)
     assert sorted(p["spec"]["nodeName"] for p in pods) == ["gpu-1", "gpu-2"]  # never on cpu-1
 
     # The agents' own service account, through a TokenRequest: their RBAC must be enough.
     r = cluster.client.post(f"/api/v1/namespaces/{NS}/serviceaccounts/checkpoint-agent-training/token",
                             json={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}})
     assert r.status_code == 201, r.text
-    sa_kubeconfig = cluster.kubeconfig_for(r.json()["status"]["token"], tmp_path / "agent.kubeconfig")
+    sa_kubeconfig = cluster.write_kubeconfig(tmp_path / "agent.kubeconfig", r.json()["status"]["token"])
     procs = []
     try:
         for pod in pods:
@@ -159,8 +160,8 @@ def test_a_configuration_becomes_agents_that_find_each_other_and_report_their_ti
                     return False
             return True
 
-        wait_for("the agents to find each other through the API", peers_found, timeout=60,
-                 every=0.5) if all(p.poll() is None for p in procs) else pytest.fail((tmp_path / f"{pods[0]['metadata']['name']}.log").read_text())
+        cluster.wait("the agents to find each other through the API", peers_found, timeout=60,
+                     every=0.5) if all(p.poll() is None for p in procs) else pytest.fail((tmp_path / f"{pods[0]['metadata']['name']}.log").read_text())
         with CheckpointManager("op", agent=addresses[0]) as m:
             m.save(1, {"w": np.arange(1 << 16, dtype=np.float32)}).result()
             assert m.wait(1, "peers", timeout=60) == "done"  # replicated to the peer it discovered
@@ -178,7 +179,7 @@ def test_a_configuration_becomes_agents_that_find_each_other_and_report_their_ti
             published = all("memory" in n for n in status.get("nodes") or [])
             return status if ok and published and len(status.get("nodes") or []) == 2 else None
 
-        status = wait_for("Ready with every node's tiers in the status", ready, timeout=60, every=1.0)
+        status = cluster.wait("Ready with every node's tiers in the status", ready, timeout=60, every=1.0)
         assert isinstance(status, dict) and status["readyAgents"] == 2
         node = status["nodes"][0]
         assert node["memory"]["capacity"] == 256 << 20 and node["memory"]["jobQuota"] == 128 << 20
@@ -195,7 +196,7 @@ def test_a_configuration_becomes_agents_that_find_each_other_and_report_their_ti
         rest.close()
 
 
-def test_a_configuration_matching_no_node_is_not_ready(cluster: Cluster, tmp_path: Path) -> None:
+def test_a_configuration_matching_no_node_is_not_ready(cluster: KubeCluster, tmp_path: Path) -> None:
     cfg = _config("nowhere", tmp_path, _free_port())
     cfg["spec"]["nodeSelector"] = {"pool": "none"}
     assert cluster.client.post(GROUP_PATH, json=cfg).status_code == 201
@@ -207,7 +208,7 @@ def test_a_configuration_matching_no_node_is_not_ready(cluster: Cluster, tmp_pat
         got = cluster.client.get(f"{GROUP_PATH}/nowhere").json().get("status")
         return got if got and got.get("conditions") else None
 
-    got = wait_for("a status", status)
+    got = cluster.wait("a status", status, timeout=60)
     assert isinstance(got, dict)
     cond = got["conditions"][0]
     assert cond["status"] == "False" and cond["reason"] in ("NoNodes", "AgentsNotReady")

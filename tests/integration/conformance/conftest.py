@@ -9,24 +9,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.kube_cluster import RELEASE, KubeCluster, kube_cluster, missing
+
 
 @pytest.fixture(scope="module")
-def real_apiserver() -> Iterator[tuple[Path, object]]:
+def real_apiserver() -> Iterator[tuple[Path, KubeCluster]]:
     """A real kube-apiserver 1.37.2 with etcd and kube-controller-manager (namespaces really go away).
 
-    The binaries come from ../shared/kube (unpacked as tests/integration/upgrade/kube_assets.py does;
-    skipped, naming them, where they are absent). Yields its admin kubeconfig and the ScratchControlPlane.
+    From tests/kube_cluster.py (skipped, naming what is missing, without the binaries). Yields its admin
+    kubeconfig and the cluster.
     """
-    from tests.integration.upgrade.kube_assets import kube_assets_dir
-    from turbok.upgrade.assets import find_assets
-    from turbok.upgrade.scratch import ScratchControlPlane
-    from turbok.upgrade.versions import Version
-
-    assets = find_assets([kube_assets_dir()])
-    binaries = assets.get(Version(1, 37))
-    assert assets.etcd is not None and binaries.controller_manager is not None
-    with ScratchControlPlane(assets.etcd) as cp:
-        cp.start_etcd()
-        cp.start_apiserver(binaries.apiserver)
-        cp.start_controller_manager(binaries.controller_manager)
-        yield cp.kubeconfig, cp
+    reason = missing("kube-controller-manager", version=RELEASE)
+    if reason:
+        pytest.skip(reason)
+    with kube_cluster(scheduler=False, kwok=False, version=RELEASE) as cluster:
+        yield cluster.kubeconfig, cluster

@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 from typer.testing import CliRunner
 
+from tests.kube_cluster import KubeCluster
 from tests.unit.conformance.support import DATA, fast_options
 from turbok.cli.main import app
 from turbok.client.kubeconfig import load_kubeconfig
@@ -45,29 +45,23 @@ def _one(report: RunReport, rid: str) -> Any:
     return result
 
 
-def _apply(cp: Any, docs: list[dict[str, Any]]) -> None:
-    with cp.client() as c:
-        for doc in docs:
-            api = doc["apiVersion"]
-            base = "/api/v1" if api == "v1" else f"/apis/{api}"
-            plural = {"DeviceClass": "deviceclasses", "ResourceSlice": "resourceslices", "Node": "nodes",
-                      "CustomResourceDefinition": "customresourcedefinitions"}[doc["kind"]]
-            r = c.post(f"{base}/{plural}", json=doc)
-            assert r.status_code in (201, 409), r.text
+def _apply(cp: KubeCluster, docs: list[dict[str, Any]]) -> None:
+    for doc in docs:
+        r = cp.client.post(cp.path_of(doc, collection=True), json=doc)
+        assert r.status_code in (201, 409), r.text
 
 
-def _nothing_left(cp: Any, namespace: str) -> None:
+def _nothing_left(cp: KubeCluster, namespace: str) -> None:
     """Every labelled object of the run is gone, and its namespace finalized (kube-controller-manager)."""
     with KubeClient(load_kubeconfig(cp.kubeconfig)) as client:
         assert client.list("v1", "ConfigMap", label_selector=MANAGED_BY_SELECTOR) == []
-    with cp.client() as c:
-        deadline = time.monotonic() + 60
-        while c.get(f"/api/v1/namespaces/{namespace}").status_code != 404:
-            assert time.monotonic() < deadline, f"namespace {namespace} was not finalized"
-            time.sleep(0.5)
+    deadline = time.monotonic() + 60
+    while cp.client.get(f"/api/v1/namespaces/{namespace}").status_code != 404:
+        assert time.monotonic() < deadline, f"namespace {namespace} was not finalized"
+        time.sleep(0.5)
 
 
-def test_dra_support_meets_the_real_dra_api(real_apiserver: tuple[Path, Any]) -> None:
+def test_dra_support_meets_the_real_dra_api(real_apiserver: tuple[Path, KubeCluster]) -> None:
     kubeconfig, cp = real_apiserver
     # no driver publishes devices: the APIs work (a ResourceClaimTemplate went through create/get/delete), Skipped
     report = _run(kubeconfig, version="1.35", focus="dra_support")
@@ -101,7 +95,7 @@ def test_dra_support_meets_the_real_dra_api(real_apiserver: tuple[Path, Any]) ->
                                                                             "other.example.com": False}
 
 
-def test_crd_based_checks_see_apis_without_implementations(real_apiserver: tuple[Path, Any]) -> None:
+def test_crd_based_checks_see_apis_without_implementations(real_apiserver: tuple[Path, KubeCluster]) -> None:
     kubeconfig, cp = real_apiserver
     focus = "ai_inference|gang_scheduling|robust_controller"
     report = _run(kubeconfig, focus=focus)
@@ -126,13 +120,12 @@ def test_crd_based_checks_see_apis_without_implementations(real_apiserver: tuple
     gang = reasons["gang_scheduling"]  # no Kueue controller marks its ClusterQueue Active
     assert gang[0] is Status.FAILED and gang[1].endswith("never became Active: no Active condition"), gang
     # Kueue's objects went through the real API (cluster-scoped ones are deleted by the checks themselves)
-    with cp.client() as c:
-        assert c.get("/apis/kueue.x-k8s.io/v1beta1/clusterqueues",
-                     params={"labelSelector": MANAGED_BY_SELECTOR}).json()["items"] == []
+    assert cp.client.get("/apis/kueue.x-k8s.io/v1beta1/clusterqueues",
+                         params={"labelSelector": MANAGED_BY_SELECTOR}).json()["items"] == []
     _nothing_left(cp, report.namespace)
 
 
-def test_product_yaml_draft_of_a_real_run_validates(real_apiserver: tuple[Path, Any], tmp_path: Path) -> None:
+def test_product_yaml_draft_of_a_real_run_validates(real_apiserver: tuple[Path, KubeCluster], tmp_path: Path) -> None:
     kubeconfig, cp = real_apiserver
     out = tmp_path / "v1.35" / "acme"
     r = CliRunner().invoke(app, ["conformance", "run", "--kubeconfig", str(kubeconfig), "--version", "1.35",
@@ -161,5 +154,4 @@ def test_product_yaml_draft_of_a_real_run_validates(real_apiserver: tuple[Path, 
     for x in doc["results"]:
         if x["selected"]:
             assert (out / x["evidence"]).is_file()
-    with httpx.Client(verify=False) as c:  # noqa: S501 - the scratch apiserver's self-signed certificate
-        assert c.get(f"{cp.server}/readyz", headers={"Authorization": f"Bearer {cp.token}"}).status_code == 200
+    assert cp.client.get("/readyz").status_code == 200

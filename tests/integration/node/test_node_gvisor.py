@@ -96,6 +96,7 @@ async def test_grace_periods_sigterm_then_sigkill(real_node: NodeHarness) -> Non
     stubborn = time.monotonic() - start
     assert polite < 3.0, polite  # it left on SIGTERM, long before its 30 s
     assert 3.0 <= stubborn < 10.0, stubborn  # SIGKILL after its 3 s
+    await real_node.reaped()
     assert await real_node.runtime.list_pod_sandboxes() == []
 
 
@@ -121,7 +122,7 @@ async def test_a_pod_deleted_while_it_boots_leaves_nothing_running(real_node: No
         real_node.delete(name)
         await real_node.wait_gone(name, timeout=60)
         in_flight += not ready
-        await asyncio.sleep(0.5)
+        await real_node.reaped()
         assert await real_node.runtime.list_pod_sandboxes() == []
         proc = await asyncio.create_subprocess_exec("pgrep", "-f", "runsc.*" + str(real_node.tmp / "pods"),
                                                     stdout=asyncio.subprocess.PIPE)

@@ -12,7 +12,6 @@ import asyncio
 import json
 import struct
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +19,6 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
-from tests.integration.runtime.podnet import Networks, require_root_network
 from tests.unit.node.conftest import NodeHarness, pod
 from turbok.apiserver.app import create_app
 from turbok.apiserver.streaming import stream_handler
@@ -128,44 +126,6 @@ async def test_follow_ends_with_the_container_and_a_stopped_one_refuses_exec(rea
     assert status["message"] == 'Internal error occurred: unable to upgrade connection: container not found ("main")'
     # Logs outlive the container: still readable once it has ended.
     assert await (await api.get(f"{PODS}/counter/log")).read() == b"1\n2\n3\n"
-
-
-@pytest.fixture
-async def networked(tmp_path: Path) -> AsyncIterator[NodeHarness]:
-    """A real node whose pods are on a pod network of their own (a unique range and bridge)."""
-    import shutil
-
-    if shutil.which("runsc") is None:
-        pytest.skip("runsc (gVisor) is not installed")
-    require_root_network()
-    from tests.integration.runtime.conftest import images_dir
-    from turbok.api.kinds import default_registry
-    from turbok.node.clock import MonotonicClock
-    from turbok.node.node import NodeSettings
-    from turbok.runtime.images import BASE_IMAGE, ImageStore
-    from turbok.runtime.pods_gvisor import GvisorPodRuntime
-    from turbok.store.registry import ObjectRegistry
-    from turbok.store.sqlite import SqliteStore
-
-    images = ImageStore(images_dir())
-    if not (images.builtin_dir(BASE_IMAGE) / "rootfs").is_dir():
-        pytest.skip(f"the base image is not built in {images_dir()} (scripts/setup.sh builds it)")
-    networks = Networks(tmp_path / "net")
-    network = networks.make()
-    await asyncio.to_thread(network.ensure_host)
-    registry = ObjectRegistry(SqliteStore(tmp_path / "store.db"), default_registry())
-    registry.ensure_namespace("default")
-    runtime = GvisorPodRuntime(tmp_path / "pods", images, network=network)
-    h = NodeHarness(tmp_path, registry, runtime, MonotonicClock())  # type: ignore[arg-type]
-    await h.start(settings=NodeSettings(relist_seconds=0.2))
-    try:
-        yield h
-    finally:
-        await h.stop()
-        await asyncio.gather(*(runtime.remove_pod_sandbox(i) for i in await runtime.list_pod_sandboxes()),
-                             return_exceptions=True)
-        registry.db.close()
-        networks.cleanup()
 
 
 async def test_port_forward_into_a_pods_network(networked: NodeHarness) -> None:

@@ -1,7 +1,7 @@
 """Helpers for the pod runtime tests: configs with ids unique per test process, waiting, and leftovers.
 
 ``leftovers(rt, ids)`` lists everything of those pods that still exists on the
-host: runsc registrations, mounts, loop devices, cgroups, processes holding a
+host: runsc registrations, mounts (not runsc's ``null-netns`` pin), loop devices, cgroups, processes holding a
 file of the root (holders, gofers, sandboxes) or naming an id, and directories.
 A test that removes its pods asserts it is empty. ``old_sandbox`` makes a sandbox
 directory as the old, per-Sandbox runtime (before Pods) left it.
@@ -23,6 +23,7 @@ from turbok.runtime.ids import sandbox_id
 from turbok.runtime.legacy import LegacySandboxes
 from turbok.runtime.podlayout import SandboxDir
 from turbok.runtime.pods import LocalPodRuntime
+from turbok.runtime.runsc import NULL_NETNS
 
 IMAGE = "python-runtime-sandbox"
 BUSYBOX = "busybox"
@@ -107,8 +108,9 @@ def leftovers(rt: LocalPodRuntime | LegacySandboxes, ids: list[str]) -> dict[str
     state_dir = getattr(rt, "state_dir", None)
     if state_dir is not None and state_dir.is_dir():
         found["runsc"] = [p.name for p in state_dir.iterdir() if any(i in p.name for i in ids)]
-    with open("/proc/self/mountinfo") as f:
-        found["mounts"] = [line.split()[4] for line in f if line.split()[4].startswith(root + "/")]
+    with open("/proc/self/mountinfo") as f:  # runsc's null-netns pin is no pod's (see turbok.runtime.runsc)
+        found["mounts"] = [line.split()[4] for line in f if line.split()[4].startswith(root + "/")
+                           and Path(line.split()[4]).name != NULL_NETNS]
     found["loop"] = []
     for dev in Path("/sys/block").glob("loop*"):
         backing = loopdev.backing_file(f"/dev/{dev.name}")

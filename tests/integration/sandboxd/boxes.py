@@ -54,7 +54,7 @@ class Boxes:
             "id": sandbox_id(f"sandboxd-it-{name}-{self.root.name}"), "name": name, "namespace": "default",
             "uid": f"uid-{name}", "hostname": name, "network": self.network is not None, "single_container": True,
             "annotations": {"turbok.dev/sandbox-identity": f"uid-{name}"}, "agent_container": "main",
-            "agent_ports": (8080, 9090)}
+            "agent_ports": (8080, 9090), "agent_on_demand": False}
         fields.update(kw)
         return PodSandboxConfig(**fields)
 

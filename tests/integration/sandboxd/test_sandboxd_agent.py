@@ -292,3 +292,45 @@ def test_the_agent_never_leaves_time_wait_in_the_sandbox(agent: Any) -> None:
     with agent.connect() as conn:
         states = [line.split()[3] for line in conn.commands.run("cat /proc/net/tcp").stdout.splitlines()[1:]]
     assert "06" not in states, "a TIME_WAIT in the sandbox would stop runsc from checkpointing it for 60 s"
+
+
+def test_an_on_demand_agent_starts_at_the_first_call_once(boxes: Any) -> None:
+    """A pod whose agent starts on demand (the default for a Sandbox's Pod: ``turbok.dev/sandboxd``) has none
+    after its container starts; the router's first request is served through runsc exec and starts it in the
+    background, and after that commands reach the agent. Concurrent ``ensure_agent`` calls start one agent."""
+    from turbok.sandboxd import StaticResolver, create_router_app
+    from turbok.sandboxd.testing import serve_in_thread
+    from turbok.sdk import SandboxConnection
+
+    if boxes.network is None:
+        pytest.skip("no pod network here (needs root and nft)")
+    runtime = boxes.twin()
+    config = boxes.config("lazy", agent_on_demand=True)
+    resolver = StaticResolver({("default", "lazy"): config.id})
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(boxes.boot(config, runtime=runtime))
+        ip = loop.run_until_complete(runtime.pod_sandbox_status(config.id)).ip
+        with pytest.raises(OSError):
+            socket.create_connection((ip, AGENT_PORT), timeout=2).close()
+        with serve_in_thread(lambda: create_router_app(runtime=runtime, resolver=resolver, token="t")) as url, \
+                SandboxConnection(url, "t", "default", "lazy", timeout=30) as conn:
+            parent = "cat /proc/$PPID/cmdline | tr '\\0' ' '"
+            first = conn.commands.run(parent).stdout
+            assert "tkagent" not in first, "the first command cannot wait for the agent: runsc exec runs it"
+            deadline = time.monotonic() + 30
+            while "tkagent" not in conn.commands.run(parent).stdout:
+                assert time.monotonic() < deadline, "the agent did not come up after the first call"
+                time.sleep(0.2)
+            router_loop = _router_loop(url)
+
+            async def ask() -> list[bool]:
+                return list(await asyncio.gather(*(runtime.ensure_agent(config.id) for _ in range(3))))
+
+            again = asyncio.run_coroutine_threadsafe(ask(), router_loop).result(60)
+            assert again == [True, True, True]
+            agents = conn.commands.run("ps -eo args | grep -c '[t]kagent.main'").stdout.strip()
+            assert agents == "1", "asked again, a running agent is found, not started twice"
+    finally:
+        loop.run_until_complete(runtime.remove_pod_sandbox(config.id))
+        loop.close()

@@ -140,7 +140,12 @@ def kubeadm_131_double(tmp_path: Path) -> Iterator[tuple[KubeApiDouble, Path]]:
 
 @pytest.fixture(scope="session")
 def kube_assets() -> Path:
-    """../shared/kube's binaries unpacked (skipped, naming them, where they are absent)."""
-    from tests.integration.upgrade.kube_assets import kube_assets_dir
+    """../shared/kube's binaries unpacked, every release the rehearsal steps through (``unpack.sh``'s layout:
+    ``DIR/<version>/kube-apiserver``...); skipped, naming them, where they are absent."""
+    from tests.kube_cluster import CACHE, missing
 
-    return kube_assets_dir()
+    for version in ("1.35.4", "1.36.3", "1.37.2"):
+        reason = missing("kube-controller-manager", "kube-scheduler", version=version)
+        if reason:
+            pytest.skip(reason)
+    return CACHE

@@ -22,9 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
 
+from turbok.client.api import Api
 from turbok.upgrade.apis import api_catalog
 from turbok.upgrade.assets import Assets, find_assets, probe_versions
 from turbok.upgrade.cluster import parse_feature_gates
@@ -46,17 +46,17 @@ class Facts:
     gates: dict[str, str] = field(default_factory=dict)  # name -> stage ("" is GA)
 
 
-def _served(client: httpx.Client, *, warnings: bool) -> dict[Kind, str | None]:
+def _served(client: Api, *, warnings: bool) -> dict[Kind, str | None]:
     out: dict[Kind, str | None] = {}
-    groups = client.get("/apis").json()["groups"]
+    groups = client.request("GET", "/apis")["groups"]
     for gv in ["v1"] + [v["groupVersion"] for g in groups for v in g["versions"]]:
         base = "/api/v1" if gv == "v1" else f"/apis/{gv}"
-        for res in client.get(base).json().get("resources", []):
+        for res in client.request("GET", base).get("resources", []):
             if "/" in res["name"]:
                 continue
             warning = None
             if warnings and "list" in res.get("verbs", []):
-                warning = client.get(f"{base}/{res['name']}", params={"limit": "1"}).headers.get("warning")
+                warning = client.send("GET", f"{base}/{res['name']}", params={"limit": "1"}).headers.get("warning")
             out[(gv, res["kind"])] = warning
     return out
 
@@ -89,7 +89,7 @@ def facts(assets: Assets) -> Iterator[AllFacts]:
             with cp.client() as c:
                 f.served_default = set(_served(c, warnings=False))
                 f.gates = {g.name: g.stage for g in parse_feature_gates(
-                    c.get("/metrics", headers={"Accept": "text/plain"}).text)}
+                    c.send("GET", "/metrics", accept="text/plain").text)}
             cp.start_apiserver(binaries.apiserver, extra=["--runtime-config=api/all=true"])
             with cp.client() as c:
                 f.served_all = _served(c, warnings=True)

@@ -110,3 +110,28 @@ async def test_deleting_the_pool_deletes_unclaimed_sandboxes_but_not_claimed_one
     cluster.registry.delete(cluster.pool, "default", "pool")
     await cluster.wait(lambda: _pool_sandboxes(cluster) == [], what="pool sandboxes collected")
     assert cluster.get(cluster.sandbox, bound) is not None
+
+
+class _Everyone(set):  # type: ignore[type-arg]
+    def __contains__(self, name: object) -> bool:
+        return True
+
+
+async def test_a_bounded_pool_keeps_at_most_max_starting_sandboxes_starting(cluster: Cluster) -> None:
+    cluster.suite.pools.max_starting = 2  # the embedded engine's bound (its node boots a few at a time)
+    cluster.node.hold = _Everyone()  # every Pod stays Pending until the test runs it
+    cluster.create(template())
+    cluster.create(pool(replicas=5))
+    await cluster.wait(lambda: len(_pool_sandboxes(cluster)) == 2, what="two starting")
+    await asyncio.sleep(0.2)
+    assert len(_pool_sandboxes(cluster)) == 2, "no more than two start at once"
+    first = _pool_sandboxes(cluster)[0]["metadata"]["name"]
+    await cluster.wait(lambda: cluster.get(POD, first) is not None, what="its Pod")
+    cluster.node.run(first)
+    await cluster.wait(lambda: len(_pool_sandboxes(cluster)) == 3, what="the next one once the first is Ready")
+    for sb in _pool_sandboxes(cluster):
+        name = sb["metadata"]["name"]
+        await cluster.wait(lambda: cluster.get(POD, name) is not None, what="its Pod")  # noqa: B023
+        if name != first:
+            cluster.node.run(name)
+    await cluster.wait(lambda: len(_pool_sandboxes(cluster)) == 5, what="the pool full in the end")

@@ -26,11 +26,8 @@ NOT_KUBERNETES = {
     "conformance/checks/sandboxing.py": "the sandbox router's /execute",
     "conformance/validator.py": "the web pages a conformance submission links to",
 }
-#: Kubernetes REST spoken without turbok.client.api, still to be folded in.
-KNOWN_EXCEPTIONS = {
-    "upgrade/scratch.py": "issue 15: the scratch control plane's admin httpx.Client, used by upgrade/rehearsal.py "
-                          "with its own discovery and error mapping (and its components' /healthz probes)",
-}
+#: Kubernetes REST spoken without turbok.client.api, still to be folded in (none left: keep it so).
+KNOWN_EXCEPTIONS: dict[str, str] = {}
 
 
 def _openers() -> set[str]:

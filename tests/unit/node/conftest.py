@@ -90,6 +90,11 @@ class NodeHarness:
 
     # ------------------------------------------------------------ waiting
 
+    async def reaped(self) -> None:
+        """Wait for the node's background removals (what a deleted Pod's stopped sandbox left)."""
+        if self.node is not None:
+            await self.node.ctx.reaper.drain()
+
     async def settle(self) -> None:
         """Let every task that can run, run (events and statuses are written in the background)."""
         for _ in range(50):

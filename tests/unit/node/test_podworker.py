@@ -194,6 +194,7 @@ async def test_deleting_a_pod_kills_it_within_its_grace_period_and_removes_it(no
     marked = node.pod("bye")
     assert marked is not None and marked["metadata"]["deletionGracePeriodSeconds"] == 7  # graceful, as kube
     await node.wait_gone("bye")
+    await node.reaped()  # the sandbox is stopped before the Pod goes, removed after
     stops = [c for c in node.runtime.calls if c[0] == "stop_container"]
     assert stops == [("stop_container", rid, "main", "7")]
     assert node.runtime.calls.index(stops[0]) < node.runtime.calls.index(("remove_pod_sandbox", rid))
@@ -262,6 +263,7 @@ async def test_deleting_a_pod_whose_sandbox_never_started_removes_what_it_left(n
                                               state=PodSandboxState.NOT_READY)  # a half-made one
     node.delete("broken")
     await node.wait_gone("broken")
+    await node.reaped()
     assert rid not in node.runtime.sandboxes
     assert ("remove_pod_sandbox", rid) in node.runtime.calls
 
@@ -275,6 +277,7 @@ async def test_a_boot_in_flight_when_the_pod_is_deleted_never_leaves_a_sandbox_r
     await node.settle()
     node.runtime.hold_boots.set()  # the boot finishes after the Pod was deleted
     await node.wait_gone("racing")
+    await node.reaped()
     assert rid not in node.runtime.sandboxes
     assert node.runtime.started(rid) == []  # no container was started in it
 
@@ -397,3 +400,17 @@ async def test_readiness_gates_hold_ready_until_their_condition_is_true(node: No
     got["status"]["conditions"].append({"type": "example.com/LoadBalanced", "status": "True"})
     node.registry.update(node.pod_kind, got, namespace="default", subresource="status")
     await node.wait_ready("gated")
+
+
+
+async def test_a_sandboxs_pod_gets_its_agent_on_demand_unless_eager(node: NodeHarness) -> None:
+    node.create(pod("lazy", annotations={"turbok.dev/sandbox-identity": "uid-1"}))
+    await node.wait_ready("lazy")
+    config = node.runtime.sandboxes[_rid(node, "lazy")].config
+    assert config.agent_container == "main" and config.agent_on_demand, "Ready does not wait for an agent"
+    node.create(pod("eager", annotations={"turbok.dev/sandbox-identity": "uid-2", "turbok.dev/sandboxd": "eager"}))
+    await node.wait_ready("eager")
+    assert not node.runtime.sandboxes[_rid(node, "eager")].config.agent_on_demand
+    node.create(pod("plain"))  # not a Sandbox's: no agent at all
+    await node.wait_ready("plain")
+    assert node.runtime.sandboxes[_rid(node, "plain")].config.agent_container == ""

@@ -65,4 +65,5 @@ async def test_a_pod_deleted_while_the_node_was_down_is_torn_down_at_start(harne
     await harness.start()
     await harness.wait_gone("late")
     assert ("stop_container", rid, "main", "9") in harness.runtime.calls
+    await harness.reaped()
     assert rid not in harness.runtime.sandboxes

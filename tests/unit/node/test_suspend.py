@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from tests.unit.node.conftest import NodeHarness, container_status, pod
@@ -115,7 +114,7 @@ async def test_deleting_without_the_annotation_removes_the_state_even_if_kept_be
     await node.wait_ready("sb-2")
     node.delete("sb-2")
     await node.wait_gone("sb-2")
-    await asyncio.sleep(0)
+    await node.reaped()
     assert rid not in node.runtime.sandboxes
 
 
