@@ -99,8 +99,14 @@ def test_install_upgrade_and_uninstall_leave_nothing_behind(kube: KubeCluster) -
     for ns in ("agent-sandbox-system", "turbok-checkpoint"):
         kube.wait(f"{ns} gone", lambda ns=ns: c.get(f"/api/v1/namespaces/{ns}").status_code == 404, timeout=60)
     ours = {crd["metadata"]["name"] for crd in Install().crds()}
-    crds = {x["metadata"]["name"] for x in c.get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions").json()["items"]}
-    assert not ours & crds
+
+    def crds() -> set[str]:
+        return {x["metadata"]["name"] for x in
+                c.get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions").json()["items"]}
+
+    # A CRD goes once the apiextensions controller has removed its objects (its cleanup finalizer): after the
+    # uninstall returns, not before.
+    kube.wait("the chart's CRDs gone", lambda: not ours & crds(), timeout=60)
     for path in ("/apis/rbac.authorization.k8s.io/v1/clusterroles", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
                  "/apis/node.k8s.io/v1/runtimeclasses", "/apis/networking.k8s.io/v1/networkpolicies",
                  "/apis/apps/v1/deployments", "/api/v1/serviceaccounts", "/api/v1/secrets"):
