@@ -81,8 +81,12 @@ def test_install_upgrade_and_uninstall_leave_nothing_behind(kube: KubeCluster) -
     assert checkpoint["spec"]["template"]["spec"]["containers"][0]["args"][:2] == ["checkpoint", "operator"]
     # the examples docs/kube.md applies after an install are valid for the installed CRDs
     kube.wait("the CRDs served", lambda: c.get("/apis/extensions.agents.x-k8s.io/v1beta1").status_code == 200)
-    # a fresh discovery cache: kubectl's, from the dry run above, was taken before the CRDs were installed
+    # a fresh discovery cache: kubectl's, from the dry run above, was taken before the CRDs were installed; and
+    # kube-apiserver's aggregated discovery (what kubectl reads) lists new kinds a moment after their group serves
     fresh = tempfile.mkdtemp(prefix="kubectl-cache-")
+    kube.wait("kubectl's discovery lists the CRDs", lambda: "sandboxtemplates" in _run(
+        kube, "kubectl", "--cache-dir", tempfile.mkdtemp(dir=fresh), "api-resources",
+        "--api-group=extensions.agents.x-k8s.io", "-o", "name", ok=False), timeout=60)
     examples = _run(kube, "kubectl", "--cache-dir", fresh, "apply", "--dry-run=server", "-n", "default", "-f",
                     str(REPO / "examples"))
     shutil.rmtree(fresh, ignore_errors=True)

@@ -598,18 +598,14 @@ class LocalPodRuntime(PodRuntime):
     def _delete_tree(self, pdir: PodDir) -> None:
         trash = self.root / TRASH
         gone = trash / f"{pdir.id}.{time.monotonic_ns()}"
-        while True:
-            trash.mkdir(mode=DIR_MODE, exist_ok=True)
-            try:
-                os.rename(pdir.path, gone)
-                break
-            except FileNotFoundError:
-                if not pdir.path.exists():
-                    return
-                # another removal took the (empty) trash away between the two calls: make it again
+        # The trash stays once made: removing it when empty would race with another removal's mkdir (which
+        # fails with EEXIST when the directory it found is gone by the time it looks again).
+        trash.mkdir(mode=DIR_MODE, exist_ok=True)
+        try:
+            os.rename(pdir.path, gone)
+        except FileNotFoundError:
+            return
         shutil.rmtree(gone, ignore_errors=True)
-        with contextlib.suppress(OSError):  # not empty: another removal's tree is in it
-            trash.rmdir()
 
     def _empty_trash(self) -> None:
         try:
@@ -619,8 +615,6 @@ class LocalPodRuntime(PodRuntime):
         if left and not mounts.mounts_below(self.root / TRASH):  # a mount there is a bug to see, not to delete
             for tree in left:
                 shutil.rmtree(tree, ignore_errors=True)
-            with contextlib.suppress(OSError):
-                (self.root / TRASH).rmdir()
 
     async def list_pod_sandboxes(self) -> list[str]:
         # What a removal cut short left (the node lists at every start): cleared here, never listed.

@@ -391,8 +391,8 @@ async def test_remove_is_idempotent_and_leaves_nothing(rt: GvisorPodRuntime) -> 
     await rt.stop_pod_sandbox(cfg.id)
     assert leftovers(rt, [cfg.id]) == {}
     assert (await rt.pod_sandbox_status(cfg.id)).state is PodSandboxState.ABSENT
-    assert os.listdir(rt.root) == [".runsc"] or set(os.listdir(rt.root)) <= {".runsc"} | set(
-        await rt.list_pod_sandboxes())
+    assert set(os.listdir(rt.root)) <= {".runsc", ".removing"} | set(await rt.list_pod_sandboxes())
+    assert not os.listdir(rt.root / ".removing"), "the trash (kept once made) is empty"
 
 
 async def test_a_pod_takes_over_the_disk_of_a_sandbox_of_the_old_runtime(rt: GvisorPodRuntime, images: ImageStore,
