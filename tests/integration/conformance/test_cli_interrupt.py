@@ -30,6 +30,9 @@ def test_signal_mid_check_cleans_up(tmp_path: Path, sig: signal.Signals) -> None
             [sys.executable, "-m", "turbok", "conformance", "run", "--kubeconfig", str(kc), "--focus", "ai_inference|gang",
              "--negative-wait", "120", "--poll-interval", "0.05", "--output-dir", str(out), "-o", "json"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            # as a terminal starts it: a suite run in the background (`cmd &`) ignores SIGINT, and a child
+            # inherits that, so that Python would never raise KeyboardInterrupt in it
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         deadline = time.monotonic() + 60
         while not any(j["metadata"]["name"].endswith("-nofit") for j in api.store.created_of("Job")):
