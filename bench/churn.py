@@ -83,7 +83,7 @@ async def raw_teardown(state: Path, sid: str) -> None:
 
 async def bench_raw(root: Path, images: ImageStore, n: int) -> dict[str, float]:
     state, bundle = root / "raw-state", raw_bundle(root, images)
-    ids = [f"churn-raw-{os.getpid()}-{i}" for i in range(2 * n)]
+    ids = [f"churn-raw-{os.getpid()}-{i:05d}" for i in range(2 * n)]  # prefix-free: runsc matches ids by prefix
     await asyncio.gather(*(runsc(state, "run", "--detach", f"--bundle={bundle}", sid) for sid in ids))
     one: list[float] = []
     for sid in ids[:n]:
