@@ -42,6 +42,7 @@ from turbok.runtime.process import Process
 
 __all__ = [
     "AttachProcess",
+    "close_with_reset",
     "Holder",
     "PodStream",
     "receive_console",
@@ -52,6 +53,17 @@ __all__ = [
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _SYS_PIDFD_GETFD = 438  # the same number on x86_64 and aarch64 (new syscalls share one table)
+
+
+def close_with_reset(writer: asyncio.StreamWriter) -> None:
+    """Close a TCP connection into a pod with a reset: no TIME_WAIT on either side (one inside a gVisor sandbox
+    stops runsc from checkpointing it for 60 s)."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(Exception):
+        writer.transport.abort() if sock is None else writer.close()
 
 
 def start_time(pid: int) -> int | None:

@@ -34,8 +34,6 @@ import json
 import logging
 import os
 import shutil
-import socket
-import struct
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -69,7 +67,7 @@ from turbok.runtime.injection import Injection
 from turbok.runtime.locks import KeyedLock
 from turbok.runtime.logs import ROTATOR
 from turbok.runtime.podbundle import ContainerProcess, MountSpec, container_process, hostname_of, validate_env
-from turbok.runtime.podio import AttachProcess, Holder, PodStream
+from turbok.runtime.podio import AttachProcess, Holder, PodStream, close_with_reset
 from turbok.runtime.podlayout import DIR_MODE, RAW_STREAMS, ContainerDir, PodDir, list_ids, validate_name
 from turbok.runtime.process import Process
 from turbok.runtime.runsc import NULL_NETNS
@@ -1158,10 +1156,7 @@ async def _answers(ip: str, port: int, timeout: float = 0.5) -> bool:
         _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), timeout)
     except (OSError, TimeoutError):
         return False
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.close()
+    close_with_reset(writer)
     return True
 
 

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import json
 import socket
-import struct
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from turbok.runtime.errors import RuntimeError_, SandboxNotRunning
+from turbok.runtime.podio import close_with_reset
 from turbok.runtime.process import Process
 from turbok.sandboxd.agent import AGENT_PORT
 from turbok.sandboxd.backend import Backend, Target
@@ -50,16 +50,6 @@ class AgentError(RuntimeError_):
     """The agent could not be reached or broke the protocol (the pod stopped, restarted, or its agent died)."""
 
 
-def _reset(writer: asyncio.StreamWriter) -> None:
-    """Close with a reset: no TIME_WAIT on either side."""
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    with contextlib.suppress(Exception):
-        writer.transport.abort() if sock is None else writer.close()
-
-
 @dataclass
 class _Conn:
     ip: str
@@ -69,7 +59,7 @@ class _Conn:
     idle_since: float = 0.0
 
     def reset(self) -> None:
-        _reset(self.writer)
+        close_with_reset(self.writer)
 
 
 @dataclass
