@@ -872,13 +872,15 @@ class GvisorPodRuntime(LocalPodRuntime):
             return await self._run_locked(config)
 
     async def _has_connections(self, cdir: ContainerDir, rec: dict[str, Any]) -> bool:
-        """Whether the container's netstack has a TCP socket that is not listening (runsc cannot save one)."""
+        """Whether the container's netstack has a TCP connection (runsc cannot save one). A listening socket
+        (0A) saves, and so does one in CLOSE (07): made or bound and not yet listening (a server starting up),
+        or closed for good."""
         if not (cdir.rootfs / "bin" / "cat").exists():
             return False
         code, out = await self._runsc("exec", rec["cid"], "/bin/cat", "/proc/net/tcp", "/proc/net/tcp6", timeout=30)
         for line in out.decode(errors="replace").splitlines():
             cols = line.split()
-            if len(cols) > 3 and cols[0].endswith(":") and cols[3] != "0A":  # 0A: LISTEN
+            if len(cols) > 3 and cols[0].endswith(":") and cols[3] not in ("0A", "07"):
                 return True
         return False
 

@@ -81,10 +81,12 @@ async def test_a_crash_loop_backs_off_ten_seconds_after_the_first_restart(real_n
 
 
 async def test_grace_periods_sigterm_then_sigkill(real_node: NodeHarness) -> None:
-    real_node.create(pod("polite", node=None, terminationGracePeriodSeconds=30,
-                         containers=[_c("main", "trap 'exit 0' TERM; while :; do sleep 0.1; done")]))
-    real_node.create(pod("stubborn", node=None, terminationGracePeriodSeconds=3,
-                         containers=[_c("main", "trap '' TERM; while :; do sleep 0.1; done")]))
+    # Ready once the shell has set its trap (a SIGTERM before that would end it at once, as on any kubelet).
+    trapped = {"exec": {"command": ["cat", "/tmp/trapped"]}, "periodSeconds": 1}
+    real_node.create(pod("polite", node=None, terminationGracePeriodSeconds=30, containers=[_c(
+        "main", "trap 'exit 0' TERM; touch /tmp/trapped; while :; do sleep 0.1; done", readinessProbe=trapped)]))
+    real_node.create(pod("stubborn", node=None, terminationGracePeriodSeconds=3, containers=[_c(
+        "main", "trap '' TERM; touch /tmp/trapped; while :; do sleep 0.1; done", readinessProbe=trapped)]))
     await real_node.wait_ready("polite", timeout=60)
     await real_node.wait_ready("stubborn", timeout=60)
     start = time.monotonic()

@@ -88,10 +88,15 @@ async def test_a_single_container_pod_is_reachable_after_each_boot(rt: GvisorPod
         await rt.hibernate_pod_sandbox(cfg.id)
     writer.close()
     assert (await rt.container_status(cfg.id, "web")).state is ContainerState.RUNNING
-    # Nor one closed less than 60 s ago (TIME_WAIT, invisible inside): its failed checkpoint ends the sandbox.
-    with pytest.raises(HibernationUnsupported, match="ended container web"):
+    if rt.version.startswith("0.0~2022"):
+        # Nor one closed less than 60 s ago (TIME_WAIT, invisible inside): its failed checkpoint ends the sandbox.
+        with pytest.raises(HibernationUnsupported, match="ended container web"):
+            await rt.hibernate_pod_sandbox(cfg.id)
+        assert (await rt.container_status(cfg.id, "web")).state is ContainerState.EXITED
+    else:  # a current runsc saves a closed connection: the pod hibernates, and comes back serving
         await rt.hibernate_pod_sandbox(cfg.id)
-    assert (await rt.container_status(cfg.id, "web")).state is ContainerState.EXITED
+        await rt.run_pod_sandbox(cfg)
+        assert await get(net, st.ip) == b"again"
     await rt.remove_pod_sandbox(cfg.id)
     assert net.attachment(cfg.id) is None
     assert leftovers(rt, [cfg.id]) == {}
@@ -108,6 +113,29 @@ async def test_a_restored_pod_listens_on_its_address_again(rt: GvisorPodRuntime,
     assert restored.ip == st.ip
     assert (await rt.container_status(cfg.id, "web")).state is ContainerState.RUNNING
     assert await get(net, st.ip) == b"kept"
+    await rt.remove_pod_sandbox(cfg.id)
+    assert wait_clean(net) == {}
+
+
+async def test_a_socket_bound_and_not_yet_listening_hibernates(rt: GvisorPodRuntime, net: PodNetwork) -> None:
+    # A server caught starting up (bound, listen() not called yet) and a socket never bound: both show as
+    # CLOSE in /proc/net/tcp, hold no connection, and runsc saves them; the pod hibernates and comes back.
+    cfg = pod_config("starting", single_container=True, network=True)
+    await rt.run_pod_sandbox(cfg)
+    await rt.start_container(cfg.id, ContainerConfig("main", IMAGE, command=["python3", "-c", (
+        "import socket, time\n"
+        "bound = socket.socket(); bound.bind(('0.0.0.0', 8888)); fresh = socket.socket()\n"
+        "open('/tmp/ready', 'w').close(); time.sleep(1e6)\n")]))
+    for _ in range(100):
+        done = await rt.exec(cfg.id, "main", ["cat", "/tmp/ready", "/proc/net/tcp"])
+        out = (await done.process.stdout.read()).decode()
+        if await done.process.wait() == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert " 00000000:22B8 00000000:0000 07 " in out  # bound to 8888, in CLOSE
+    await rt.hibernate_pod_sandbox(cfg.id)
+    await rt.run_pod_sandbox(cfg)
+    assert (await rt.container_status(cfg.id, "main")).state is ContainerState.RUNNING
     await rt.remove_pod_sandbox(cfg.id)
     assert wait_clean(net) == {}
 

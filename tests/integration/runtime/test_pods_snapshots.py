@@ -43,8 +43,9 @@ COUNTER = ("import http.server as h, itertools\n"
            "        self.send_response(200); self.send_header('Content-Length', str(len(body))); self.end_headers()\n"
            "        self.wfile.write(body)\n"
            "    def log_message(self, *a): pass\n"
+           "server = h.HTTPServer(('0.0.0.0', 8080), H)\n"  # listening before it says so
            "print('serving', flush=True)\n"
-           "h.HTTPServer(('0.0.0.0', 8080), H).serve_forever()\n")
+           "server.serve_forever()\n")
 
 
 @pytest.fixture
