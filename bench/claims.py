@@ -323,9 +323,9 @@ def unmount_under(work: Path) -> None:
         subprocess.run(["umount", point], capture_output=True)
 
 
-def remove_raw_cgroups() -> None:
+def remove_raw_cgroups(parent: str = RAW_CGROUP) -> None:
     for controller in Path("/sys/fs/cgroup").iterdir():
-        d = controller / RAW_CGROUP.strip("/")
+        d = controller / parent.strip("/")
         with contextlib.suppress(OSError):
             for child in d.iterdir():
                 if child.is_dir():

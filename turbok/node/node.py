@@ -15,9 +15,10 @@ Start, in order:
 4. Remove runtime sandboxes that no Pod here names and no kept state
    (``suspend``) holds; forget kept state no owner and no Pod keep.
 5. Loops: the heartbeat (Lease 10 s, status when it changes), the relist
-   (every ``relist_seconds``, 2 s; the kubelet's PLEG: a worker whose
-   sandbox's containers changed is woken; ``pod_sandbox_status`` is cheap),
-   and the kept-state collector.
+   (the kubelet's PLEG: a worker whose sandbox's containers changed is woken;
+   evented where the runtime tells when sandbox processes end, with a sweep
+   of every pod each ``sweep_seconds``, 60 s; else every pod each
+   ``relist_seconds``, 2 s), and the kept-state collector.
 
 Stop cancels the workers without touching the Pods or their sandboxes: a
 control plane that stops leaves its Pods running, and the next start adopts
@@ -88,6 +89,10 @@ class NodeSettings:
     #: that ended on its own may be noticed. The kubelet's PLEG says 1 s; each look costs about 0.2 ms of CPU
     #: per Pod here, so 2 s keeps 600 warm Pods under 6% of a core.
     relist_seconds: float = 2.0
+    #: seconds between two looks at every sandbox where the runtime tells when sandboxes end
+    #: (TURBOK_NODE_SWEEP_SECONDS; ``PodRuntime.exits``): the look catches what no process end shows (a disk
+    #: turned read-only); a sweep of 1,800 Pods costs about 1 s of CPU
+    sweep_seconds: float = 60.0
     #: ``status.allocatable.cpu`` = the CPUs x this (TURBOK_NODE_CPU_OVERCOMMIT). CPU is compressible and an
     #: idle gVisor sandbox uses about a thousandth of a core, so scheduling by requests one to one would leave a
     #: 2-core machine with two sandboxes of ``cpu: 1``; limits are still enforced (CFS quota). 1: the kubelet's
@@ -110,6 +115,7 @@ class NodeSettings:
     def from_env(cls) -> NodeSettings:
         return from_env(cls, {"max_pods": "TURBOK_NODE_MAX_PODS", "start_slots": "TURBOK_NODE_START_SLOTS",
                               "relist_seconds": "TURBOK_NODE_RELIST_SECONDS",
+                              "sweep_seconds": "TURBOK_NODE_SWEEP_SECONDS",
                               "cpu_overcommit": "TURBOK_NODE_CPU_OVERCOMMIT", "teardowns": "TURBOK_NODE_TEARDOWNS",
                               "memory_reserve": "TURBOK_NODE_MEMORY_RESERVE",
                               "disk_reserve": "TURBOK_NODE_DISK_RESERVE"})
@@ -389,19 +395,50 @@ class Node:
                     log.exception("pod %s: refreshing its volumes", worker.key)
 
     async def _relist(self) -> None:
-        """The kubelet's PLEG: wake the workers whose sandboxes changed since they last looked."""
-        while True:
-            await self.clock.sleep(self.settings.relist_seconds)
-            watched = [w for w in self.workers.values() if w.watched]
-            for i, worker in enumerate(watched):
-                if i and i % RELIST_BATCH == 0:
-                    await asyncio.sleep(0)
-                try:
-                    status = await self.runtime.pod_sandbox_status(worker.rid)
-                except RuntimeError_:
-                    continue
-                if fingerprint(status) != worker.fingerprint:
-                    worker.wake()
+        """The kubelet's PLEG: wake the workers whose sandboxes changed since they last looked. Where the
+        runtime tells when sandbox processes end (``PodRuntime.exits``: the evented PLEG), those pods are
+        looked at as it happens and every pod only each ``sweep_seconds`` (no cost per idle sandbox in
+        between); else every pod each ``relist_seconds``."""
+        exits = self.runtime.exits
+        if exits is None or not exits.available:
+            while True:
+                await self.clock.sleep(self.settings.relist_seconds)
+                await self._look(list(self.workers.values()))
+        ended: set[str] = set()
+        told = asyncio.Event()
+
+        def ended_now(rid: str) -> None:
+            ended.add(rid)
+            told.set()
+
+        unsubscribe = exits.subscribe(ended_now, asyncio.get_running_loop())
+        try:
+            sweep = self.clock.now() + self.settings.relist_seconds  # soon: sandboxes adopted at start get watched
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(told.wait(), max(sweep - self.clock.now(), 0.0))
+                told.clear()
+                if self.clock.now() >= sweep:
+                    sweep = self.clock.now() + self.settings.sweep_seconds
+                    workers = list(self.workers.values())
+                else:
+                    workers = [w for w in self.workers.values() if w.rid in ended]
+                ended.clear()
+                await self._look(workers)
+        finally:
+            unsubscribe()
+
+    async def _look(self, workers: list[PodWorker]) -> None:
+        """Wake each watched worker whose sandbox's status changed since it last looked."""
+        for i, worker in enumerate(w for w in workers if w.watched):
+            if i and i % RELIST_BATCH == 0:
+                await asyncio.sleep(0)
+            try:
+                status = await self.runtime.pod_sandbox_status(worker.rid)
+            except RuntimeError_:
+                continue
+            if fingerprint(status) != worker.fingerprint:
+                worker.wake()
 
     # ------------------------------------------------------------ kept state
 

@@ -72,6 +72,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from turbok.runtime.exits import ExitWatch
 from turbok.runtime.images import ImageStore
 from turbok.runtime.process import Process
 from turbok.runtime.snapshotstore import SnapshotInfo
@@ -331,6 +332,9 @@ class PodRuntime(abc.ABC):
     isolation: Isolation
     supports_hibernation: bool = False
     supports_snapshots: bool = False
+    #: Where the runtime tells which pod sandboxes' processes ended (``turbok.runtime.exits``); None: it
+    #: cannot, and the node polls every sandbox (``NodeSettings.relist_seconds``).
+    exits: ExitWatch | None = None
 
     def before_hibernate(self, hook: Callable[[str], Awaitable[None]]) -> None:
         """Run ``hook(id)`` before hibernating pod sandbox ``id`` (runsc cannot save a TCP connection into it,

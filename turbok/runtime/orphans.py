@@ -12,7 +12,8 @@ subreaper (what containerd's shims do), so its sandboxes are its own children:
 - ``kill_and_reap(pids)`` (blocking: the runtime's teardown threads) kills a
   sandbox's processes and reaps them at once; ``runsc delete`` then finds them
   gone and only removes its state and cgroups (about 20 ms);
-- a collector thread reaps, every ``COLLECT_SECONDS``, zombie children named
+- a collector thread reaps, every ``COLLECT_SECONDS`` where ``waitid`` says a
+  child has ended (nothing is read per sandbox otherwise), zombie children named
   ``exe`` (runsc re-executes ``/proc/self/exe`` for its sandbox and gofers):
   sandboxes that ended on their own (a solo container's exit, an OOM kill);
   and any other zombie child left unreaped for ``ABANDONED_SECONDS``: an
@@ -172,9 +173,22 @@ def kill_and_reap(pids: Iterable[int], *, owner: bytes, timeout: float = 5.0) ->
     return len(mine)
 
 
+def _any_zombie() -> bool:
+    """Whether some child has ended and is not reaped yet: one ``waitid`` that reaps nothing (``WNOWAIT``), so
+    the collector reads nothing per sandbox while none has ended."""
+    try:
+        return os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return False
+
+
 def collect(zombies: dict[tuple[int, int], float] | None = None) -> int:
     """Reap every zombie runsc process of ours now, and other zombie children first seen (``zombies``: by pid
     and start time, when) ``ABANDONED_SECONDS`` ago; how many."""
+    if not _any_zombie():
+        if zombies:
+            zombies.clear()
+        return 0
     reaped, now, seen = 0, time.monotonic(), set()
     for pid in children():
         st = _stat(pid)

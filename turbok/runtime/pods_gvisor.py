@@ -73,6 +73,7 @@ from turbok.runtime.errors import (
     SnapshotNotFound,
     SnapshotUnsupported,
 )
+from turbok.runtime.exits import EXITS, ExitWatch
 from turbok.runtime.images import BASE_IMAGE, ImageStore
 from turbok.runtime.logs import ROTATOR
 from turbok.runtime.podbundle import ContainerProcess, MountSpec, container_bundle, pause_bundle
@@ -231,6 +232,7 @@ class GvisorPodRuntime(LocalPodRuntime):
         self.version = runsc.version
         self._global_flags = runsc.global_flags()
         self.state_dir = self.root / ".runsc"
+        self.exits: ExitWatch = EXITS
         nice = shutil.which("nice")
         self._boot_prefix: tuple[str, ...] = (nice, "-n", str(BOOT_NICENESS)) if nice else ()
 
@@ -259,7 +261,8 @@ class GvisorPodRuntime(LocalPodRuntime):
         cid = rec["cid"]
         return self._state_file(cid if rec.get("shape") == "solo" else pdir.id, cid)
 
-    def _sandbox_alive(self, state: Path, sandbox: str) -> bool:
+    def _sandbox_alive(self, state: Path, sandbox: str, pod: str) -> bool:
+        """Whether the sandbox runs; while it does, its end is watched for (``exits``, key: ``pod``)."""
         try:
             data = json.loads(state.read_bytes())
         except FileNotFoundError:
@@ -270,7 +273,10 @@ class GvisorPodRuntime(LocalPodRuntime):
         if not isinstance(pid, int) or data.get("status") not in ("running", "created", "paused"):
             return False
         cmd = _cmdline(pid)
-        return cmd.startswith(b"runsc-sandbox") and sandbox.encode() in cmd
+        if not (cmd.startswith(b"runsc-sandbox") and sandbox.encode() in cmd):
+            return False
+        self.exits.watch(pid, pod)
+        return True
 
     def _netflags(self, netns: Path | None) -> tuple[tuple[str, ...], str]:
         """(argv prefix, ``--network=...``) for a boot in ``netns`` (None: a private loopback only)."""
@@ -337,7 +343,7 @@ class GvisorPodRuntime(LocalPodRuntime):
     def _pod_alive(self, pdir: PodDir, pod: dict[str, Any]) -> tuple[bool, str, str]:
         if pod.get("shape") == "solo":
             return True, "", ""
-        if self._sandbox_alive(self._state_file(pdir.id, pdir.id), pdir.id):
+        if self._sandbox_alive(self._state_file(pdir.id, pdir.id), pdir.id, pdir.id):
             return True, "", ""
         c = Cgroup(f"{self.cgroup_parent}/{pdir.id}").counters()
         if c.oom_kills:
@@ -533,7 +539,7 @@ class GvisorPodRuntime(LocalPodRuntime):
             return False
         cid = rec["cid"]
         if rec.get("shape") == "solo":
-            if not self._sandbox_alive(self._state_file(cid, cid), cid):
+            if not self._sandbox_alive(self._state_file(cid, cid), cid, pdir.id):
                 return False
             return _EXIT_RE.search(_tail(pdir.boot_log_of(cdir.name, int(rec["attempt"])))) is None
         state = self._state_file(pdir.id, cid)
@@ -544,10 +550,14 @@ class GvisorPodRuntime(LocalPodRuntime):
         except (OSError, ValueError):
             return True
         gofer = data.get("goferPid") if isinstance(data, dict) else None
-        if not isinstance(gofer, int) or not self._sandbox_alive(self._state_file(pdir.id, pdir.id), pdir.id):
+        if not isinstance(gofer, int) or not self._sandbox_alive(self._state_file(pdir.id, pdir.id), pdir.id,
+                                                                  pdir.id):
             return False
         cmd = _cmdline(gofer)
-        return cmd.startswith(b"runsc-gofer") and str(cdir.bundle).encode() in cmd
+        if not (cmd.startswith(b"runsc-gofer") and str(cdir.bundle).encode() in cmd):
+            return False
+        self.exits.watch(gofer, pdir.id)  # a container of a shared sandbox ends with its gofer
+        return True
 
     async def _exit_of(self, pdir: PodDir, cdir: ContainerDir, rec: dict[str, Any]) -> dict[str, Any]:
         cid = rec["cid"]

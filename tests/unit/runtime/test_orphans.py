@@ -46,7 +46,12 @@ SCRIPT = textwrap.dedent('''
     assert not os.path.exists(f"/proc/{long}"), "killed and reaped: no zombie left"
     assert mine.poll() is None
     mine.kill()
+    deadline = time.monotonic() + 2
+    while not orphans._any_zombie() and time.monotonic() < deadline:  # the collector looks only then
+        time.sleep(0.01)
+    assert orphans._any_zombie()
     assert mine.wait() == -9  # its status was left to its owner
+    assert not orphans._any_zombie()
 
     assert gone_within(orphan(0.05), 2), "an ended sandbox is reaped by the collector"
     other = orphan(0.05, "sleep")  # another program's orphan (a holder whose starter exited)
