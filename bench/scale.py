@@ -1,7 +1,7 @@
 """Boot rate against the number of sandboxes, and density, each against raw runsc in the same run (issue 16).
 
 A warm pool of ``turbok serve`` (as a user runs it) grows in steps to ``--max``
-sandboxes. At each measured count C (``--at``, default 0, 900 and 1,700) the pool
+sandboxes. At each measured count C (``--at``, default 0, 450 and 900) the pool
 holds C Ready sandboxes, and two things are timed one after the other:
 
 1. raw: ``--window`` (100) ``runsc run --detach`` at the node's concurrency (its
@@ -28,7 +28,11 @@ each, about twice the memory). Everything is removed at the end: the pool set to
 
 Usage (root, runsc, nft, base image built; ``scripts/setup.sh`` raises the host limits)::
 
-    .venv/bin/python bench/scale.py [--max 1800] [--at 0 900 1700] [--window 100] [--idle 30]
+    .venv/bin/python bench/scale.py [--max 1000] [--at 0 450 900] [--window 100] [--idle 30]
+
+The default stops at 1,000: the pod network is one Linux bridge, which takes 1,023 ports (the kernel's
+BR_MAX_PORTS), so one machine holds at most 1,023 networked Pods today (``turbok.node.hostroom``); 1,800
+needs the pod network to shard its bridge or route veths without one (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ NS = "bench-scale"
 SLEEPER = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"]
 #: The raw batch's own cgroup parent and network (the control plane's pods are under /turbok, on turbok0).
 RAW_CGROUP = "/turbok-bench-scale"
+POD_CGROUP = "/turbok"
 RAW_NETWORK = ("tkbsc", "10.241.80.0/22")
 
 
@@ -84,6 +89,14 @@ def cpu_ticks(pid: int | None = None) -> float:
         return (int(fields[11]) + int(fields[12])) / hz
     cpu = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     return (sum(cpu) - cpu[3] - cpu[4]) / hz  # all but idle and iowait
+
+
+def cgroup_memory(parent: str) -> int:
+    """Memory charged to a cgroup and its children (v1 ``memory.usage_in_bytes``, v2 ``memory.current``)."""
+    for path in (f"/sys/fs/cgroup/memory{parent}/memory.usage_in_bytes", f"/sys/fs/cgroup{parent}/memory.current"):
+        with contextlib.suppress(OSError):
+            return int(Path(path).read_text())
+    return 0
 
 
 def rss(pid: int) -> int:
@@ -249,13 +262,13 @@ async def bench(api: Api, cp: ControlPlaneProcess, work: Path, args: argparse.Na
     watch.start()
     watch.started.wait(10)
     raw = RawBatch(work / "raw", args.command)
-    raw_idle_mib = prepared_mib = float("nan")
+    raw_idle_mib = prepared_mib = raw_cgroup_mib = float("nan")
     rows = []
     count = 0
     for at in args.at:
         if at > count:
             set_replicas(api, at)
-            watch.wait_count(at, timeout=at * 2 + 120, progress=f"growing the pool to {at} (untimed)")
+            await asyncio.to_thread(watch.wait_count, at, at * 2 + 120, f"growing the pool to {at} (untimed)")
             count = at
         unprepared = mem_available()
         await raw.prepare(args.window, slots)
@@ -267,11 +280,12 @@ async def bench(api: Api, cp: ControlPlaneProcess, work: Path, args: argparse.Na
         if raw_idle_mib != raw_idle_mib:  # the first batch: one raw idle sandbox's memory
             await asyncio.sleep(10)
             raw_idle_mib = (before - mem_available()) / args.window / 2**20
+            raw_cgroup_mib = cgroup_memory(RAW_CGROUP) / args.window / 2**20
         await raw.remove()
         await asyncio.sleep(2)
         t0 = time.perf_counter()
         set_replicas(api, at + args.window)
-        done = watch.wait_count(at + args.window, timeout=600, progress=f"pool {at} -> {at + args.window}")
+        done = await asyncio.to_thread(watch.wait_count, at + args.window, 600, f"pool {at} -> {at + args.window}")
         ours, theirs = args.window / (done - t0), args.window / raw_seconds
         count = at + args.window
         rows.append((at, ours, theirs))
@@ -279,10 +293,12 @@ async def bench(api: Api, cp: ControlPlaneProcess, work: Path, args: argparse.Na
               flush=True)
     if args.max > count:
         set_replicas(api, args.max)
-        watch.wait_count(args.max, timeout=args.max * 2 + 120, progress=f"growing the pool to {args.max} (untimed)")
+        await asyncio.to_thread(watch.wait_count, args.max, args.max * 2 + 120,
+                                f"growing the pool to {args.max} (untimed)")
         count = args.max
     await asyncio.sleep(10)
     pool_mib = (base_mem - mem_available()) / count / 2**20
+    pool_cgroup_mib = cgroup_memory(POD_CGROUP) / count / 2**20
     latency = api_latency(api, 500)
     assert cp.proc is not None
     pid = cp.proc.pid
@@ -296,6 +312,8 @@ async def bench(api: Api, cp: ControlPlaneProcess, work: Path, args: argparse.Na
     print(f"| {count} idle | host memory {pool_mib:.1f} MiB per sandbox | raw idle runsc {raw_idle_mib:.1f} MiB "
           f"| ratio {pool_mib / raw_idle_mib:.2f} | of which a prepared pod (disk, network namespace, bundle) "
           f"{prepared_mib:.1f} MiB |")
+    print(f"| {count} idle | charged to the pods' cgroups {pool_cgroup_mib:.1f} MiB per sandbox | raw "
+          f"{raw_cgroup_mib:.1f} MiB | ratio {pool_cgroup_mib / raw_cgroup_mib:.2f} |")
     print(f"| {count} idle | API GET p50 {latency['get_p50']:.1f} ms p99 {latency['get_p99']:.1f} ms, LIST of 100 "
           f"p50 {latency['list_p50']:.1f} ms p99 {latency['list_p99']:.1f} ms |")
     print(f"| {count} idle | control plane RSS {rss(pid) / 2**20:.0f} MiB, CPU {cp_cpu * 100:.1f} % of a core; "
@@ -309,8 +327,8 @@ async def bench(api: Api, cp: ControlPlaneProcess, work: Path, args: argparse.Na
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--max", type=int, default=1800)
-    parser.add_argument("--at", type=int, nargs="+", default=[0, 900, 1700])
+    parser.add_argument("--max", type=int, default=1000)
+    parser.add_argument("--at", type=int, nargs="+", default=[0, 450, 900])
     parser.add_argument("--window", type=int, default=100)
     parser.add_argument("--idle", type=float, default=30.0)
     parser.add_argument("--command", nargs="+", default=SLEEPER)

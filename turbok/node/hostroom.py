@@ -16,6 +16,8 @@ idle sandbox more, when:
 - the host's tasks in use plus ``starting + 1`` x 60 (``IDLE_POD_TASKS``)
   would pass 90% of ``kernel.pid_max`` (the PIDPressure line):
   ``Insufficient pids``;
+- the pod network's bridge has no port left for ``starting + 1`` more
+  (``BRIDGE_PORTS``, the kernel's limit): ``Too many pods``;
 - the home's filesystem has less than ``disk_reserve`` free (kept above the
   runtime's own floor, ``HOME_RESERVE_BYTES``, so Pods already bound can still
   restart): ``Insufficient ephemeral-storage``.
@@ -61,6 +63,11 @@ RETRY_SECONDS = 2.0
 IDLE_POD_MEMORY = int(parse_quantity(BUILTIN_DEFAULT_REQUESTS["memory"]))
 #: The reasons this module gives, in kube-scheduler's words.
 MEMORY, PIDS, DISK = "Insufficient memory", "Insufficient pids", "Insufficient ephemeral-storage"
+PODS = "Too many pods"
+#: Ports one Linux bridge takes (the kernel's BR_MAX_PORTS, 1024, port 0 unused): the pod network's bridge is
+#: the machine's, so this many Pods of every control plane on it; past it the kernel refuses the next veth
+#: ("Exchange full").
+BRIDGE_PORTS = 1023
 
 
 def host_facts(disk: Path, internal_ip: str = "127.0.0.1") -> Callable[[], Machine]:
@@ -88,7 +95,10 @@ class HostRoom:
     clock: Clock = field(default_factory=MonotonicClock)
     memory_reserve: int = DEFAULT_MEMORY_RESERVE
     disk_reserve: int = DEFAULT_DISK_RESERVE
+    #: the pod network bridge's ports in use (``PodNetwork.bridge_ports``); None: no pod network
+    bridge_ports: Callable[[], int] | None = None
     _facts: Machine | None = None
+    _ports: int = 0
     _read_at: float = float("-inf")
     _said: frozenset[str] = frozenset()
 
@@ -101,6 +111,7 @@ class HostRoom:
         now = self.clock.now()
         if self._facts is None or fresh or now - self._read_at >= READ_SECONDS:
             self._facts = self.machine()
+            self._ports = self.bridge_ports() if self.bridge_ports is not None else 0
             self._read_at = now
         return self._facts
 
@@ -124,6 +135,10 @@ class HostRoom:
             lacking.append(DISK)
             details.append(f"disk: {_mi(f.disk_available_bytes)} free in the home, {_mi(self.disk_reserve)} "
                            f"reserved (TURBOK_NODE_DISK_RESERVE)")
+        if self._ports + sandboxes > BRIDGE_PORTS:
+            lacking.append(PODS)
+            details.append(f"pod network: {self._ports} of its bridge's {BRIDGE_PORTS} ports in use, {starting} "
+                           "sandboxes starting")
         said = frozenset(lacking)
         if said != self._said:  # one line per change, not per Pod
             if lacking:
@@ -142,4 +157,5 @@ class HostRoom:
         by_memory = (f.memory_available_bytes - self.memory_reserve) // IDLE_POD_MEMORY - starting
         by_pids = (int(f.pid_max * nodeinfo.PID_PRESSURE_FRACTION) - f.pids_used) // nodeinfo.IDLE_POD_TASKS \
             - starting
-        return max(1, min(by_memory, by_pids))
+        by_ports = BRIDGE_PORTS - self._ports - starting if self.bridge_ports is not None else by_memory
+        return max(1, min(by_memory, by_pids, by_ports))

@@ -35,6 +35,7 @@ and ``PeerSet``s (``turbok.runtime.network_policy``):
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import ipaddress
 import json
@@ -150,6 +151,13 @@ def _selector(raw: Any) -> LabelSelector | None:
         return LabelSelector.from_match(raw if isinstance(raw, dict) else {})
     except ApiError:
         return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed_selector(canonical: str) -> LabelSelector | None:
+    """``_selector`` of a selector's canonical JSON, parsed once: peer sets are matched against every pod
+    at each change, so a parse per match would grow with the pods."""
+    return _selector(json.loads(canonical))
 
 
 @dataclass(frozen=True)
@@ -441,13 +449,13 @@ class NetworkPolicies:
             if pod.namespace != spec.namespace:
                 return False
         else:
-            ns_selector = _selector(json.loads(spec.namespaces or "{}"))
+            ns_selector = _parsed_selector(spec.namespaces or "{}")
             if ns_selector is None or pod.namespace not in self._namespaces or not ns_selector.matches(
                     self._namespaces[pod.namespace]):
                 return False
         if spec.pods is None:
             return True
-        pod_selector = _selector(json.loads(spec.pods))
+        pod_selector = _parsed_selector(spec.pods)
         return pod_selector is not None and pod_selector.matches(pod.labels)
 
     def peer_sets(self) -> dict[str, PeerSet]:

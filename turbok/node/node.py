@@ -151,7 +151,8 @@ class Node:
             cpu_overcommit=self.settings.cpu_overcommit, pod_cidr=pod_cidr, clock=self.clock)
         # The host's room, read cheaply (``hostroom.host_facts``); a test's ``machine`` stands in for both.
         self.room = HostRoom(machine or host_facts(disk, internal_ip), clock=self.clock,
-                             memory_reserve=self.settings.memory_reserve, disk_reserve=self.settings.disk_reserve)
+                             memory_reserve=self.settings.memory_reserve, disk_reserve=self.settings.disk_reserve,
+                             bridge_ports=getattr(network, "bridge_ports", None))
         self.scheduler = Scheduler(client, self.name, self.scheduler_events, room=self.room) if scheduler else None
         # Dynamic Resource Allocation (turbok.node.dra): claims allocated and prepared, turbok's GPU driver.
         self.dra = NodeDraStack(client, dra, node_name=self.name, events=self.scheduler_events,

@@ -34,6 +34,7 @@ egress and then the receiver's ingress.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import re
@@ -213,8 +214,9 @@ def chain_name(direction: str, body: str) -> str:
     return ("e-" if direction == "egress" else "i-") + hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
-def _referenced_sets(body: str) -> set[str]:
-    return set(re.findall(r"@([sn]-[0-9a-f]+)", body))
+@functools.lru_cache(maxsize=4096)
+def _referenced_sets(body: str) -> frozenset[str]:
+    return frozenset(re.findall(r"@([sn]-[0-9a-f]+)", body))
 
 
 @dataclass
@@ -392,8 +394,9 @@ class PolicyTable:
             if new:
                 cmds.append(f"add element {t} {map_name} {{ {', '.join(new)} }}")
         cmds += _member_delta(t, "dns", have.dns, want.dns)
-        old_src = {f'"{port}" . {ip}' for ip, port in have.sources.items()}
-        new_src = {f'"{port}" . {ip}' for ip, port in want.sources.items()}
+        # Only the changed pods' elements are formatted (every pod's, at each change, would grow with the pods).
+        old_src = {f'"{port}" . {ip}' for ip, port in have.sources.items() if want.sources.get(ip) != port}
+        new_src = {f'"{port}" . {ip}' for ip, port in want.sources.items() if have.sources.get(ip) != port}
         cmds += _member_delta(f"bridge {self.table}", "sources", old_src, new_src)
         # 4. what nothing names any more (nor another's pods: their chains, and then every set, stay)
         others = {name: body for name, body in have.chains.items() if name in kept and name not in want.chains}

@@ -60,7 +60,9 @@ def eth0_ipv4(path: Path) -> list[str]:
 def test_a_pod_gets_a_namespace_an_address_on_the_bridge_and_the_host_reaches_it(networks: Networks) -> None:
     net = networks.make()
     net.ensure_host()
+    assert net.bridge_ports() == 0
     a = net.setup("pod-a")
+    assert net.bridge_ports() == 1  # sysfs of this namespace: the bridge's one port, pod-a's veth
     assert a.netns == net.netns_path("pod-a") and netns.exists(a.netns)
     assert ipaddress.IPv4Address(a.ip) in net.network and a.gateway == str(net.gateway)
     assert a.prefix == net.network.prefixlen

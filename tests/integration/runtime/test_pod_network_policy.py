@@ -310,6 +310,7 @@ def test_two_hundred_pods_come_and_go_and_leave_nothing_behind(tmp_path: Path) -
                 net.bind(id, profiles[i % 3])
                 net.setup(id)
             made = _table(net, host)
+            assert net.bridge_ports() == 200  # its bridge's ports, read in the stand-in host (netlink)
             assert len(made["sets"]["sources"]) == 200
             assert len(made["sets"]["egress"]) == 134 and len(made["sets"]["ingress"]) == 66
             assert len([c for c in made["chains"] if c.startswith(("e-", "i-"))]) == 3
@@ -320,6 +321,7 @@ def test_two_hundred_pods_come_and_go_and_leave_nothing_behind(tmp_path: Path) -
             elapsed = time.perf_counter() - started
             assert _table(net, host) == empty
             assert wait_clean(net, inside=host) == {}
+            assert net.bridge_ports() == 0
             assert elapsed < 60, elapsed
         finally:
             networks.cleanup()

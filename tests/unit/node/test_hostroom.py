@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.unit.node.conftest import NodeHarness, condition, machine, pod
-from turbok.node.hostroom import IDLE_POD_MEMORY, READ_SECONDS, RETRY_SECONDS, HostRoom
+from turbok.node.hostroom import BRIDGE_PORTS, IDLE_POD_MEMORY, READ_SECONDS, RETRY_SECONDS, HostRoom
 from turbok.node.node import NodeSettings
 from turbok.node.nodeinfo import IDLE_POD_TASKS, Machine
 from turbok.node.testing import FakeClock
@@ -190,3 +190,17 @@ async def test_room_for_some_binds_that_many_highest_priority_first_and_the_rest
     await node.clock.advance(RETRY_SECONDS)
     for name in ("w0", "w1", "w2", "w3"):
         await node.wait_ready(name)
+
+
+def test_a_full_bridge_is_too_many_pods_read_with_the_host() -> None:
+    # The pod network's bridge takes 1,023 ports (the kernel's limit, shared by every home on the machine):
+    # past them the next veth would be refused, so Pods wait as kube-scheduler's "Too many pods".
+    host, ports = Host(), [BRIDGE_PORTS - 3]
+    room = HostRoom(host, clock=FakeClock(), memory_reserve=RESERVE, disk_reserve=0, bridge_ports=lambda: ports[0])
+    assert room.short(starting=2) == []
+    assert room.short(starting=3) == ["Too many pods"]
+    assert room.fits() == 3
+    ports[0] = BRIDGE_PORTS
+    assert room.short() == []  # the cached reading
+    room.expire()
+    assert room.short() == ["Too many pods"] and room.fits() == 0
