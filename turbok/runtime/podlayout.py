@@ -141,6 +141,11 @@ class PodDir(SandboxDir):
         return self.path / "pod.json"
 
     @property
+    def launched(self) -> Path:
+        """The runtime ids of every container launch tried in the pod, one per line, written before each."""
+        return self.path / "launched"
+
+    @property
     def containers(self) -> Path:
         return self.path / "containers"
 

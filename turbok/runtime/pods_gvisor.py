@@ -378,6 +378,7 @@ class GvisorPodRuntime(LocalPodRuntime):
         for cid in await asyncio.to_thread(self._strays, pdir):
             log.warning("pod %s: runsc container %s was running without a record of it (a start that failed "
                         "half way); deleting it", pdir.id, cid)
+            await self._end(pdir, cid)  # a solo container's sandbox is its own
             await self._runsc("delete", "--force", cid)
 
     async def _reap_strays(self, pdir: PodDir) -> bool:
@@ -416,6 +417,13 @@ class GvisorPodRuntime(LocalPodRuntime):
         e.g. on a full disk): their gofer would keep the pod's disk mounted."""
         known = {str(rec["cid"]) for name in pdir.container_names()
                  if (rec := self._rec(pdir.container(name))) is not None and rec.get("cid")}
+        try:
+            launched = set(pdir.launched.read_text().split())
+        except FileNotFoundError:
+            launched = None  # made before launches were written down: look at every state file
+        if launched is not None:
+            return sorted(cid for cid in launched - known - {pdir.id}
+                          if self._state_file(cid, cid).exists() or self._state_file(pdir.id, cid).exists())
         found = []
         for state in self.state_dir.glob("*_sandbox:*.state"):
             try:
@@ -474,6 +482,8 @@ class GvisorPodRuntime(LocalPodRuntime):
             self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             _write_json(cdir.config, spec)
             boot_log.unlink(missing_ok=True)
+            with open(pdir.launched, "a") as f:  # before runsc knows it: ``_strays`` looks here, not at every pod's
+                f.write(f"{cid}\n")
 
         await asyncio.to_thread(write)
         sock = receive_console(console) if console is not None else None

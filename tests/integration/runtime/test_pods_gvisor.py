@@ -24,10 +24,11 @@ from turbok.runtime.cri import (
     SecurityContext,
     VolumeConfig,
 )
-from turbok.runtime.crilog import read_lines
+from turbok.runtime.crilog import PUMP, read_lines
 from turbok.runtime.errors import HibernationUnsupported, InvalidSandboxSpec, SandboxNotRunning
 from turbok.runtime.images import ImageStore
 from turbok.runtime.legacy import LegacySandboxes
+from turbok.runtime.podlayout import PodDir
 from turbok.runtime.pods import release_root
 from turbok.runtime.pods_gvisor import GvisorPodRuntime
 
@@ -415,3 +416,36 @@ async def test_a_pod_takes_over_the_disk_of_a_sandbox_of_the_old_runtime(rt: Gvi
     assert leftovers(prt, [cfg.id]) == {}
     release_root(tmp_path / "pods")
     release_root(legacy)
+
+
+@pytest.mark.parametrize("written_down", [True, False], ids=["launch-written-down", "older-pod"])
+async def test_a_container_runsc_runs_without_a_record_is_found_and_removed(rt: GvisorPodRuntime,
+                                                                          written_down: bool) -> None:
+    # A start whose record was never written after `runsc run` (a full disk): the pod's list of launches names
+    # it (a pod made before that list existed: its runsc state file, found by reading them all).
+    cfg = pod_config(f"stray-{str(written_down).lower()}", single_container=True)
+    await rt.run_pod_sandbox(cfg)
+    await rt.start_container(cfg.id, ContainerConfig("main", BUSYBOX, command=["sleep", "1000"]))
+    pdir = PodDir(rt.root, cfg.id)
+    cid = json.loads(pdir.container("main").record.read_text())["cid"]
+    assert pdir.launched.read_text().split() == [cid]
+    # As a start that failed after `runsc run`: no record, and so no pump reading its output either.
+    await asyncio.to_thread(PUMP.finish, rt.feed_key(pdir, "main", 0))
+    pdir.container("main").record.unlink()
+    if not written_down:
+        pdir.launched.unlink()
+    assert rt._strays(pdir) == [cid]
+    await rt.remove_pod_sandbox(cfg.id)
+    assert list(rt.state_dir.glob(f"{cid}_sandbox:*")) == []
+    for _ in range(100):  # its sandbox and gofer end (PID 1 reaps them: this process is no subreaper)
+        running = subprocess.run(["pgrep", "-f", f"runsc-(sandbox|gofer).*{pdir.path}/"], capture_output=True,
+                                 text=True).stdout
+        if not running:
+            break
+        await asyncio.sleep(0.1)
+    assert running == ""
+    for _ in range(100):  # the disk's loop device goes with the last mount namespace that held it
+        if not (left := leftovers(rt, [cfg.id, cid])):
+            break
+        await asyncio.sleep(0.1)
+    assert left == {}
