@@ -17,8 +17,9 @@ Start, in order:
 5. Loops: the heartbeat (Lease 10 s, status when it changes), the relist
    (the kubelet's PLEG: a worker whose sandbox's containers changed is woken;
    evented where the runtime tells when sandbox processes end, with a sweep
-   of every pod each ``sweep_seconds``, 60 s; else every pod each
-   ``relist_seconds``, 2 s), and the kept-state collector.
+   of every pod as often as 1% of a core allows, from ``relist_seconds`` to
+   ``sweep_seconds``; else every pod each ``relist_seconds``, 2 s), and the
+   kept-state collector.
 
 Stop cancels the workers without touching the Pods or their sandboxes: a
 control plane that stops leaves its Pods running, and the next start adopts
@@ -71,6 +72,10 @@ MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 #: Sandboxes whose state is read per trip of the relist before other work gets the event loop (a read is
 #: about 0.2 ms of CPU under gVisor: 20 keep a trip under 5 ms, off the tail latency of API requests).
 RELIST_BATCH = 20
+#: CPU seconds of one look at a pod sandbox's status under gVisor (measured: 0.2-0.5 ms), and the share of a core
+#: the sweeps of an evented relist may take.
+LOOK_SECONDS = 0.0005
+SWEEP_BUDGET = 0.01
 #: How often running pods' configMap/secret/downwardAPI/projected files are looked at again without a
 #: change (kubelet's sync period: a minute); a Secret or ConfigMap change is followed at once.
 VOLUME_SYNC_SECONDS = 60.0
@@ -89,9 +94,10 @@ class NodeSettings:
     #: that ended on its own may be noticed. The kubelet's PLEG says 1 s; each look costs about 0.2 ms of CPU
     #: per Pod here, so 2 s keeps 600 warm Pods under 6% of a core.
     relist_seconds: float = 2.0
-    #: seconds between two looks at every sandbox where the runtime tells when sandboxes end
+    #: the most seconds between two looks at every sandbox where the runtime tells when sandboxes end
     #: (TURBOK_NODE_SWEEP_SECONDS; ``PodRuntime.exits``): the look catches what no process end shows (a disk
-    #: turned read-only); a sweep of 1,800 Pods costs about 1 s of CPU
+    #: turned read-only). Below it, every ``relist_seconds`` while that costs under 1% of a core (40 Pods),
+    #: then as often as 1% allows (1,200 Pods and more: each 60 s)
     sweep_seconds: float = 60.0
     #: ``status.allocatable.cpu`` = the CPUs x this (TURBOK_NODE_CPU_OVERCOMMIT). CPU is compressible and an
     #: idle gVisor sandbox uses about a thousandth of a core, so scheduling by requests one to one would leave a
@@ -398,8 +404,8 @@ class Node:
     async def _relist(self) -> None:
         """The kubelet's PLEG: wake the workers whose sandboxes changed since they last looked. Where the
         runtime tells when sandbox processes end (``PodRuntime.exits``: the evented PLEG), those pods are
-        looked at as it happens and every pod only each ``sweep_seconds`` (no cost per idle sandbox in
-        between); else every pod each ``relist_seconds``."""
+        looked at as it happens and every pod as often as ``_sweep_interval`` says; else every pod each
+        ``relist_seconds``."""
         exits = self.runtime.exits
         if exits is None or not exits.available:
             while True:
@@ -420,14 +426,20 @@ class Node:
                     await asyncio.wait_for(told.wait(), max(sweep - self.clock.now(), 0.0))
                 told.clear()
                 if self.clock.now() >= sweep:
-                    sweep = self.clock.now() + self.settings.sweep_seconds
                     workers = list(self.workers.values())
+                    sweep = self.clock.now() + self._sweep_interval(len(workers))
                 else:
                     workers = [w for w in self.workers.values() if w.rid in ended]
                 ended.clear()
                 await self._look(workers)
         finally:
             unsubscribe()
+
+    def _sweep_interval(self, pods: int) -> float:
+        """Seconds to the next look at every pod: ``relist_seconds`` while that costs under ``SWEEP_BUDGET`` of a
+        core (a few dozen pods: what no process end shows, such as a disk turned read-only, is seen as soon as
+        before), longer as the pods grow, up to ``sweep_seconds``."""
+        return min(self.settings.sweep_seconds, max(self.settings.relist_seconds, pods * LOOK_SECONDS / SWEEP_BUDGET))
 
     async def _look(self, workers: list[PodWorker]) -> None:
         """Wake each watched worker whose sandbox's status changed since it last looked."""

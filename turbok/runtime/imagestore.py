@@ -307,8 +307,7 @@ class OciStore:
     # ---- layout
 
     def ensure(self) -> None:
-        if not self.root.exists():
-            self.root.mkdir(mode=0o700, parents=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)  # two homes' first pulls may race here
         os.chmod(self.root, 0o700)  # setuid files of images: nobody but root reaches them
         for d in (self.blobs, self.layers_dir, self.images_dir, self.tmp):
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
