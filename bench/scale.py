@@ -28,7 +28,7 @@ each, about twice the memory). Everything is removed at the end: the pool set to
 
 Usage (root, runsc, nft, base image built; ``scripts/setup.sh`` raises the host limits)::
 
-    .venv/bin/python bench/scale.py [--max 1000] [--at 0 450 900] [--window 100] [--idle 30]
+    .venv/bin/python bench/scale.py [--max 1000] [--at 0 450 900] [--window 100] [--idle 30] [--runsc both]
 
 The default stops at 1,000: the pod network is one Linux bridge, which takes 1,023 ports (the kernel's
 BR_MAX_PORTS), so one machine holds at most 1,023 networked Pods today (``turbok.node.hostroom``); 1,800
@@ -325,6 +325,18 @@ async def bench(api: Api, cp: ControlPlaneProcess, work: Path, args: argparse.Na
     print(f"| {count} removed | Sandboxes gone in {time.perf_counter() - t0:.0f} s |", flush=True)
 
 
+def binaries(choices: list[str]) -> list[str]:
+    """The ``--runsc`` choices as paths (``both``: Debian's and ../shared/gvisor's current one)."""
+    from tests.gvisor_binaries import debian_runsc, resolve
+
+    out = []
+    for one in [c for choice in choices or ["default"] for c in (["default", "shared"] if choice == "both"
+                                                                   else [choice])]:
+        path = resolve(one) or os.environ.get("TURBOK_RUNSC") or debian_runsc() or "runsc"
+        out.append(str(path))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max", type=int, default=1000)
@@ -333,12 +345,21 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=30.0)
     parser.add_argument("--command", nargs="+", default=SLEEPER)
     parser.add_argument("--hold", type=float, default=0.0, help="seconds to wait at the top (to profile)")
+    parser.add_argument("--runsc", action="append", default=[], metavar="PATH|default|shared|both",
+                        help="the runsc of the pods and of the raw batches (repeatable: one whole run each)")
     args = parser.parse_args()
+    for binary in binaries(args.runsc):
+        os.environ["TURBOK_RUNSC"] = binary  # turbok serve and the raw batches' runtime take it from there
+        one_run(args)
+
+
+def one_run(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="turbok-bench-scale-"))
     cp = ControlPlaneProcess(work / "home").start()
     api = Api(cp)
     try:
-        print(f"turbok serve at {cp.api_url} (home {cp.home}); {os.cpu_count()} CPUs", flush=True)
+        print(f"turbok serve at {cp.api_url} (home {cp.home}); {os.cpu_count()} CPUs; runsc "
+              f"{os.environ['TURBOK_RUNSC']}", flush=True)
         print("| sandboxes | turbok pool | raw | raw/turbok |\n|---|---|---|---|")
         asyncio.run(bench(api, cp, work, args))
     finally:
