@@ -207,6 +207,19 @@ def warm(api: Api, rate: float, seconds: float, pool: int, *, agent: str = "on-d
             "stalls": stalls}
 
 
+def raw_run(runtime: GvisorPodRuntime, network: PodNetwork, pod_id: str) -> tuple[str, list[str]]:
+    """The container id and the raw ``runsc run --detach`` argv of container ``main`` of a pod the runtime
+    prepared (started and stopped): its bundle, in its network namespace, with the node's runsc flags."""
+    pdir = PodDir(runtime.root, pod_id)
+    cdir = pdir.container("main")
+    cid = str(json.loads(cdir.record.read_text())["cid"])
+    attachment = network.attachment(pod_id)
+    assert attachment is not None, f"raw pod {pod_id} has no network namespace"
+    return cid, [*runsc_prefix(attachment.netns), *runtime._cmd(
+        "--network=sandbox", "--cpu-num-from-quota", f"--debug-log={pdir.boot_log_of('main', 0)}",
+        "--debug-command=boot", "run", "--detach", f"--bundle={cdir.bundle}", cid)]
+
+
 class RawReference:
     """A raw ``runsc run --detach`` of a container bundle the pod runtime prepared for a Pod like the claims'.
 
@@ -237,14 +250,7 @@ class RawReference:
         await self.runtime.run_pod_sandbox(self.pod)
         await self.runtime.start_container(self.pod.id, self.container)
         await self.runtime.stop_container(self.pod.id, "main", 0)
-        pdir = PodDir(self.runtime.root, self.pod.id)
-        cdir = pdir.container("main")
-        self.cid = json.loads(cdir.record.read_text())["cid"]
-        attachment = self.network.attachment(self.pod.id)
-        assert attachment is not None, "the raw pod has no network namespace"
-        self.argv = [*runsc_prefix(attachment.netns), *self.runtime._cmd(
-            "--network=sandbox", "--cpu-num-from-quota", f"--debug-log={pdir.boot_log_of('main', 0)}",
-            "--debug-command=boot", "run", "--detach", f"--bundle={cdir.bundle}", self.cid)]
+        self.cid, self.argv = raw_run(self.runtime, self.network, self.pod.id)
 
     async def run(self) -> float:
         """Seconds one raw ``runsc run --detach`` took (the previous one deleted first, untimed)."""

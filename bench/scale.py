@@ -53,7 +53,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.claims import EXT, IMAGE, Api, pct, remove_half_made, remove_raw_cgroups, unmount_under  # noqa: E402
+from bench.claims import EXT, IMAGE, Api, pct, raw_run, remove_half_made, remove_raw_cgroups, unmount_under  # noqa: E402
+from bench.runtime import binaries  # noqa: E402
 from tests.conftest import ControlPlaneProcess  # noqa: E402
 from turbok.api.limitrange import BUILTIN_DEFAULT_LIMITS  # noqa: E402
 from turbok.api.quantity import cpu_millis, to_bytes  # noqa: E402
@@ -62,8 +63,7 @@ from turbok.home import Home  # noqa: E402
 from turbok.runtime.cri import ContainerConfig, PodSandboxConfig  # noqa: E402
 from turbok.runtime.ids import sandbox_id  # noqa: E402
 from turbok.runtime.images import ImageStore  # noqa: E402
-from turbok.runtime.network import PodNetwork, runsc_prefix  # noqa: E402
-from turbok.runtime.podlayout import PodDir  # noqa: E402
+from turbok.runtime.network import PodNetwork  # noqa: E402
 from turbok.runtime.pods_gvisor import GvisorPodRuntime  # noqa: E402
 
 NS = "bench-scale"
@@ -186,15 +186,9 @@ class RawBatch:
                 await self.runtime.start_container(pod.id, ContainerConfig(
                     "main", IMAGE, command=self.command, cpu_millis=self.cpu, memory_bytes=self.memory))
                 await self.runtime.stop_container(pod.id, "main", 0)
-                pdir = PodDir(self.runtime.root, pod.id)
-                cdir = pdir.container("main")
-                cid = json.loads(cdir.record.read_text())["cid"]
+                cid, argv = raw_run(self.runtime, self.network, pod.id)
                 await self.runtime._runsc("delete", "--force", cid)
-                attachment = self.network.attachment(pod.id)
-                assert attachment is not None, "a raw pod has no network namespace"
-                return pod.id, [*runsc_prefix(attachment.netns), *self.runtime._cmd(
-                    "--network=sandbox", "--cpu-num-from-quota", f"--debug-log={pdir.boot_log_of('main', 0)}",
-                    "--debug-command=boot", "run", "--detach", f"--bundle={cdir.bundle}", cid)]
+                return pod.id, argv
 
         self.runs = list(await asyncio.gather(*(one(i) for i in range(n))))
 
@@ -325,18 +319,6 @@ async def bench(api: Api, cp: ControlPlaneProcess, work: Path, args: argparse.Na
     print(f"| {count} removed | Sandboxes gone in {time.perf_counter() - t0:.0f} s |", flush=True)
 
 
-def binaries(choices: list[str]) -> list[str]:
-    """The ``--runsc`` choices as paths (``both``: Debian's and ../shared/gvisor's current one)."""
-    from tests.gvisor_binaries import debian_runsc, resolve
-
-    out = []
-    for one in [c for choice in choices or ["default"] for c in (["default", "shared"] if choice == "both"
-                                                                   else [choice])]:
-        path = resolve(one) or os.environ.get("TURBOK_RUNSC") or debian_runsc() or "runsc"
-        out.append(str(path))
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max", type=int, default=1000)
@@ -348,8 +330,8 @@ def main() -> None:
     parser.add_argument("--runsc", action="append", default=[], metavar="PATH|default|shared|both",
                         help="the runsc of the pods and of the raw batches (repeatable: one whole run each)")
     args = parser.parse_args()
-    for binary in binaries(args.runsc):
-        os.environ["TURBOK_RUNSC"] = binary  # turbok serve and the raw batches' runtime take it from there
+    for runsc in binaries(args.runsc):
+        os.environ["TURBOK_RUNSC"] = runsc.path  # turbok serve and the raw batches' runtime take it from there
         one_run(args)
 
 

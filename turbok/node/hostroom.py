@@ -157,5 +157,7 @@ class HostRoom:
         by_memory = (f.memory_available_bytes - self.memory_reserve) // IDLE_POD_MEMORY - starting
         by_pids = (int(f.pid_max * nodeinfo.PID_PRESSURE_FRACTION) - f.pids_used) // nodeinfo.IDLE_POD_TASKS \
             - starting
-        by_ports = BRIDGE_PORTS - self._ports - starting if self.bridge_ports is not None else by_memory
-        return max(1, min(by_memory, by_pids, by_ports))
+        limits = [by_memory, by_pids]
+        if self.bridge_ports is not None:
+            limits.append(BRIDGE_PORTS - self._ports - starting)
+        return max(1, min(limits))

@@ -261,10 +261,10 @@ class GvisorPodRuntime(LocalPodRuntime):
         cid = rec["cid"]
         return self._state_file(cid if rec.get("shape") == "solo" else pdir.id, cid)
 
-    def _sandbox_alive(self, state: Path, sandbox: str, pod: str) -> bool:
+    def _sandbox_alive(self, sandbox: str, pod: str) -> bool:
         """Whether the sandbox runs; while it does, its end is watched for (``exits``, key: ``pod``)."""
         try:
-            data = json.loads(state.read_bytes())
+            data = json.loads(self._state_file(sandbox, sandbox).read_bytes())
         except FileNotFoundError:
             return False
         except (OSError, ValueError):
@@ -343,7 +343,7 @@ class GvisorPodRuntime(LocalPodRuntime):
     def _pod_alive(self, pdir: PodDir, pod: dict[str, Any]) -> tuple[bool, str, str]:
         if pod.get("shape") == "solo":
             return True, "", ""
-        if self._sandbox_alive(self._state_file(pdir.id, pdir.id), pdir.id, pdir.id):
+        if self._sandbox_alive(pdir.id, pdir.id):
             return True, "", ""
         c = Cgroup(f"{self.cgroup_parent}/{pdir.id}").counters()
         if c.oom_kills:
@@ -549,7 +549,7 @@ class GvisorPodRuntime(LocalPodRuntime):
             return False
         cid = rec["cid"]
         if rec.get("shape") == "solo":
-            if not self._sandbox_alive(self._state_file(cid, cid), cid, pdir.id):
+            if not self._sandbox_alive(cid, pdir.id):
                 return False
             return _EXIT_RE.search(_tail(pdir.boot_log_of(cdir.name, int(rec["attempt"])))) is None
         state = self._state_file(pdir.id, cid)
@@ -560,8 +560,7 @@ class GvisorPodRuntime(LocalPodRuntime):
         except (OSError, ValueError):
             return True
         gofer = data.get("goferPid") if isinstance(data, dict) else None
-        if not isinstance(gofer, int) or not self._sandbox_alive(self._state_file(pdir.id, pdir.id), pdir.id,
-                                                                  pdir.id):
+        if not isinstance(gofer, int) or not self._sandbox_alive(pdir.id, pdir.id):
             return False
         cmd = _cmdline(gofer)
         if not (cmd.startswith(b"runsc-gofer") and str(cdir.bundle).encode() in cmd):
