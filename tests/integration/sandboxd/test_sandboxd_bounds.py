@@ -171,23 +171,21 @@ def test_a_burst_of_100_commands_runs_at_most_the_cap_and_spares_the_neighbour(b
 
 def test_a_yes_flood_is_stopped_promptly_at_little_cost(bounded: Bounded) -> None:
     with bounded.connect(bounded.box) as conn:
-        cpu, started = time.process_time(), time.monotonic()
+        started = time.monotonic()
         result = conn.commands.run("yes", timeout=20)
-        cpu, wall = time.process_time() - cpu, time.monotonic() - started
+        wall = time.monotonic() - started
         assert result.truncated and len(result.stdout) == OUTPUT_LIMIT and result.stdout.startswith("y\ny\n")
         assert result.exit_code == 137 and not result.timed_out and "command stopped" in result.stderr
+        # Stopped after its grace, not at its 20 s timeout (what it costs is bench/flood.py's).
         assert wall < 5, f"the flood took {wall:.1f} s to answer"
-        # This process serves the router and is its client; before, reading the flood to its
-        # timeout took a third of a core for all of it.
-        assert cpu < 1.0, f"{cpu:.2f} s of CPU for one flood"
         assert "yes" not in conn.commands.run("ps -eo comm").stdout.split()
 
 
 def test_an_exec_stream_flood_is_read_at_the_output_rate(bounded: Bounded) -> None:
-    async def flood() -> tuple[int, float, float]:
+    async def flood() -> tuple[int, float]:
         got, decoder = 0, FrameDecoder()
         async with bounded.http(bounded.box) as http:
-            cpu, started = time.process_time(), time.monotonic()
+            started = time.monotonic()
             body = {"argv": ["yes"], "timeout_seconds": 60}
             async with http.stream("POST", "/turbok/v1/exec", json=body) as r:
                 assert r.status_code == 200
@@ -195,12 +193,11 @@ def test_an_exec_stream_flood_is_read_at_the_output_rate(bounded: Bounded) -> No
                     got += sum(len(f.data) for f in decoder.feed(chunk) if isinstance(f, OutputFrame))
                     if time.monotonic() - started > 3:
                         break
-            return got, time.monotonic() - started, time.process_time() - cpu
+            return got, time.monotonic() - started
 
-    got, wall, cpu = asyncio.run(flood())
+    got, wall = asyncio.run(flood())
+    # Paced at the output rate; what relaying it costs the router is measured by bench/flood.py.
     assert OUTPUT_RATE <= got <= OUTPUT_RATE * (wall + 1) + 2**20, f"{got / 2**20:.0f} MiB in {wall:.1f} s"
-    # Router and client together; unpaced, relaying gVisor's pipe took 40 % of a core.
-    assert cpu / wall < 0.35, f"{100 * cpu / wall:.0f} % of a core"
     with bounded.connect(bounded.box) as conn:
         deadline = time.monotonic() + 10
         while "yes" in conn.commands.run("ps -eo comm").stdout.split():
