@@ -74,11 +74,29 @@ POD_CGROUP = "/turbok"
 RAW_NETWORK = ("tkbsc", "10.241.80.0/22")
 
 
-def mem_available() -> int:
+def meminfo() -> dict[str, int]:
+    """/proc/meminfo in bytes."""
+    fields = {}
     for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no MemAvailable in /proc/meminfo")
+        name, _, value = line.partition(":")
+        number, *unit = value.split()
+        fields[name] = int(number) * (1024 if unit == ["kB"] else 1)
+    return fields
+
+
+def mem_available() -> int:
+    return meminfo()["MemAvailable"]
+
+
+#: Where an idle sandbox's host memory goes, beyond what its cgroup is charged (per sandbox, both runs).
+MEMINFO_FIELDS = ("MemFree", "AnonPages", "Shmem", "Cached", "Buffers", "SReclaimable", "SUnreclaim",
+                  "KernelStack", "PageTables", "Percpu", "VmallocUsed")
+
+
+def meminfo_change(before: dict[str, int], after: dict[str, int], count: int) -> dict[str, float]:
+    """MiB per sandbox each field changed by (MemFree: fallen, the rest: grown)."""
+    sign = {"MemFree": -1}
+    return {f: sign.get(f, 1) * (after.get(f, 0) - before.get(f, 0)) / count / 2**20 for f in MEMINFO_FIELDS}
 
 
 def cpu_ticks(pid: int | None = None) -> float:
@@ -244,7 +262,8 @@ def set_replicas(api: Api, n: int) -> None:
 
 async def bench(api: Api, cp: ControlPlaneProcess, work: Path, args: argparse.Namespace) -> None:
     slots = os.cpu_count() or 1
-    base_mem = mem_available()
+    base = meminfo()
+    base_mem = base["MemAvailable"]
     api.post("/api/v1/namespaces", {"metadata": {"name": NS}})
     api.post(f"{EXT}/{NS}/sandboxtemplates", {
         "apiVersion": "extensions.agents.x-k8s.io/v1beta1", "kind": "SandboxTemplate", "metadata": {"name": "idle"},
@@ -257,6 +276,7 @@ async def bench(api: Api, cp: ControlPlaneProcess, work: Path, args: argparse.Na
     watch.started.wait(10)
     raw = RawBatch(work / "raw", args.command)
     raw_idle_mib = prepared_mib = raw_cgroup_mib = float("nan")
+    raw_fields: dict[str, float] = {}
     rows = []
     count = 0
     for at in args.at:
@@ -267,13 +287,16 @@ async def bench(api: Api, cp: ControlPlaneProcess, work: Path, args: argparse.Na
         unprepared = mem_available()
         await raw.prepare(args.window, slots)
         await asyncio.sleep(2)
-        before = mem_available()
+        before_fields = meminfo()
+        before = before_fields["MemAvailable"]
         if raw_idle_mib != raw_idle_mib:
             prepared_mib = (unprepared - before) / args.window / 2**20
         raw_seconds = await raw.run(slots)
         if raw_idle_mib != raw_idle_mib:  # the first batch: one raw idle sandbox's memory
             await asyncio.sleep(10)
-            raw_idle_mib = (before - mem_available()) / args.window / 2**20
+            after_fields = meminfo()
+            raw_idle_mib = (before - after_fields["MemAvailable"]) / args.window / 2**20
+            raw_fields = meminfo_change(before_fields, after_fields, args.window)
             raw_cgroup_mib = cgroup_memory(RAW_CGROUP) / args.window / 2**20
         await raw.remove()
         await asyncio.sleep(2)
@@ -291,7 +314,9 @@ async def bench(api: Api, cp: ControlPlaneProcess, work: Path, args: argparse.Na
                                 f"growing the pool to {args.max} (untimed)")
         count = args.max
     await asyncio.sleep(10)
-    pool_mib = (base_mem - mem_available()) / count / 2**20
+    top = meminfo()
+    pool_mib = (base_mem - top["MemAvailable"]) / count / 2**20
+    pool_fields = meminfo_change(base, top, count)
     pool_cgroup_mib = cgroup_memory(POD_CGROUP) / count / 2**20
     latency = api_latency(api, 500)
     assert cp.proc is not None
@@ -308,6 +333,8 @@ async def bench(api: Api, cp: ControlPlaneProcess, work: Path, args: argparse.Na
           f"{prepared_mib:.1f} MiB |")
     print(f"| {count} idle | charged to the pods' cgroups {pool_cgroup_mib:.1f} MiB per sandbox | raw "
           f"{raw_cgroup_mib:.1f} MiB | ratio {pool_cgroup_mib / raw_cgroup_mib:.2f} |")
+    print(f"| {count} idle | /proc/meminfo per sandbox, MiB (turbok / raw): " + ", ".join(
+        f"{f} {pool_fields[f]:.2f} / {raw_fields.get(f, float('nan')):.2f}" for f in MEMINFO_FIELDS) + " |")
     print(f"| {count} idle | API GET p50 {latency['get_p50']:.1f} ms p99 {latency['get_p99']:.1f} ms, LIST of 100 "
           f"p50 {latency['list_p50']:.1f} ms p99 {latency['list_p99']:.1f} ms |")
     print(f"| {count} idle | control plane RSS {rss(pid) / 2**20:.0f} MiB, CPU {cp_cpu * 100:.1f} % of a core; "

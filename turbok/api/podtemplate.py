@@ -66,7 +66,8 @@ PIDS_LIMIT_ANNOTATION = "turbok.dev/pids-limit"
 MIN_PIDS_LIMIT = 64
 #: The kernel's largest pid_max.
 MAX_PIDS_LIMIT = 4_194_304
-#: Pod template annotation that gives a sandbox a private loopback interface ("loopback"); default "none".
+#: Pod annotation that keeps a sandbox off the pod network ("none" or "loopback": its own loopback only,
+#: no address, no podIP); without it the Pod gets an address on the pod network.
 NETWORK_ANNOTATION = "turbok.dev/network"
 NETWORKS = ("none", "loopback")
 #: Below this memory limit a gVisor sandbox does not boot (the runtime refuses it too).

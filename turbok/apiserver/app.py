@@ -80,7 +80,7 @@ def create_app(registry: ObjectRegistry, *, token: str, metrics_registry: Collec
     metrics = ApiMetrics(metrics_registry)
     limits = limits or ApiLimits.from_env()
     flows = FlowControl(per_client=limits.inflight_per_client, total=limits.inflight_total,
-                        retry_after=limits.retry_after_seconds)
+                        streams_per_client=limits.streams_per_client, retry_after=limits.retry_after_seconds)
     expected = f"Bearer {token}".encode()
 
     @web.middleware

@@ -10,8 +10,14 @@ each send their own).
 - A client with ``inflight_per_client`` requests in flight gets 429 for the next.
 - Past ``inflight_total`` in all, each client keeps at most one request in
   flight, so a client with none is still served, up to twice the total.
-- Long-running requests (watches, pod logs, exec, attach, port-forward) and
-  health checks are not counted, as in APF.
+- Long-running requests (watches, followed pod logs, exec, attach,
+  port-forward) do not take those seats, as in APF, but each holds memory and
+  hears every change it watches: a client with ``streams_per_client`` of them
+  open gets 429 for the next (a client opening 10,000 watches slows every
+  write for everyone otherwise). Health checks are never limited.
+
+A flow is a ``User-Agent``: separate programs that send the same one (two
+scripts on the Kubernetes Python client's default) share its limits.
 
 On one event loop a request is "in flight" while it waits: for its body (a slow
 upload holds up to the body limit in memory) or for work done off the loop.
@@ -19,8 +25,9 @@ upload holds up to the body limit in memory) or for work done off the loop.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from aiohttp import web
 
@@ -43,12 +50,14 @@ def _long_running(request: web.Request) -> bool:
 
 
 class FlowControl:
-    def __init__(self, *, per_client: int, total: int, retry_after: int = 1) -> None:
+    def __init__(self, *, per_client: int, total: int, streams_per_client: int, retry_after: int = 1) -> None:
         self.per_client = per_client
         self.total = total
+        self.streams_per_client = streams_per_client
         self.retry_after = retry_after
         self.inflight: dict[str, int] = {}
         self.count = 0
+        self.streams: dict[str, int] = {}
 
     def flow(self, request: web.Request) -> str:
         return request.headers.get("User-Agent", "")[:256]
@@ -62,23 +71,41 @@ class FlowControl:
             return f"the server has {self.count} requests in flight; past {self.total} each client gets one"
         return None
 
+    def _refuse(self, why: str) -> TooManyRequests:
+        return TooManyRequests(f"Too many requests, please try again later: {why}", retry_after=self.retry_after)
+
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in _EXEMPT_PATHS or _long_running(request):
+        if request.path in _EXEMPT_PATHS:
             return await handler(request)
         flow = self.flow(request)
+        if _long_running(request):
+            open_ = self.streams.get(flow, 0)
+            if open_ >= self.streams_per_client:
+                raise self._refuse(f"this client has {open_} watches and streams open; the limit per client "
+                                   f"is {self.streams_per_client}")
+            with _counted(self.streams, flow):
+                return await handler(request)
         refusal = self._admit(flow)
         if refusal is not None:
-            raise TooManyRequests(f"Too many requests, please try again later: {refusal}",
-                                  retry_after=self.retry_after)
-        self.inflight[flow] = self.inflight.get(flow, 0) + 1
+            raise self._refuse(refusal)
         self.count += 1
         try:
-            return await handler(request)
+            with _counted(self.inflight, flow):
+                return await handler(request)
         finally:
             self.count -= 1
-            left = self.inflight[flow] - 1
-            if left:
-                self.inflight[flow] = left
-            else:
-                del self.inflight[flow]
+
+
+@contextlib.contextmanager
+def _counted(counts: dict[str, int], flow: str) -> Iterator[None]:
+    """One more for ``flow`` while the block runs; a flow with none left is forgotten (flows are unbounded)."""
+    counts[flow] = counts.get(flow, 0) + 1
+    try:
+        yield
+    finally:
+        left = counts[flow] - 1
+        if left:
+            counts[flow] = left
+        else:
+            del counts[flow]

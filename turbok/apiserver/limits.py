@@ -32,6 +32,9 @@ class ApiLimits:
     #: ... and in all; past it each client keeps at most one request in flight (so a client with
     #: none is still served), up to twice this number. Watches are not counted.
     inflight_total: int = 64
+    #: Watches and pod streams (logs followed, exec, attach, port-forward) open per client before the
+    #: next gets 429 with Retry-After; they take no in-flight seat.
+    streams_per_client: int = 1000
     #: Seconds a client told 429 should wait (the Retry-After header).
     retry_after_seconds: int = 1
     #: How often expired Events are looked for (their TTL is the store's ``event_ttl_seconds``).
@@ -42,6 +45,7 @@ class ApiLimits:
         "max_depth": "TURBOK_MAX_JSON_DEPTH",
         "inflight_per_client": "TURBOK_MAX_INFLIGHT_PER_CLIENT",
         "inflight_total": "TURBOK_MAX_INFLIGHT",
+        "streams_per_client": "TURBOK_MAX_STREAMS_PER_CLIENT",
     }
 
     def __post_init__(self) -> None:

@@ -13,7 +13,8 @@ state is then unknown), ``errors`` every error of the pass (Ready says
 - PodScheduled: the owned Pod's PodScheduled condition, copied (empty reasons
   become PodScheduled or PodSchedulingUnknown); absent without a Pod.
 - Ready: True/DependenciesReady when the Pod is Running, Ready and has an IP
-  (and the Service exists when one is asked for); else why not, in upstream's
+  (none is needed where ``turbok.dev/network`` says ``none`` or ``loopback``: such
+  a Pod never gets one), and the Service exists when one is asked for; else why not, in upstream's
   words. turbok adds ``InvalidConfiguration`` while a container of the Pod
   waits for an image the node will never have (``InvalidImageName``,
   ``ErrImageNeverPull``): the official client gives up at once on it instead of
@@ -32,6 +33,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from turbok.api.podtemplate import NETWORK_ANNOTATION, NETWORKS
 from turbok.controllers import labels as lb
 from turbok.errors import TurbokError
 
@@ -64,6 +66,11 @@ def owned_by(obj: Obj | None, sandbox: Obj) -> bool:
 
 def pod_ips(pod: Obj) -> list[str]:
     return [entry["ip"] for entry in (pod.get("status") or {}).get("podIPs") or [] if entry.get("ip")]
+
+
+def _networked(pod: Obj) -> bool:
+    """Whether the Pod gets an address on the pod network: not with ``turbok.dev/network: none|loopback``."""
+    return ((pod.get("metadata") or {}).get("annotations") or {}).get(NETWORK_ANNOTATION) not in NETWORKS
 
 
 def _pod_condition(pod: Obj, type_: str) -> Obj | None:
@@ -191,7 +198,7 @@ def _ready(sandbox: Obj, errors: list[BaseException], service: Obj | None, pod: 
             message = "Pod is Running but not Ready"
             cond = _pod_condition(pod, "Ready")
             if cond is not None and cond.get("status") == "True":
-                if pod_ips(pod):
+                if pod_ips(pod) or not _networked(pod):
                     message, ready = "Pod is Ready", True
                 else:
                     message = "Pod is Ready but has no podIPs yet"

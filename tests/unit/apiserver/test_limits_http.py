@@ -217,7 +217,7 @@ async def test_a_client_over_its_limit_gets_429_while_another_is_served(registry
         assert refused.headers["Retry-After"] == "1" and status["details"]["retryAfterSeconds"] == 1
         assert (await polite.get(POOLS)).status == 200
         assert (await polite.post(POOLS, json=pool("served"))).status == 201
-        # Watches are long-running: not counted, and served even now.
+        # Watches are long-running: they take no in-flight seat, and are served even now.
         watch = await greedy.get(POOLS, params={"watch": "true", "timeoutSeconds": "1"})
         assert watch.status == 200
         watch.close()
@@ -229,6 +229,41 @@ async def test_a_client_over_its_limit_gets_429_while_another_is_served(registry
             await asyncio.sleep(0.02)
         else:
             raise AssertionError("the greedy client stayed refused")
+        await greedy.close()
+        await polite.close()
+
+
+async def test_a_client_with_too_many_watches_open_gets_429_and_others_still_watch(registry: ObjectRegistry) -> None:
+    limits = ApiLimits(streams_per_client=3)
+    async with serving(registry, limits) as server:
+        greedy, polite = client(server, "greedy/1.0"), client(server, "polite/1.0")
+        await greedy.start_server()
+        watch = {"watch": "true", "timeoutSeconds": "30"}
+        held = [await greedy.get(POOLS, params=watch) for _ in range(3)]
+        assert [w.status for w in held] == [200, 200, 200]
+        refused = await greedy.get(POOLS, params=watch)
+        status = await refused.json()
+        assert (refused.status, status["reason"]) == (429, "TooManyRequests") and refused.headers["Retry-After"]
+        assert "3 watches and streams open" in status["message"]
+        # Its ordinary requests are not streams, and another client's watch is served and hears a change.
+        assert (await greedy.get(POOLS)).status == 200
+        theirs = await polite.get(POOLS, params=watch)
+        assert theirs.status == 200
+        assert (await polite.post(POOLS, json=pool("seen"))).status == 201
+        event = json.loads(await theirs.content.readline())
+        assert (event["type"], event["object"]["metadata"]["name"]) == ("ADDED", "seen")
+        theirs.close()
+        held.pop().close()  # one closed: the greedy client may open one again
+        for _ in range(100):
+            again = await greedy.get(POOLS, params=watch)
+            if again.status == 200:
+                again.close()
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the greedy client stayed refused after closing a watch")
+        for w in held:
+            w.close()
         await greedy.close()
         await polite.close()
 
