@@ -80,7 +80,8 @@ def create_app(registry: ObjectRegistry, *, token: str, metrics_registry: Collec
     metrics = ApiMetrics(metrics_registry)
     limits = limits or ApiLimits.from_env()
     flows = FlowControl(per_client=limits.inflight_per_client, total=limits.inflight_total,
-                        streams_per_client=limits.streams_per_client, retry_after=limits.retry_after_seconds)
+                        streams_per_client=limits.streams_per_client,
+                        broad_watches_per_client=limits.broad_watches_per_client, retry_after=limits.retry_after_seconds)
     expected = f"Bearer {token}".encode()
 
     @web.middleware

@@ -11,10 +11,15 @@ each send their own).
 - Past ``inflight_total`` in all, each client keeps at most one request in
   flight, so a client with none is still served, up to twice the total.
 - Long-running requests (watches, followed pod logs, exec, attach,
-  port-forward) do not take those seats, as in APF, but each holds memory and
-  hears every change it watches: a client with ``streams_per_client`` of them
-  open gets 429 for the next (a client opening 10,000 watches slows every
-  write for everyone otherwise). Health checks are never limited.
+  port-forward) do not take those seats, as in APF, but each holds a
+  connection and memory: a client with ``streams_per_client`` of them open
+  gets 429 for the next. A watch that is not pinned to one object
+  (``fieldSelector=metadata.name=...``) also hears every change of its kind
+  in its namespace, so every write costs one delivery more per such watch: a
+  client may hold ``broad_watches_per_client`` of those (a client with 1,000
+  of them made a burst of claims 4 x slower for everyone; one watch per object,
+  as the Agent Sandbox client waits on its claims, costs other writes
+  nothing). Health checks are never limited.
 
 A flow is a ``User-Agent``: separate programs that send the same one (two
 scripts on the Kubernetes Python client's default) share its limits.
@@ -49,15 +54,26 @@ def _long_running(request: web.Request) -> bool:
             or _STREAMS.search(request.path) is not None)
 
 
+def _broad_watch(request: web.Request) -> bool:
+    """A watch that hears more than one object: not pinned by ``metadata.name=`` (or ``==``) in its selector."""
+    if request.query.get("watch") not in ("1", "true", "True"):
+        return False
+    terms = request.query.get("fieldSelector", "").replace(" ", "").split(",")
+    return not any(t.startswith(("metadata.name=", "metadata.name==")) for t in terms)
+
+
 class FlowControl:
-    def __init__(self, *, per_client: int, total: int, streams_per_client: int, retry_after: int = 1) -> None:
+    def __init__(self, *, per_client: int, total: int, streams_per_client: int, broad_watches_per_client: int,
+                 retry_after: int = 1) -> None:
         self.per_client = per_client
         self.total = total
         self.streams_per_client = streams_per_client
+        self.broad_watches_per_client = broad_watches_per_client
         self.retry_after = retry_after
         self.inflight: dict[str, int] = {}
         self.count = 0
         self.streams: dict[str, int] = {}
+        self.broad: dict[str, int] = {}
 
     def flow(self, request: web.Request) -> str:
         return request.headers.get("User-Agent", "")[:256]
@@ -84,7 +100,15 @@ class FlowControl:
             if open_ >= self.streams_per_client:
                 raise self._refuse(f"this client has {open_} watches and streams open; the limit per client "
                                    f"is {self.streams_per_client}")
-            with _counted(self.streams, flow):
+            if not _broad_watch(request):
+                with _counted(self.streams, flow):
+                    return await handler(request)
+            broad = self.broad.get(flow, 0)
+            if broad >= self.broad_watches_per_client:
+                raise self._refuse(f"this client has {broad} watches open that are not of one object; the limit "
+                                   f"per client is {self.broad_watches_per_client} (watch one object with "
+                                   f"fieldSelector=metadata.name=NAME, or share a watch)")
+            with _counted(self.streams, flow), _counted(self.broad, flow):
                 return await handler(request)
         refusal = self._admit(flow)
         if refusal is not None:

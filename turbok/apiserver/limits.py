@@ -35,6 +35,8 @@ class ApiLimits:
     #: Watches and pod streams (logs followed, exec, attach, port-forward) open per client before the
     #: next gets 429 with Retry-After; they take no in-flight seat.
     streams_per_client: int = 1000
+    #: ... of which watches not pinned to one object (each hears every change of its kind): the next gets 429.
+    broad_watches_per_client: int = 100
     #: Seconds a client told 429 should wait (the Retry-After header).
     retry_after_seconds: int = 1
     #: How often expired Events are looked for (their TTL is the store's ``event_ttl_seconds``).
@@ -46,6 +48,7 @@ class ApiLimits:
         "inflight_per_client": "TURBOK_MAX_INFLIGHT_PER_CLIENT",
         "inflight_total": "TURBOK_MAX_INFLIGHT",
         "streams_per_client": "TURBOK_MAX_STREAMS_PER_CLIENT",
+        "broad_watches_per_client": "TURBOK_MAX_WATCHES_PER_CLIENT",
     }
 
     def __post_init__(self) -> None:

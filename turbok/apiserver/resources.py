@@ -31,6 +31,7 @@ from turbok.apiserver import protobuf
 from turbok.apiserver.limits import LIMITS, check_body_shape
 from turbok.apiserver.table import to_table, wants_table
 from turbok.store.registry import ObjectRegistry, WriteOptions, parse_resource_version
+from turbok.store.watch import watch_line
 
 __all__ = ["POD_CREATE_SUBRESOURCES", "POD_STREAM_SUBRESOURCES", "STREAM_HANDLER", "StreamHandler", "Target",
            "handle_resource", "parse_target"]
@@ -402,8 +403,8 @@ async def _watch(request: web.Request, registry: ObjectRegistry, target: Target)
     deadline = loop.time() + timeout
     last_bookmark = loop.time()
     try:
-        for obj in initial:
-            await response.write(encode("ADDED", obj))
+        for row in initial:
+            await response.write(encode("ADDED", row.object()) if table else watch_line("ADDED", row.data))
         if initial_events:
             await response.write(bookmark(start_rv, {INITIAL_EVENTS_END: "true"}))
         iterator = watcher.__aiter__()

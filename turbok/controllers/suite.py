@@ -34,16 +34,18 @@ __all__ = ["ControllerSuite"]
 class ControllerSuite:
     def __init__(self, client: Client, metrics: CollectorRegistry | None = None, *, root_ca: str | None = None,
                  allowed_label_domains: tuple[str, ...] = DEFAULT_LABEL_DOMAINS,
-                 idle: IdleSuspender | None = None, pool_max_starting: int | None = None) -> None:
+                 idle: IdleSuspender | None = None, pool_max_starting: int | None = None, pool_burst_quiet: float = 0.0) -> None:
         """``root_ca``: the API server's CA bundle (PEM), published in every namespace as ``kube-root-ca.crt``;
         ``allowed_label_domains``: the label domains a claim's ``additionalPodMetadata`` may use; ``idle``: the
         idle suspender the router and streams tell about use (one of its own when None); ``pool_max_starting``:
-        how many sandboxes of a warm pool start at once (``WarmPoolReconciler``)."""
+        how many sandboxes of a warm pool start at once, ``pool_burst_quiet``: how long a pool waits for a burst of
+        claims to pause before it refills (``WarmPoolReconciler``)."""
         events = EventRecorder(client)
         self.sandboxes = SandboxReconciler(client, events=events)
         self.claims = ClaimReconciler(client, metrics=metrics, events=events,
                                       allowed_label_domains=allowed_label_domains)
-        self.pools = WarmPoolReconciler(client, events=events, max_starting=pool_max_starting)
+        self.pools = WarmPoolReconciler(client, events=events, max_starting=pool_max_starting,
+                                        burst_quiet=pool_burst_quiet)
         self.endpoints = EndpointsReconciler(client)
         self.namespaces = NamespaceReconciler(client, root_ca=root_ca)
         self.collector = GarbageCollector(client)

@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 
 #: A warm pool keeps this many sandboxes starting per boot the node runs at once (``WarmPoolReconciler``).
 POOL_STARTING_PER_SLOT = 4
+#: Seconds a warm pool waits for a burst of claims on it to pause before it refills (5 s at most): the
+#: refill's boots would take this process and these cores from the claims still arriving.
+POOL_BURST_QUIET = 0.5
 
 
 @dataclass
@@ -239,7 +242,8 @@ class ControlPlane:
         slots = self.node.ctx.starts.slots if self.node is not None else None
         suite = ControllerSuite(EmbeddedClient(self.registry), metrics=self.metrics,
                                 root_ca=ca.read_text() if ca.exists() else None, idle=self._idle(),
-                                pool_max_starting=POOL_STARTING_PER_SLOT * slots if slots else None)
+                                pool_max_starting=POOL_STARTING_PER_SLOT * slots if slots else None,
+                                pool_burst_quiet=POOL_BURST_QUIET if slots else 0.0)
         await suite.start()
         self._stoppers.append(suite.stop)
 

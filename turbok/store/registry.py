@@ -38,7 +38,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -144,15 +144,29 @@ class ObjectRegistry:
         limit: int = 0,
         continue_token: str = "",
     ) -> ListResult:
-        ns = self._ns(kind, namespace) if namespace else None
-        pinned = field_selector.value_of("metadata.name") if field_selector else None
         start_after = _decode_continue(continue_token) if continue_token else None
         items: list[Obj] = []
         remaining = 0
+        for row_ns, name, row, obj in self._matching(kind, namespace, label_selector, field_selector):
+            if start_after is not None and (row_ns, name) <= start_after:
+                continue
+            if limit and len(items) >= limit:
+                remaining += 1
+                continue
+            items.append(obj if obj is not None else row.object())
+        token = ""
+        if remaining and items:
+            last = items[-1]["metadata"]
+            token = _encode_continue(last.get("namespace", ""), last["name"])
+        return ListResult(items, str(self.db.revision), token, remaining if token else None)
+
+    def _matching(self, kind: Kind, namespace: str | None, label_selector: m.LabelSelector | None,
+                  field_selector: m.FieldSelector | None) -> Iterator[tuple[str, str, Row, Obj | None]]:
+        """(namespace, name, row, the object when a selector had to decode it) of each stored object selected."""
+        ns = self._ns(kind, namespace) if namespace else None
+        pinned = field_selector.value_of("metadata.name") if field_selector else None
         for row_ns, name, row in self.db.rows(kind.key, ns):
             if pinned is not None and name != pinned:
-                continue
-            if start_after is not None and (row_ns, name) <= start_after:
                 continue
             if label_selector and not label_selector.matches(row.labels):
                 continue
@@ -165,15 +179,7 @@ class ObjectRegistry:
                     obj = row.object()
                     if not field_selector.matches(obj):
                         continue
-            if limit and len(items) >= limit:
-                remaining += 1
-                continue
-            items.append(obj if obj is not None else row.object())
-        token = ""
-        if remaining and items:
-            last = items[-1]["metadata"]
-            token = _encode_continue(last.get("namespace", ""), last["name"])
-        return ListResult(items, str(self.db.revision), token, remaining if token else None)
+            yield row_ns, name, row, obj
 
     def watch(
         self,
@@ -183,8 +189,9 @@ class ObjectRegistry:
         resource_version: str | None = None,
         label_selector: m.LabelSelector | None = None,
         field_selector: m.FieldSelector | None = None,
-    ) -> tuple[Watcher, builtins.list[Obj]]:
-        """A watcher plus the objects to send first as ADDED (when no resourceVersion is given, or "0")."""
+    ) -> tuple[Watcher, builtins.list[Row]]:
+        """A watcher plus the stored objects to send first as ADDED (when no resourceVersion is given, or "0"):
+        rows, so that a watch's initial state is sent as stored, never decoded and encoded again."""
         ns = self._ns(kind, namespace) if namespace else None
 
         by_fields = field_selector is not None and not field_selector.metadata_only()
@@ -217,10 +224,11 @@ class ObjectRegistry:
                 return "ADDED"
             return "DELETED" if before else None
 
+        scope = (ns, field_selector.value_of("metadata.name") if field_selector else None)
         if resource_version in (None, "", "0"):
-            initial = self.list(kind, namespace, label_selector=label_selector, field_selector=field_selector)
-            return self.hub.subscribe(kind.key, None, filter_), initial.items
-        return self.hub.subscribe(kind.key, parse_resource_version(resource_version), filter_), []
+            initial = [row for _, _, row, _ in self._matching(kind, namespace, label_selector, field_selector)]
+            return self.hub.subscribe(kind.key, None, filter_, scope), initial
+        return self.hub.subscribe(kind.key, parse_resource_version(resource_version), filter_, scope), []
 
     # ------------------------------------------------------------ writes
 

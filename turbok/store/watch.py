@@ -27,7 +27,7 @@ from typing import Any
 
 from turbok.api.status import Gone
 
-__all__ = ["Event", "WatchHub", "Watcher"]
+__all__ = ["Event", "Scope", "WatchHub", "Watcher", "watch_line"]
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class Event:
         """The watch-stream line for this event (as ``type_`` after selector translation)."""
         t = type_ or self.type
         if t not in self._lines:
-            self._lines[t] = b'{"type":"' + t.encode() + b'","object":' + self.data.encode() + b"}\n"
+            self._lines[t] = watch_line(t, self.data)
         return self._lines[t]
 
     def object(self) -> dict[str, Any]:
@@ -66,15 +66,18 @@ class Event:
 
 #: Decides what a watcher sees of an event: a type, or None to skip it.
 Filter = Callable[[Event], "str | None"]
+#: The objects a watcher can hear of at all: (namespace, name), None for any. Its filter decides the rest.
+Scope = tuple["str | None", "str | None"]
 
 
 class Watcher:
     """One client's watch: an async iterator of (type, event)."""
 
     def __init__(self, hub: WatchHub, resource: str, filter_: Filter, maxsize: int,
-                 max_bytes: int = 64 * 1024 * 1024) -> None:
+                 max_bytes: int = 64 * 1024 * 1024, scope: Scope = (None, None)) -> None:
         self._hub = hub
         self.resource = resource
+        self.scope = scope
         self._filter = filter_
         self._queue: asyncio.Queue[tuple[str, Event] | None] = asyncio.Queue(maxsize)
         self._max_bytes = max_bytes
@@ -129,7 +132,10 @@ class WatchHub:
         self._max_bytes = history_bytes
         self.history_bytes = 0  # the history's size, as counted by Event.size
         self._floor = start_rv  # events at or before this revision are not retained
-        self._watchers: dict[str, set[Watcher]] = {}
+        # resource -> scope -> watchers: a change is offered to the four scopes that can hold it, so that
+        # a thousand watches of one object each (the Agent Sandbox client waits on its claim so) cost a
+        # change of any other object nothing.
+        self._watchers: dict[str, dict[Scope, set[Watcher]]] = {}
         self._watcher_queue = watcher_queue
         self._watcher_queue_bytes = watcher_queue_bytes
         self.listeners: list[Callable[[Event], None]] = []
@@ -141,8 +147,12 @@ class WatchHub:
             old = self._history.popleft()
             self.history_bytes -= old.size
             self._floor = old.rv
-        for watcher in list(self._watchers.get(event.resource, ())):
-            watcher._offer(event)
+        scopes = self._watchers.get(event.resource)
+        if scopes:
+            ns, name = event.namespace, event.name
+            for scope in ((None, None), (ns, None), (ns, name), (None, name)):
+                for watcher in list(scopes.get(scope, ())):
+                    watcher._offer(event)
         for listener in self.listeners:
             # The change is committed: a failing listener must not turn it into an error for the
             # writer (who would retry a write that happened), nor starve the listeners after it.
@@ -152,20 +162,33 @@ class WatchHub:
                 log.exception("watch listener %r failed on %s %s %s/%s", listener, event.type, event.resource,
                               event.namespace, event.name)
 
-    def subscribe(self, resource: str, from_rv: int | None, filter_: Filter) -> Watcher:
-        """Watch ``resource`` from just after ``from_rv`` (None: from now)."""
+    def subscribe(self, resource: str, from_rv: int | None, filter_: Filter,
+                  scope: Scope = (None, None)) -> Watcher:
+        """Watch ``resource`` from just after ``from_rv`` (None: from now), only objects in ``scope``."""
         if from_rv is not None and from_rv < self._floor:
             raise Gone(f"too old resource version: {from_rv} ({self._floor + 1})")
-        watcher = Watcher(self, resource, filter_, self._watcher_queue, self._watcher_queue_bytes)
+        watcher = Watcher(self, resource, filter_, self._watcher_queue, self._watcher_queue_bytes, scope)
+        ns, name = scope
         if from_rv is not None:
             for event in self._history:
-                if event.rv > from_rv and event.resource == resource:
+                if (event.rv > from_rv and event.resource == resource and ns in (None, event.namespace)
+                        and name in (None, event.name)):
                     watcher._offer(event)
-        self._watchers.setdefault(resource, set()).add(watcher)
+        self._watchers.setdefault(resource, {}).setdefault(scope, set()).add(watcher)
         return watcher
 
     def _remove(self, watcher: Watcher) -> None:
-        self._watchers.get(watcher.resource, set()).discard(watcher)
+        scopes = self._watchers.get(watcher.resource, {})
+        watchers = scopes.get(watcher.scope)
+        if watchers is not None:
+            watchers.discard(watcher)
+            if not watchers:
+                del scopes[watcher.scope]  # scopes of one name come and go by the thousand
 
     def watcher_count(self) -> int:
-        return sum(len(s) for s in self._watchers.values())
+        return sum(len(w) for scopes in self._watchers.values() for w in scopes.values())
+
+
+def watch_line(type_: str, data: str) -> bytes:
+    """One line of a JSON watch stream: the event's type and the object as stored (compact JSON)."""
+    return b'{"type":"' + type_.encode() + b'","object":' + data.encode() + b"}\n"

@@ -268,6 +268,30 @@ async def test_a_client_with_too_many_watches_open_gets_429_and_others_still_wat
         await polite.close()
 
 
+async def test_watches_of_everything_are_limited_sooner_than_watches_of_one_object(registry: ObjectRegistry) -> None:
+    limits = ApiLimits(streams_per_client=10, broad_watches_per_client=2)
+    async with serving(registry, limits) as server:
+        api = client(server, "watcher/1.0")
+        await api.start_server()
+        watch = {"watch": "true", "timeoutSeconds": "30"}
+        broad = [await api.get(POOLS, params=watch) for _ in range(2)]
+        refused = await api.get(POOLS, params=watch)
+        assert [w.status for w in broad] == [200, 200] and refused.status == 429
+        assert "2 watches open that are not of one object" in (await refused.json())["message"]
+        # A selector other than one name is still broad; watches of one object each are served.
+        other = await api.get(POOLS, params={**watch, "fieldSelector": "metadata.name!=x"})
+        assert other.status == 429
+        pinned = [await api.get(POOLS, params={**watch, "fieldSelector": f"metadata.name=p{i}"}) for i in range(8)]
+        assert [w.status for w in pinned] == [200] * 8
+        assert (await api.get(POOLS, params={**watch, "fieldSelector": "metadata.name=p9"})).status == 429
+        assert (await api.post(POOLS, json=pool("p3"))).status == 201
+        event = json.loads(await pinned[3].content.readline())
+        assert (event["type"], event["object"]["metadata"]["name"]) == ("ADDED", "p3")
+        for w in [*broad, *pinned]:
+            w.close()
+        await api.close()
+
+
 async def test_past_the_total_each_client_keeps_one_request(registry: ObjectRegistry) -> None:
     limits = ApiLimits(inflight_per_client=10, inflight_total=3)
     async with serving(registry, limits) as server:

@@ -135,3 +135,29 @@ async def test_a_bounded_pool_keeps_at_most_max_starting_sandboxes_starting(clus
         if name != first:
             cluster.node.run(name)
     await cluster.wait(lambda: len(_pool_sandboxes(cluster)) == 5, what="the pool full in the end")
+
+
+async def test_a_pool_refills_once_a_burst_of_claims_pauses(cluster: Cluster) -> None:
+    cluster.create(template())
+    cluster.create(pool(replicas=3))
+    await cluster.wait(lambda: len([s for s in _pool_sandboxes(cluster) if _ready(s)]) == 3, what="a full pool")
+    pools = cluster.suite.pools
+    pools.burst_quiet, pools.burst_max_wait = 1.5, 30.0  # the embedded engine's pause, longer to be seen
+    for i in range(3):  # a burst: a claim every 0.2 s, each adopting a warm sandbox
+        cluster.create(claim(f"c{i}"))
+        await cluster.wait(lambda: len(_pool_sandboxes(cluster)) == 2 - i, what=f"claim {i} adopting")  # noqa: B023
+        await asyncio.sleep(0.2)
+    assert _pool_sandboxes(cluster) == [], "no refill while claims keep coming"
+    began = asyncio.get_running_loop().time()
+    await cluster.wait(lambda: len(_pool_sandboxes(cluster)) == 3, what="the refill after the pause")
+    assert asyncio.get_running_loop().time() - began >= 0.5, "the refill waited for the pause"
+    # Without a pause (upstream's, the operator's), the pool refills at once.
+    pools.burst_quiet = 0.0
+    await cluster.wait(lambda: len([s for s in _pool_sandboxes(cluster) if _ready(s)]) == 3, what="ready again")
+    cluster.create(claim("c9"))
+    await cluster.wait(lambda: len(_pool_sandboxes(cluster)) == 2, what="c9 adopting")
+    await cluster.wait(lambda: len(_pool_sandboxes(cluster)) == 3, timeout=1.0, what="an immediate refill")
+
+
+def _ready(sb: dict) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in (sb.get("status") or {}).get("conditions") or [])

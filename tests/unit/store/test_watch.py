@@ -10,7 +10,7 @@ import pytest
 from turbok.api import meta as m
 from turbok.api.status import BadRequest, Gone
 from turbok.store.registry import ObjectRegistry
-from turbok.store.watch import Watcher, WatchHub
+from turbok.store.watch import Event, Watcher, WatchHub
 
 from .conftest import POOL, SANDBOX, pool, sandbox
 
@@ -37,7 +37,7 @@ async def test_a_watch_without_resource_version_starts_with_the_current_state(re
     registry.create(POOL, pool("b"), namespace="default")
     for i, rv in enumerate((None, "", "0")):
         watcher, initial = registry.watch(POOL, "default", resource_version=rv)
-        assert [o["metadata"]["name"] for o in initial] == ["a", "b"]
+        assert [r.object()["metadata"]["name"] for r in initial] == ["a", "b"]
         assert await nothing_more(watcher)
         registry.patch(POOL, "default", "a", "application/merge-patch+json", {"spec": {"replicas": 5 + i}})
         [(type_, name, _)] = await drain(watcher, 1)
@@ -68,7 +68,7 @@ async def test_other_resources_and_namespaces_are_not_seen(registry: ObjectRegis
     assert [(t, n) for t, n, _ in await drain(watcher, 1)] == [("ADDED", "here")]
     assert await nothing_more(watcher)
     everywhere, initial = registry.watch(POOL, None)
-    assert sorted(o["metadata"]["name"] for o in initial) == ["elsewhere", "here"]
+    assert sorted(r.object()["metadata"]["name"] for r in initial) == ["elsewhere", "here"]
 
 
 async def test_too_old_resource_versions_are_gone(registry: ObjectRegistry) -> None:
@@ -160,3 +160,41 @@ async def test_watch_lines_are_the_kubernetes_wire_format(registry: ObjectRegist
     assert line["type"] == "ADDED" and line["object"]["metadata"]["name"] == "a"
     assert json.loads(event.line("DELETED"))["type"] == "DELETED"
     assert event.object() == registry.get(POOL, "default", "a")
+
+
+async def test_watches_of_one_object_hear_only_it_and_broad_ones_hear_all() -> None:
+    hub = WatchHub(start_rv=0)
+    asked: list[str] = []
+
+    def counting(label: str) -> Any:
+        def filter_(event: Any) -> str:
+            asked.append(label)
+            return str(event.type)
+        return filter_
+
+    pinned = [hub.subscribe("pools", None, counting(f"c{i}"), ("ns", f"c{i}")) for i in range(1000)]
+    everywhere = hub.subscribe("pools", None, counting("all"))
+    in_ns = hub.subscribe("pools", None, counting("ns"), ("ns", None))
+    by_name = hub.subscribe("pools", None, counting("any-ns c7"), (None, "c7"))
+    elsewhere = hub.subscribe("pools", None, counting("other"), ("other", None))
+
+    def event(name: str, rv: int) -> Event:
+        return Event("ADDED", "pools", "ns", name, rv, "{}", {}, None)
+
+    hub.publish(event("c7", 1))
+    assert sorted(asked) == sorted(["c7", "all", "ns", "any-ns c7"])  # 1,000 pinned watchers, one asked
+    assert [(t, e.name) for t, e in await drain_pairs(pinned[7], 1)] == [("ADDED", "c7")]
+    asked.clear()
+    hub.publish(event("unwatched", 2))
+    assert sorted(asked) == ["all", "ns"]
+    assert await nothing_more(pinned[7]) and await nothing_more(elsewhere)
+    # Replayed from the history, a scoped watcher gets only its own object's changes.
+    again = hub.subscribe("pools", 0, lambda e: str(e.type), ("ns", "c7"))
+    assert [e.rv for _, e in await drain_pairs(again, 1)] == [1] and await nothing_more(again)
+    for w in [*pinned, everywhere, in_ns, by_name, elsewhere, again]:
+        w.close()
+    assert hub.watcher_count() == 0 and hub._watchers == {"pools": {}}
+
+
+async def drain_pairs(watcher: Watcher, count: int) -> list[tuple[str, Event]]:
+    return [await asyncio.wait_for(watcher.__anext__(), 2.0) for _ in range(count)]
