@@ -286,21 +286,33 @@ def _misbehave(kw: dict[str, Any], k: int, stop: Any, out: Any) -> None:
 
 
 def _watch(kw: dict[str, Any], claims: int, seen: Any, watching: Any) -> None:
+    """Report each claim's first Ready as seen on a watch of claims; a watch the server ends (kube-apiserver
+    closes one it finds slow) is opened again from the last resourceVersion seen, as an informer does."""
     reported: set[str] = set()
-    with httpx.Client(**kw, timeout=httpx.Timeout(30, read=600)) as http, http.stream(
-            "GET", f"{EXT}/{NS}/sandboxclaims", params={"watch": "true", "timeoutSeconds": 600}) as r:
-        watching.set()
-        for line in r.iter_lines():
-            if not line.strip():
-                continue
-            obj = json.loads(line)["object"]
-            name = obj["metadata"]["name"]
-            if name not in reported and any(c["type"] == "Ready" and c["status"] == "True"
-                                            for c in (obj.get("status") or {}).get("conditions") or []):
-                reported.add(name)
-                seen.put((name, time.monotonic()))
-            if len(reported) >= claims:
-                return
+    rv = ""
+    with httpx.Client(**kw, timeout=httpx.Timeout(30, read=600)) as http:
+        while len(reported) < claims:
+            params: dict[str, Any] = {"watch": "true", "timeoutSeconds": 600}
+            if rv:
+                params["resourceVersion"] = rv
+            with http.stream("GET", f"{EXT}/{NS}/sandboxclaims", params=params) as r:
+                watching.set()
+                for line in r.iter_lines():
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    if event["type"] == "ERROR":  # 410: the rest is read from a fresh list
+                        rv = ""
+                        break
+                    obj = event["object"]
+                    rv = obj["metadata"].get("resourceVersion", rv)
+                    name = obj["metadata"]["name"]
+                    if name not in reported and any(c["type"] == "Ready" and c["status"] == "True"
+                                                    for c in (obj.get("status") or {}).get("conditions") or []):
+                        reported.add(name)
+                        seen.put((name, time.monotonic()))
+                    if len(reported) >= claims:
+                        return
 
 
 def _pct(values: list[float], p: float) -> float:

@@ -327,11 +327,11 @@ def kube_cluster(*, controller_manager: bool = True, scheduler: bool = True, kwo
             client.close()
     finally:
         # etcd last: a kube-apiserver whose etcd is gone hangs on its way out (until killed, 2 s later)
-        for group in ([n for n in reversed(procs) if n != "etcd"], [n for n in procs if n == "etcd"]):
-            for name in group:
+        for batch in ([n for n in reversed(procs) if n != "etcd"], [n for n in procs if n == "etcd"]):
+            for name in batch:
                 procs[name].terminate()
             deadline = time.monotonic() + 3  # nothing of a test cluster is worth a slow drain: its files go too
-            for name in group:
+            for name in batch:
                 try:
                     procs[name].wait(max(deadline - time.monotonic(), 0.1))
                 except subprocess.TimeoutExpired:
