@@ -7,8 +7,6 @@ token's holder), so a flow is a client as it names itself: its ``User-Agent``
 (kubectl, the Agent Sandbox client, the SDK and the Kubernetes Python client
 each send their own).
 
-- Requests are handled in turns, round-robin by client (``Turns``): a client
-  with many requests waiting does not delay another's one behind them all.
 - A client with ``inflight_per_client`` requests in flight gets 429 for the next.
 - Past ``inflight_total`` in all, each client keeps at most one request in
   flight, so a client with none is still served, up to twice the total.
@@ -32,8 +30,6 @@ upload holds up to the body limit in memory) or for work done off the loop.
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import contextlib
 import re
 from collections.abc import Awaitable, Callable, Iterator
@@ -78,7 +74,6 @@ class FlowControl:
         self.count = 0
         self.streams: dict[str, int] = {}
         self.broad: dict[str, int] = {}
-        self.turns = Turns()
 
     def flow(self, request: web.Request) -> str:
         return request.headers.get("User-Agent", "")[:256]
@@ -121,46 +116,9 @@ class FlowControl:
         self.count += 1
         try:
             with _counted(self.inflight, flow):
-                await self.turns.turn(flow)
                 return await handler(request)
         finally:
             self.count -= 1
-
-
-class Turns:
-    """Requests are handled in turns taken round-robin by client.
-
-    A request's handler mostly runs without yielding, so the event loop would serve
-    requests in the order their sockets became readable: a client with 16 requests
-    arriving at once would have them all handled before another client's one. Here
-    every request first waits one loop turn in its client's queue; then the requests
-    waiting are let go one per client in turn (every one of them: ``_admit`` bounds
-    how many there are, and none waits on another's, so a slow upload delays nobody).
-    """
-
-    def __init__(self) -> None:
-        self._waiting: dict[str, collections.deque[asyncio.Future[None]]] = {}
-        self._scheduled = False
-
-    async def turn(self, flow: str) -> None:
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        self._waiting.setdefault(flow, collections.deque()).append(waiter)
-        if not self._scheduled:  # after every request that arrived with this one has queued
-            self._scheduled = True
-            loop.call_soon(self._serve)
-        await waiter  # cancelled (the client went away): _serve skips it
-
-    def _serve(self) -> None:
-        self._scheduled = False
-        queues = list(self._waiting.values())
-        self._waiting.clear()
-        while queues:
-            for queue in queues:
-                waiter = queue.popleft()
-                if not waiter.cancelled():
-                    waiter.set_result(None)  # tasks resume in the order they are woken
-            queues = [q for q in queues if q]
 
 
 @contextlib.contextmanager
