@@ -106,7 +106,9 @@ class ControlPlaneProcess:
 
         self.stop()
         stop_sandboxes(Home(self.home), remove=True)
-        release_root(self.home / "sandboxes")  # the runtime's nosuid bind, if a last unmount found it busy
+        # The runtimes' nosuid binds (the pod runtime's and the old one's), where a last removal found them busy.
+        release_root(self.home / "pods")
+        release_root(self.home / "sandboxes")
 
     def log(self) -> str:
         return (self.home / "turbok.log").read_text()
