@@ -23,6 +23,7 @@ writer), as ``turbok.runtime.logs`` rotates the old runtime's files.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import ctypes.util
@@ -33,6 +34,7 @@ import select
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -190,9 +192,26 @@ class CriLogWriter:
 #: A reader attached to a feed: called with (stream, bytes) for output and (stream, None) at the end.
 Subscriber = Callable[[str, bytes | None], None]
 
+_FEEDS: weakref.WeakSet[Feed] = weakref.WeakSet()
+
+
+@atexit.register
+def _finish_at_exit() -> None:
+    """Let every pull under way finish (its slice written and its position recorded) and start no other:
+    the pump's daemon thread would otherwise be stopped between the two, and the next control plane would
+    write that slice again."""
+    for feed in list(_FEEDS):
+        with feed.lock:
+            feed.done = True
+
 
 class Feed:
-    """One container attempt's output on its way from raw files (or a terminal) to its CRI log and readers."""
+    """One container attempt's output on its way from raw files (or a terminal) to its CRI log and readers.
+
+    A slice is appended to the CRI log, then its position recorded: a process killed between the two
+    writes it again on the next start (at least once). A process that exits finishes the slice first
+    (``_finish_at_exit``), so a normal exit loses and doubles nothing.
+    """
 
     def __init__(self, key: str, writer: CriLogWriter, *, raw: dict[str, Path] | None = None,
                  pos_file: Path | None = None, tty_fd: int | None = None) -> None:
@@ -208,6 +227,7 @@ class Feed:
         self._punched = {"stdout": 0, "stderr": 0}
         self._subscribers: dict[int, Subscriber] = {}
         self._next_token = 0
+        _FEEDS.add(self)
         if pos_file is not None:
             with contextlib.suppress(OSError, struct.error):
                 self._offsets["stdout"], self._offsets["stderr"] = _POS.unpack(pos_file.read_bytes()[:_POS.size])
