@@ -9,6 +9,7 @@ scripts/setup.sh; default ``~/.turbok/images``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -106,9 +107,11 @@ class ControlPlaneProcess:
 
         self.stop()
         stop_sandboxes(Home(self.home), remove=True)
-        # The runtimes' nosuid binds (the pod runtime's and the old one's), where a last removal found them busy.
-        release_root(self.home / "pods")
-        release_root(self.home / "sandboxes")
+        # The runtimes' nosuid binds (the pod runtime's and the old one's), where a last removal found them busy;
+        # one still busy now (a loop device letting go) is left as before.
+        for root in (self.home / "pods", self.home / "sandboxes"):
+            with contextlib.suppress(OSError):
+                release_root(root)
 
     def log(self) -> str:
         return (self.home / "turbok.log").read_text()
