@@ -27,7 +27,7 @@ the node gives its runtime (``turbok.node.podspec``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -50,6 +50,7 @@ __all__ = [
     "claim_volume_names",
     "container_resources",
     "containers",
+    "on_pod_network",
     "pids_limit",
     "pod_resources",
     "validate_pod_spec",
@@ -70,6 +71,12 @@ MAX_PIDS_LIMIT = 4_194_304
 #: no address, no podIP); without it the Pod gets an address on the pod network.
 NETWORK_ANNOTATION = "turbok.dev/network"
 NETWORKS = ("none", "loopback")
+
+
+def on_pod_network(annotations: Mapping[str, str]) -> bool:
+    """Whether a Pod with these annotations gets an address on the pod network (and so a podIP)."""
+    return annotations.get(NETWORK_ANNOTATION) not in NETWORKS
+
 #: Below this memory limit a gVisor sandbox does not boot (the runtime refuses it too).
 MIN_MEMORY_BYTES = 32 * 2**20
 

@@ -49,15 +49,21 @@ _EXEMPT_PATHS = frozenset({"/healthz", "/livez", "/readyz"})
 _STREAMS = re.compile(r"/pods/[^/]+/(?:log|exec|attach|portforward)$")
 
 
+def _is_watch(request: web.Request) -> bool:
+    return request.query.get("watch") in ("1", "true", "True")
+
+
 def _long_running(request: web.Request) -> bool:
-    return (request.query.get("watch") in ("1", "true", "True") or request.query.get("follow") in ("1", "true")
+    return (_is_watch(request) or request.query.get("follow") in ("1", "true")
             or _STREAMS.search(request.path) is not None)
 
 
 def _broad_watch(request: web.Request) -> bool:
     """A watch that hears more than one object: not pinned by ``metadata.name=`` (or ``==``) in its selector."""
-    if request.query.get("watch") not in ("1", "true", "True"):
+    if not _is_watch(request):
         return False
+    # Parsed here by hand: the kind's own field labels are not known before the route (a term on one of
+    # them does not make the watch broad).
     terms = request.query.get("fieldSelector", "").replace(" ", "").split(",")
     return not any(t.startswith(("metadata.name=", "metadata.name==")) for t in terms)
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from turbok.api.podtemplate import NETWORK_ANNOTATION, NETWORKS
+from turbok.api.podtemplate import on_pod_network
 from turbok.controllers import labels as lb
 from turbok.errors import TurbokError
 
@@ -66,11 +66,6 @@ def owned_by(obj: Obj | None, sandbox: Obj) -> bool:
 
 def pod_ips(pod: Obj) -> list[str]:
     return [entry["ip"] for entry in (pod.get("status") or {}).get("podIPs") or [] if entry.get("ip")]
-
-
-def _networked(pod: Obj) -> bool:
-    """Whether the Pod gets an address on the pod network: not with ``turbok.dev/network: none|loopback``."""
-    return ((pod.get("metadata") or {}).get("annotations") or {}).get(NETWORK_ANNOTATION) not in NETWORKS
 
 
 def _pod_condition(pod: Obj, type_: str) -> Obj | None:
@@ -198,7 +193,7 @@ def _ready(sandbox: Obj, errors: list[BaseException], service: Obj | None, pod: 
             message = "Pod is Running but not Ready"
             cond = _pod_condition(pod, "Ready")
             if cond is not None and cond.get("status") == "True":
-                if pod_ips(pod) or not _networked(pod):
+                if pod_ips(pod) or not on_pod_network((pod.get("metadata") or {}).get("annotations") or {}):
                     message, ready = "Pod is Ready", True
                 else:
                     message = "Pod is Ready but has no podIPs yet"

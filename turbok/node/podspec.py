@@ -28,7 +28,7 @@ import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from turbok.api.podtemplate import NETWORK_ANNOTATION, NETWORKS, container_resources, pids_limit
+from turbok.api.podtemplate import container_resources, on_pod_network, pids_limit
 from turbok.api.quantity import QuantityError, cpu_millis, to_bytes
 from turbok.node.client import Obj
 from turbok.node.clock import Clock
@@ -118,7 +118,7 @@ def sandbox_config(pod: Obj, id: str, volumes: Sequence[VolumeConfig], *,
     with contextlib.suppress(QuantityError, TypeError, ValueError):
         storage = [to_bytes(v) for c in spec.get("containers") or []
                    if (v := _limit(c, "ephemeral-storage")) is not None]
-    network = annotations.get(NETWORK_ANNOTATION) not in NETWORKS
+    network = on_pod_network(annotations)
     return PodSandboxConfig(
         id=id, name=md["name"], namespace=md.get("namespace", ""), uid=md["uid"], hostname=hostname,
         volumes=tuple(volumes),
