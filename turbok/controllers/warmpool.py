@@ -31,10 +31,14 @@ cluster's kubelets boot in parallel on many nodes: the operator keeps no bound.
 
 And (``burst_quiet``, the embedded engine's too): a pool that claims are adopting
 from refills once no claim has taken one for that long, or ``burst_max_wait``
-after the first adoption at the latest. On one machine a refill's boots share the
-control plane's process and cores with the claims still arriving (100 claims at
-300/s: Ready p50 1.04 s with the refill under way, 0.80 s with it paused; one run
-each of bench/kube_burst.py, bench/RESULTS.md).
+after the first adoption at the latest, and only while its Ready stock outlasts
+that wait at the rate the claims have come so far. On one machine a refill's
+boots share the control plane's process and cores with the claims still arriving
+(100 claims at 300/s: Ready p50 1.04 s with the refill under way, 0.80 s with it
+paused; one run each of bench/kube_burst.py, bench/RESULTS.md); but a pool that
+would run dry before the wait ends refills at once: its next claims would start
+cold, the same boots on the claims' own path (a steady 4 claims/s from a pool of
+20 emptied it and most claims waited for a boot: bench/soak.py).
 """
 
 from __future__ import annotations
@@ -88,13 +92,14 @@ class WarmPoolReconciler(Reconciler):
                  burst_quiet: float = 0.0, burst_max_wait: float = 5.0) -> None:
         """``max_starting``: at most this many of a pool's sandboxes not Ready yet (None: no bound, upstream's);
         ``burst_quiet``: refill once no claim adopted a sandbox for this long (0: at once, upstream's), or
-        ``burst_max_wait`` after the burst's first adoption."""
+        ``burst_max_wait`` after the burst's first adoption, or at once when the Ready stock would not last that
+        long at the burst's rate."""
         super().__init__(client)
         self.events = events
         self.max_starting = max_starting
         self.burst_quiet = burst_quiet
         self.burst_max_wait = burst_max_wait
-        self._adopted: dict[Key, tuple[float, float]] = {}  # pool -> (first, last) adoption of its burst
+        self._adopted: dict[Key, tuple[float, float, int]] = {}  # pool -> its burst's first and last adoption, count
         #: (pool uid, template uid and resourceVersion) told that the pool keeps no devices: told once
         self._told: set[tuple[str, str, str]] = set()
         self.kind = client.kinds.by_kind(lb.EXTENSIONS_API, "SandboxWarmPool")
@@ -121,7 +126,8 @@ class WarmPoolReconciler(Reconciler):
             touched.add(old)
             if not deleted and lb.WARM_POOL_SANDBOX not in (md.get("labels") or {}):  # a claim took it
                 now = time.monotonic()
-                self._adopted[old] = (self._adopted.get(old, (now, now))[0], now)
+                first, _, count = self._adopted.get(old, (now, now, 0))
+                self._adopted[old] = (first, now, count + 1)
         owner = lb.controller_of(sb)
         labels = md.get("labels") or {}
         if not deleted and owner and owner.get("kind") == "SandboxWarmPool" and lb.WARM_POOL_SANDBOX in labels:
@@ -182,7 +188,8 @@ class WarmPoolReconciler(Reconciler):
             missing = max(desired - len(active) - terminating, 0)
             if self.max_starting is not None:
                 missing = min(missing, max(self.max_starting - sum(1 for _, mb in active if not mb.ready), 0))
-            if missing and (wait := self._burst_wait((namespace, name))) > 0:
+            stock = sum(1 for _, member in active if member.ready)
+            if missing and (wait := self._burst_wait((namespace, name), stock)) > 0:
                 missing, result = 0, requeue(wait)
             for _ in range(missing):
                 await self.client.create(self.sandbox_kind, self._new_sandbox(pool, template, pod_hash, bp_hash))
@@ -208,16 +215,20 @@ class WarmPoolReconciler(Reconciler):
             await self.client.update_status(self.kind, fresh)
         return result
 
-    def _burst_wait(self, pool: Key) -> float:
-        """Seconds the pool's refill waits for the claims adopting from it to pause (0: refill now)."""
+    def _burst_wait(self, pool: Key, stock: int) -> float:
+        """Seconds the pool's refill waits for the claims adopting from it to pause (0: refill now), given its
+        ``stock`` of Ready sandboxes."""
         if not self.burst_quiet or pool not in self._adopted:
             return 0.0
-        first, last = self._adopted[pool]
+        first, last, count = self._adopted[pool]
         now = time.monotonic()
         wait = min(last + self.burst_quiet - now, first + self.burst_max_wait - now)
         if wait <= 0:
             del self._adopted[pool]
-        return max(wait, 0.0)
+            return 0.0
+        # While claims keep coming the wait goes on to the burst's end: the stock must last until then.
+        rate = count / max(now - first, self.burst_quiet)
+        return wait if stock > rate * (first + self.burst_max_wait - now) else 0.0
 
     async def _tell_no_devices(self, pool: Obj, template: Obj) -> None:
         tmd = template["metadata"]
