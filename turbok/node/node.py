@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from turbok.api import meta as m
 from turbok.api.meta import FieldSelector
 from turbok.api.status import ApiError
 from turbok.node.client import NodeClient, Obj, ObjectEvent
@@ -332,10 +333,27 @@ class Node:
         if (pod.get("spec") or {}).get("nodeName") != self.name:
             return
         if worker is None:
+            if self._rejected(pod):
+                return
             worker = self.workers[md["uid"]] = PodWorker(self.ctx, pod, on_done=self._worker_done)
             worker.start()
         else:
             worker.update(pod)
+
+    def _rejected(self, pod: Obj) -> bool:
+        """Whether the kubelet's admission rejects a Pod that came here without the scheduler (a Pod the node
+        took once has ``status.startTime``): it fails, with the reason as status and a Warning event."""
+        status = pod.get("status") or {}
+        if self.scheduler is None or status.get("startTime") or status.get("phase") in ("Succeeded", "Failed"):
+            return False
+        rejected = self.scheduler.admission(pod)
+        if rejected is None:
+            return False
+        reason, message = rejected
+        self.ctx.events.record(pod, reason, message, warning=True)
+        self.ctx.status.set(pod, {"phase": "Failed", "reason": reason, "message": f"Pod was rejected: {message}",
+                                  "startTime": m.now()})
+        return True
 
     def _worker_done(self, worker: PodWorker) -> None:
         if self.workers.get(worker.uid) is worker:

@@ -255,6 +255,8 @@ class PodWorker:
                 delay = SYNC_RETRY
             except Exception:  # a bug must not abandon the Pod: it would never be torn down
                 log.exception("pod %s: sync failed", self.key)
+                if (task := asyncio.current_task()) is not None and task.cancelling():
+                    raise asyncio.CancelledError from None  # nor swallow the node's stop: it would wait forever
                 delay = SYNC_RETRY
             if self.deleting:
                 return

@@ -273,6 +273,25 @@ class Scheduler:
                 reasons.append("Too many pods" if name == "pods" else f"Insufficient {name}")
         return reasons
 
+    def admission(self, pod: Obj) -> tuple[str, str] | None:
+        """The kubelet's admission of a Pod bound here without the scheduler (``spec.nodeName`` set when it
+        was made): ``(reason, message)`` when it is rejected, in the kubelet's words, else None. Its requests
+        against the Node's allocatable less what the other Pods bound here request; then its node selector."""
+        uid = pod["metadata"]["uid"]
+        mine = self.bound.get(uid, {})
+        allocatable = self.allocatable()
+        for name, want in sorted(pod_requests(pod).items()):
+            if want <= 0 or name not in allocatable:
+                continue
+            used = self._used.get(name, Decimal(0)) - mine.get(name, Decimal(0))
+            if used + want > allocatable[name]:
+                scale = 1000 if name == "cpu" else 1  # the kubelet says cpu in millicores
+                return (f"OutOf{name}", f"Node didn't have enough resource: {name}, requested: {int(want * scale)}, "
+                                        f"used: {int(used * scale)}, capacity: {int(allocatable[name] * scale)}")
+        if self.node is not None and not _selects(pod.get("spec") or {}, self.node["metadata"].get("labels") or {}):
+            return "NodeAffinity", "Predicate NodeAffinity failed"
+        return None
+
     async def _claims(self, pod: Obj) -> str | None:
         """Why the Pod's claims keep it from being scheduled, or None when they are all Bound."""
         md = pod["metadata"]

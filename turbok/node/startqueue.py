@@ -54,7 +54,7 @@ class StartQueue:
             except asyncio.CancelledError:
                 if future.done() and not future.cancelled():
                     self._release()  # the slot was handed to us as we were cancelled: pass it on
-                else:
+                elif entry in self._waiting:  # else a release already dropped it, as a cancelled waiter
                     self._waiting.remove(entry)
                     heapq.heapify(self._waiting)
                 raise

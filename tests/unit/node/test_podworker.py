@@ -8,7 +8,7 @@ from tests.unit.node.conftest import NodeHarness, condition, container_status, p
 from turbok.node.node import NodeSettings
 from turbok.node.suspend import runtime_id
 from turbok.node.testing import FakeSandbox
-from turbok.runtime.cri import PodSandboxConfig, PodSandboxState
+from turbok.runtime.cri import PodSandboxConfig, PodSandboxState, PodSandboxStatus
 from turbok.runtime.errors import RuntimeError_
 
 
@@ -414,3 +414,22 @@ async def test_a_sandboxs_pod_gets_its_agent_on_demand_unless_eager(node: NodeHa
     node.create(pod("plain"))  # not a Sandbox's: no agent at all
     await node.wait_ready("plain")
     assert node.runtime.sandboxes[_rid(node, "plain")].config.agent_container == ""
+
+
+async def test_a_bug_on_the_way_out_of_a_boot_does_not_hold_up_the_nodes_stop(harness: NodeHarness) -> None:
+    # A boot that fails with another exception as it is cancelled (the start queue did, with ValueError): the
+    # worker logs it and still ends, so the node stops; before, it swallowed the cancellation and retried.
+    await harness.start()
+    booting = asyncio.Event()
+
+    async def broken(config: PodSandboxConfig) -> PodSandboxStatus:
+        booting.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise ValueError("a bug on the way out") from None
+
+    harness.runtime.run_pod_sandbox = broken  # type: ignore[method-assign]
+    harness.create(pod("stuck"))
+    await asyncio.wait_for(booting.wait(), 5)
+    await asyncio.wait_for(harness.stop(), 5)

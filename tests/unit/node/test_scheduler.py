@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from tests.unit.node.conftest import NodeHarness, condition, pod
@@ -93,3 +94,36 @@ async def test_a_pod_waiting_for_its_claim_is_bound_once_the_claim_is(node: Node
     node.registry.update(pvc_kind, claim, namespace="default", subresource="status")
     got = await node.wait_pod("withpvc", lambda p: p["spec"].get("nodeName") == "node1")
     assert condition(got, "PodScheduled") == "True"
+
+
+async def test_a_pod_made_on_this_node_that_does_not_fit_is_rejected_as_the_kubelet_rejects_it(
+        node: NodeHarness) -> None:
+    node.create(_big("first"))
+    await node.wait_ready("first")
+    # made with spec.nodeName set: no scheduler looked at it, so the node's admission does
+    direct = pod("direct", containers=[{"name": "main", "image": "python-runtime-sandbox",
+                                         "resources": {"requests": {"cpu": "3"}}}])
+    node.create(copy.deepcopy(direct))
+    got = await node.wait_phase("direct", "Failed")
+    assert got["status"]["reason"] == "OutOfcpu"
+    assert got["status"]["message"] == ("Pod was rejected: Node didn't have enough resource: cpu, requested: 3000, "
+                                        "used: 3000, capacity: 4000")
+    await node.settle()
+    [event] = node.events("direct", "OutOfcpu")
+    assert event["type"] == "Warning"
+    assert not any(c[0] == "run_pod_sandbox" and "direct" in " ".join(c) for c in node.runtime.calls), "never booted"
+    # one that fits beside the first runs; one whose node selector the Node does not match is rejected
+    node.create(pod("fits", containers=[{"name": "main", "image": "python-runtime-sandbox",
+                                         "resources": {"requests": {"cpu": "500m"}}}]))
+    await node.wait_ready("fits")
+    node.create(pod("picky", nodeSelector={"disk": "ssd"}))
+    got = await node.wait_phase("picky", "Failed")
+    assert (got["status"]["reason"], got["status"]["message"]) == ("NodeAffinity",
+                                                                    "Pod was rejected: Predicate NodeAffinity failed")
+    # a rejected Pod holds nothing: once the first is gone, the same Pod made again runs
+    node.delete("first")
+    node.delete("direct")
+    await node.wait_gone("first")
+    await node.wait_gone("direct")
+    node.create(direct)
+    await node.wait_ready("direct")
