@@ -32,7 +32,8 @@ Usage (root, runsc, nft, base image built; ``scripts/setup.sh`` raises the host 
 
 The default stops at 1,000: the pod network is one Linux bridge, which takes 1,023 ports (the kernel's
 BR_MAX_PORTS), so one machine holds at most 1,023 networked Pods today (``turbok.node.hostroom``); 1,800
-needs the pod network to shard its bridge or route veths without one (bench/RESULTS.md).
+needs the pod network to shard its bridge or route veths without one, and more memory than this 24 GiB
+machine has: a raw networked sandbox takes about 16 MiB of host memory by itself (bench/RESULTS.md, "Scale").
 """
 
 from __future__ import annotations
