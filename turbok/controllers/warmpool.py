@@ -186,9 +186,9 @@ class WarmPoolReconciler(Reconciler):
         result = DONE
         if template is not None:
             missing = max(desired - len(active) - terminating, 0)
-            if self.max_starting is not None:
-                missing = min(missing, max(self.max_starting - sum(1 for _, mb in active if not mb.ready), 0))
             stock = sum(1 for _, member in active if member.ready)
+            if self.max_starting is not None:
+                missing = min(missing, max(self.max_starting - (len(active) - stock), 0))
             if missing and (wait := self._burst_wait((namespace, name), stock)) > 0:
                 missing, result = 0, requeue(wait)
             for _ in range(missing):
