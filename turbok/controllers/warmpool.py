@@ -188,7 +188,12 @@ class WarmPoolReconciler(Reconciler):
             missing = max(desired - len(active) - terminating, 0)
             stock = sum(1 for _, member in active if member.ready)
             if self.max_starting is not None:
-                missing = min(missing, max(self.max_starting - (len(active) - stock), 0))
+                bound = self.max_starting
+                if (quiet_in := self._burst_left((namespace, name))) > 0:
+                    # While claims keep taking sandboxes, one starts at a time (the claims need the other cores)
+                    # and the pool looks again when they pause.
+                    bound, result = 1, requeue(quiet_in)
+                missing = min(missing, max(bound - (len(active) - stock), 0))
             if missing and (wait := self._burst_wait((namespace, name), stock)) > 0:
                 missing, result = 0, requeue(wait)
             for _ in range(missing):
@@ -215,17 +220,26 @@ class WarmPoolReconciler(Reconciler):
             await self.client.update_status(self.kind, fresh)
         return result
 
+    def _burst_left(self, pool: Key) -> float:
+        """Seconds until claims adopting from ``pool`` count as paused (``burst_quiet`` after the last; 0: no
+        burst, and one that has ended is forgotten)."""
+        if pool not in self._adopted:
+            return 0.0
+        left = self._adopted[pool][1] + self.burst_quiet - time.monotonic()
+        if left <= 0:
+            del self._adopted[pool]
+        return max(left, 0.0)
+
     def _burst_wait(self, pool: Key, stock: int) -> float:
         """Seconds the pool's refill waits for the claims adopting from it to pause (0: refill now), given its
         ``stock`` of Ready sandboxes."""
-        if not self.burst_quiet or pool not in self._adopted:
+        if not self.burst_quiet or not self._burst_left(pool):
             return 0.0
         first, last, count = self._adopted[pool]
         now = time.monotonic()
         wait = min(last + self.burst_quiet - now, first + self.burst_max_wait - now)
         if wait <= 0:
-            del self._adopted[pool]
-            return 0.0
+            return 0.0  # the burst goes on past the longest wait: refill while it lasts (one at a time)
         # While claims keep coming the wait goes on to the burst's end: the stock must last until then.
         rate = count / max(now - first, self.burst_quiet)
         return wait if stock > rate * (first + self.burst_max_wait - now) else 0.0

@@ -70,9 +70,11 @@ log = logging.getLogger(__name__)
 
 #: Pods that mirror something this node does not run (the router's, say): never run, never touched.
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
-#: Sandboxes whose state is read per trip of the relist before other work gets the event loop (a read is
-#: about 0.2 ms of CPU under gVisor: 20 keep a trip under 5 ms, off the tail latency of API requests).
-RELIST_BATCH = 20
+#: Sandboxes whose state is read per trip of the relist before other work gets the event loop. A read is
+#: about 0.2 ms of CPU on a quiet machine, but each of its file reads is a chance for the kernel to run a
+#: booting sandbox instead: with both cores busy refilling a pool, trips of 20 held the loop 80-350 ms
+#: (sampled with the loop's stack). Trips of 4 keep that off the tail latency of API requests.
+RELIST_BATCH = 4
 #: CPU seconds of one look at a pod sandbox's status under gVisor (measured: 0.2-0.5 ms), and the share of a core
 #: the sweeps of an evented relist may take.
 LOOK_SECONDS = 0.0005

@@ -50,7 +50,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from turbok.runtime import orphans
+from turbok.runtime import orphans, spawn
 from turbok.runtime.cgroups import Cgroup
 from turbok.runtime.cri import (
     Capabilities,
@@ -242,17 +242,10 @@ class GvisorPodRuntime(LocalPodRuntime):
         return [self.runsc, f"--root={self.state_dir}", *self._global_flags, *args]
 
     async def _runsc(self, *args: str, timeout: float = 60.0) -> tuple[int, bytes]:
-        proc = await asyncio.create_subprocess_exec(
-            *self._cmd(*args), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, start_new_session=True)
         try:
-            out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+            return await spawn.run(self._cmd(*args), timeout=timeout)
         except TimeoutError:
-            proc.kill()
-            await proc.wait()
             raise RuntimeError_(f"runsc {' '.join(args)} did not finish in {timeout:.0f} s") from None
-        assert proc.returncode is not None
-        return proc.returncode, out
 
     def _state_file(self, sandbox: str, container: str) -> Path:
         return self.state_dir / f"{container}_sandbox:{sandbox}.state"
@@ -301,13 +294,11 @@ class GvisorPodRuntime(LocalPodRuntime):
         else:
             err_at = os.stat(err_path).st_size if err_path.exists() else 0
         try:
-            proc = await asyncio.create_subprocess_exec(*argv, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2],
-                                                        start_new_session=True)
+            proc = await spawn.start(argv, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2])
         finally:
             for fd in own:
                 os.close(fd)
-        await proc.wait()
-        if proc.returncode != 0:
+        if await spawn.wait(proc) != 0:
             raw = b""
             with contextlib.suppress(OSError), open(err_path, "rb") as f:
                 f.seek(err_at)

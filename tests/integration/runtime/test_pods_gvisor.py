@@ -364,6 +364,7 @@ async def test_status_costs_no_subprocess(rt: GvisorPodRuntime, monkeypatch: pyt
         raise AssertionError("a subprocess for a status")
 
     monkeypatch.setattr(asyncio, "create_subprocess_exec", no_subprocess)
+    monkeypatch.setattr(subprocess, "Popen", no_subprocess)
     t = time.perf_counter()
     for _ in range(100):
         st = await rt.pod_sandbox_status(cfg.id)

@@ -134,8 +134,14 @@ async def test_the_runtime_weighs_and_bounds_the_parent_cgroup_of_all_pods(
     monkeypatch.setenv("TURBOK_SANDBOXES_MEMORY", "3Gi")
     try:
         GvisorPodRuntime(tmp_path / "pods", images, cgroup_parent=f"/{parent}")
-        assert (root / "cpu" / parent / "cpu.shares").read_text().strip() == "256"
         assert int((root / "memory" / parent / "memory.limit_in_bytes").read_text()) == 3 << 30
+        idle = root / "cpu" / parent / "cpu.idle"
+        if idle.exists():  # kernels from 5.15: sandboxes run only when the host does not want the CPU
+            assert idle.read_text().strip() == "1"
+            monkeypatch.setenv("TURBOK_SANDBOXES_CPU_IDLE", "0")  # a weight only
+            GvisorPodRuntime(tmp_path / "pods", images, cgroup_parent=f"/{parent}")
+            assert idle.read_text().strip() == "0"
+        assert (root / "cpu" / parent / "cpu.shares").read_text().strip() == "256"
     finally:
         for controller in ("cpu", "memory"):
             if (root / controller / parent).is_dir():

@@ -173,5 +173,21 @@ async def test_a_pool_that_a_burst_would_empty_refills_at_once(cluster: Cluster)
     await cluster.wait(lambda: len(_pool_sandboxes(cluster)) == 3, timeout=1.0, what="an immediate refill")
 
 
+async def test_while_a_burst_goes_on_past_the_longest_wait_the_pool_refills_one_at_a_time(cluster: Cluster) -> None:
+    cluster.create(template())
+    cluster.create(pool(replicas=8))
+    await cluster.wait(lambda: len([s for s in _pool_sandboxes(cluster) if _ready(s)]) == 8, what="a full pool")
+    pools = cluster.suite.pools
+    pools.max_starting = 4
+    pools.burst_quiet, pools.burst_max_wait = 1.0, 0.4
+    cluster.node.hold = _Everyone()  # refills stay starting: what is counted is how many start at once
+    for i in range(6):  # claims every 0.2 s, 1.2 s in all: past the longest wait, never a pause
+        cluster.create(claim(f"c{i}"))
+        await asyncio.sleep(0.2)
+    starting = [s for s in _pool_sandboxes(cluster) if not _ready(s)]
+    assert len(starting) == 1, "past the longest wait the refill goes on, one sandbox starting at a time"
+    await cluster.wait(lambda: len(_pool_sandboxes(cluster)) == 2 + 4, what="max_starting once the burst ended")
+
+
 def _ready(sb: dict) -> bool:
     return any(c["type"] == "Ready" and c["status"] == "True" for c in (sb.get("status") or {}).get("conditions") or [])

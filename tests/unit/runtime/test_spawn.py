@@ -1,0 +1,80 @@
+"""turbok.runtime.spawn: host commands forked off the event loop and awaited through a pidfd."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from turbok.runtime import spawn
+
+
+async def test_run_returns_the_status_and_both_streams() -> None:
+    code, out = await spawn.run(["sh", "-c", "echo out; echo err >&2; exit 3"], timeout=10)
+    assert code == 3
+    assert sorted(out.split()) == [b"err", b"out"]
+
+
+async def test_a_command_past_its_timeout_is_killed_and_reaped() -> None:
+    t = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await spawn.run(["sleep", "30"], timeout=0.3)
+    assert time.monotonic() - t < 5
+    assert not zombie_children()
+
+
+def zombie_children() -> list[int]:
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                fields = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] == "Z" and int(fields[1]) == os.getpid():
+                found.append(int(entry.name))
+    return found
+
+
+async def test_the_loop_keeps_running_while_a_child_runs() -> None:
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    proc = await spawn.start(["sleep", "0.5"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    assert await spawn.wait(proc) == 0
+    ticker.cancel()
+    assert ticks >= 20
+    assert threading.active_count() < 10  # no waiting thread per child
+
+
+async def test_a_cancelled_wait_leaves_the_child_to_be_reaped_when_it_ends(tmp_path: Path) -> None:
+    marker = tmp_path / "done"
+    proc = await spawn.start(["sh", "-c", f"sleep 0.3; touch {marker}"], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    waiting = asyncio.create_task(spawn.wait(proc))
+    await asyncio.sleep(0.05)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    deadline = time.monotonic() + 5
+    while proc.returncode is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert proc.returncode == 0 and marker.exists()
+    assert not zombie_children()
+
+
+async def test_an_unknown_command_raises_at_start() -> None:
+    with pytest.raises(FileNotFoundError):
+        await spawn.run(["/nonexistent/turbok-test-command"], timeout=5)
