@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import os
 import subprocess
+import threading
 from collections.abc import Sequence
 
 __all__ = ["run", "start", "wait"]
@@ -44,8 +45,8 @@ async def start(argv: Sequence[str], *, stdin: int, stdout: int, stderr: int,
 
 
 async def wait(proc: subprocess.Popen[bytes]) -> int:
-    """``proc``'s exit status once it has ended (reaped here). Cancelled, the process goes on and a worker
-    thread reaps it when it ends."""
+    """``proc``'s exit status once it has ended (reaped here). Cancelled, the process goes on and is reaped
+    when it ends."""
     try:
         await _ended(proc)
     except asyncio.CancelledError:
@@ -55,7 +56,21 @@ async def wait(proc: subprocess.Popen[bytes]) -> int:
 
 
 def _reap_later(proc: subprocess.Popen[bytes]) -> None:
-    asyncio.get_running_loop().run_in_executor(None, proc.wait)
+    """Reap ``proc`` when it ends, without anyone waiting for it (a cancelled ``runsc wait`` may go on for hours:
+    no thread of a pool may be held for it)."""
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except OSError:
+        threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
+        return
+    loop = asyncio.get_running_loop()
+
+    def ended() -> None:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        proc.poll()
+
+    loop.add_reader(pidfd, ended)
 
 
 async def _ended(proc: subprocess.Popen[bytes]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import subprocess
 import threading
@@ -78,3 +79,25 @@ async def test_a_cancelled_wait_leaves_the_child_to_be_reaped_when_it_ends(tmp_p
 async def test_an_unknown_command_raises_at_start() -> None:
     with pytest.raises(FileNotFoundError):
         await spawn.run(["/nonexistent/turbok-test-command"], timeout=5)
+
+
+async def test_a_cancelled_wait_holds_no_thread_of_the_pool() -> None:
+    """A cancelled ``runsc wait`` may go on for hours: its reaping must not take a thread the loop's work needs."""
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=1))
+    procs = [await spawn.start(["sleep", "30"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL) for _ in range(2)]
+    for proc in procs:
+        waiting = asyncio.create_task(spawn.wait(proc))
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+    assert await asyncio.wait_for(asyncio.to_thread(int, "7"), 2) == 7
+    for proc in procs:
+        proc.kill()
+    deadline = time.monotonic() + 5
+    while any(p.returncode is None for p in procs) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert [p.returncode for p in procs] == [-9, -9]
+    assert not zombie_children()
