@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -21,25 +22,44 @@ async def test_run_returns_the_status_and_both_streams() -> None:
     assert sorted(out.split()) == [b"err", b"out"]
 
 
-async def test_a_command_past_its_timeout_is_killed_and_reaped() -> None:
+async def test_a_command_past_its_timeout_is_killed_and_reaped(tmp_path: Path) -> None:
+    sleeper = own_sleep(tmp_path)
     t = time.monotonic()
     with pytest.raises(TimeoutError):
-        await spawn.run(["sleep", "30"], timeout=0.3)
+        await spawn.run([sleeper, "30"], timeout=0.3)
     assert time.monotonic() - t < 5
-    assert not zombie_children()
+    assert not zombie_children(sleeper)
+    assert not running(sleeper)
 
 
-def zombie_children() -> list[int]:
+def own_sleep(tmp_path: Path) -> str:
+    """A ``sleep`` under a name of this test's own: its processes are told apart from other tests' children."""
+    link = tmp_path / "tkspawntest"
+    link.symlink_to(shutil.which("sleep") or "/bin/sleep")
+    return str(link)
+
+
+def _children(name: str) -> list[tuple[int, str]]:
+    """(pid, state) of this process's children whose command is ``name``."""
     found = []
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
-                fields = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()
+                stat = Path(f"/proc/{entry.name}/stat").read_text()
             except OSError:
                 continue
-            if fields[0] == "Z" and int(fields[1]) == os.getpid():
-                found.append(int(entry.name))
+            comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 1:].split()
+            if comm == Path(name).name[:15] and int(rest[1]) == os.getpid():
+                found.append((int(entry.name), rest[0]))
     return found
+
+
+def zombie_children(name: str) -> list[int]:
+    return [pid for pid, state in _children(name) if state == "Z"]
+
+
+def running(name: str) -> list[int]:
+    return [pid for pid, state in _children(name) if state != "Z"]
 
 
 async def test_the_loop_keeps_running_while_a_child_runs() -> None:
@@ -51,19 +71,21 @@ async def test_the_loop_keeps_running_while_a_child_runs() -> None:
             await asyncio.sleep(0.01)
             ticks += 1
 
+    await asyncio.to_thread(int)  # the pool's first thread, made before counting
+    threads = threading.active_count()
     ticker = asyncio.create_task(tick())
-    proc = await spawn.start(["sleep", "0.5"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-    assert await spawn.wait(proc) == 0
+    procs = [await spawn.start(["sleep", "0.5"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL) for _ in range(5)]
+    assert await asyncio.gather(*(spawn.wait(p) for p in procs)) == [0] * 5
     ticker.cancel()
     assert ticks >= 20
-    assert threading.active_count() < 10  # no waiting thread per child
+    assert threading.active_count() <= threads + 1  # no waiting thread per child
 
 
 async def test_a_cancelled_wait_leaves_the_child_to_be_reaped_when_it_ends(tmp_path: Path) -> None:
-    marker = tmp_path / "done"
-    proc = await spawn.start(["sh", "-c", f"sleep 0.3; touch {marker}"], stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sleeper = own_sleep(tmp_path)
+    proc = await spawn.start([sleeper, "0.3"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
     waiting = asyncio.create_task(spawn.wait(proc))
     await asyncio.sleep(0.05)
     waiting.cancel()
@@ -72,8 +94,8 @@ async def test_a_cancelled_wait_leaves_the_child_to_be_reaped_when_it_ends(tmp_p
     deadline = time.monotonic() + 5
     while proc.returncode is None and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-    assert proc.returncode == 0 and marker.exists()
-    assert not zombie_children()
+    assert proc.returncode == 0
+    assert not zombie_children(sleeper)
 
 
 async def test_an_unknown_command_raises_at_start() -> None:
@@ -81,11 +103,12 @@ async def test_an_unknown_command_raises_at_start() -> None:
         await spawn.run(["/nonexistent/turbok-test-command"], timeout=5)
 
 
-async def test_a_cancelled_wait_holds_no_thread_of_the_pool() -> None:
+async def test_a_cancelled_wait_holds_no_thread_of_the_pool(tmp_path: Path) -> None:
     """A cancelled ``runsc wait`` may go on for hours: its reaping must not take a thread the loop's work needs."""
     loop = asyncio.get_running_loop()
     loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=1))
-    procs = [await spawn.start(["sleep", "30"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+    sleeper = own_sleep(tmp_path)
+    procs = [await spawn.start([sleeper, "30"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL) for _ in range(2)]
     for proc in procs:
         waiting = asyncio.create_task(spawn.wait(proc))
@@ -94,10 +117,11 @@ async def test_a_cancelled_wait_holds_no_thread_of_the_pool() -> None:
         with pytest.raises(asyncio.CancelledError):
             await waiting
     assert await asyncio.wait_for(asyncio.to_thread(int, "7"), 2) == 7
+    assert sorted(running(sleeper)) == sorted(p.pid for p in procs)  # the name finds them: the checks below count
     for proc in procs:
         proc.kill()
     deadline = time.monotonic() + 5
     while any(p.returncode is None for p in procs) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert [p.returncode for p in procs] == [-9, -9]
-    assert not zombie_children()
+    assert not zombie_children(sleeper)
