@@ -187,14 +187,15 @@ class WarmPoolReconciler(Reconciler):
         if template is not None:
             missing = max(desired - len(active) - terminating, 0)
             stock = sum(1 for _, member in active if member.ready)
+            quiet_in = self._burst_left((namespace, name))
             if self.max_starting is not None:
                 bound = self.max_starting
-                if (quiet_in := self._burst_left((namespace, name))) > 0:
+                if quiet_in > 0:
                     # While claims keep taking sandboxes, one starts at a time (the claims need the other cores)
                     # and the pool looks again when they pause.
                     bound, result = 1, requeue(quiet_in)
                 missing = min(missing, max(bound - (len(active) - stock), 0))
-            if missing and (wait := self._burst_wait((namespace, name), stock)) > 0:
+            if missing and (wait := self._burst_wait((namespace, name), stock, quiet_in)) > 0:
                 missing, result = 0, requeue(wait)
             for _ in range(missing):
                 await self.client.create(self.sandbox_kind, self._new_sandbox(pool, template, pod_hash, bp_hash))
@@ -230,10 +231,10 @@ class WarmPoolReconciler(Reconciler):
             del self._adopted[pool]
         return max(left, 0.0)
 
-    def _burst_wait(self, pool: Key, stock: int) -> float:
+    def _burst_wait(self, pool: Key, stock: int, quiet_in: float) -> float:
         """Seconds the pool's refill waits for the claims adopting from it to pause (0: refill now), given its
-        ``stock`` of Ready sandboxes."""
-        if not self.burst_quiet or not self._burst_left(pool):
+        ``stock`` of Ready sandboxes and ``quiet_in``, what ``_burst_left`` said."""
+        if not self.burst_quiet or not quiet_in:
             return 0.0
         first, last, count = self._adopted[pool]
         now = time.monotonic()

@@ -24,7 +24,6 @@ import logging
 import os
 import secrets
 import ssl
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,6 @@ from turbok.home import Home
 from turbok.runtime.cri import PodRuntime
 from turbok.store.registry import ObjectRegistry
 from turbok.store.sqlite import SqliteStore
-from turbok.store.workers import SWITCH_INTERVAL
 
 __all__ = ["ControlPlane", "Endpoints"]
 
@@ -172,10 +170,6 @@ class ControlPlane:
         # short: about 9 ms each under load, where 50,000 gave single pauses of 50-90 ms.
         gc.freeze()
         gc.set_threshold(10_000, 10, 100)
-        # The node's threads (boot preparation, log pumps, teardown) hold the GIL while they compute; the
-        # loop, wanting it back after each system call it makes (every store commit), would wait up to
-        # Python's 5 ms switch interval each time.
-        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         watch = LoopWatch(self.metrics)
         watch.start()
         self._stoppers.append(watch.stop)

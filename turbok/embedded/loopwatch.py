@@ -47,15 +47,13 @@ class LoopWatch:
         self._due = 0.0  # when the loop's next tick is due
         self._where: tuple[float, str] | None = None  # (the tick it was late for, the loop's stack then)
         self._stopping = threading.Event()
-        self._sampler: threading.Thread | None = None
 
     def start(self) -> None:
         gc.callbacks.append(self._on_gc)
         self._due = time.perf_counter() + self.interval
         self._task = asyncio.get_running_loop().create_task(self._run(), name="loop-watch")
-        self._sampler = threading.Thread(target=self._sample, args=(threading.get_ident(),), daemon=True,
-                                         name="loop-watch-stack")
-        self._sampler.start()
+        threading.Thread(target=self._sample, args=(threading.get_ident(),), daemon=True,
+                         name="loop-watch-stack").start()
 
     async def stop(self) -> None:
         with contextlib.suppress(ValueError):

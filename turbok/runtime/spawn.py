@@ -55,41 +55,45 @@ async def wait(proc: subprocess.Popen[bytes]) -> int:
     return proc.wait()  # it has ended: this reaps it at once
 
 
+#: Reapers of processes nobody waits for any more (kept referenced until they are done).
+_reaping: set[asyncio.Task[None]] = set()
+
+
 def _reap_later(proc: subprocess.Popen[bytes]) -> None:
     """Reap ``proc`` when it ends, without anyone waiting for it (a cancelled ``runsc wait`` may go on for hours:
     no thread of a pool may be held for it)."""
-    try:
-        pidfd = os.pidfd_open(proc.pid)
-    except OSError:
-        threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
-        return
-    loop = asyncio.get_running_loop()
+    task = asyncio.get_running_loop().create_task(_ended(proc))
+    _reaping.add(task)
 
-    def ended() -> None:
-        loop.remove_reader(pidfd)
-        os.close(pidfd)
+    def reaped(task: asyncio.Task[None]) -> None:
+        _reaping.discard(task)
         proc.poll()
 
-    loop.add_reader(pidfd, ended)
+    task.add_done_callback(reaped)
 
 
 async def _ended(proc: subprocess.Popen[bytes]) -> None:
-    """Return once ``proc`` has ended, without reaping it."""
+    """Return once ``proc`` has ended, without reaping it (through a pidfd: no thread waits)."""
     if proc.returncode is not None:
-        return
-    try:
-        pidfd = os.pidfd_open(proc.pid)
-    except OSError:  # a kernel without pidfds (before 5.3)
-        await asyncio.to_thread(proc.wait)
         return
     loop = asyncio.get_running_loop()
     ended: asyncio.Future[None] = loop.create_future()
 
-    def readable() -> None:
+    def done() -> None:
         if not ended.done():
             ended.set_result(None)
 
-    loop.add_reader(pidfd, readable)
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except OSError:  # a kernel without pidfds (before 5.3): a thread of its own waits, never one of a pool
+        def waiting() -> None:
+            proc.wait()
+            loop.call_soon_threadsafe(done)
+
+        threading.Thread(target=waiting, name=f"wait-{proc.pid}", daemon=True).start()
+        await ended
+        return
+    loop.add_reader(pidfd, done)
     try:
         await ended
     finally:
@@ -104,16 +108,12 @@ async def run(argv: Sequence[str], *, timeout: float) -> tuple[int, bytes]:
     try:
         proc = await start(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
         try:
-            await asyncio.wait_for(_ended(proc), timeout)
+            code = await asyncio.wait_for(wait(proc), timeout)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await wait(proc)
             raise
-        except asyncio.CancelledError:
-            _reap_later(proc)
-            raise
-        code = proc.wait()
         os.lseek(out, 0, os.SEEK_SET)
         with os.fdopen(os.dup(out), "rb") as f:
             return code, f.read()
