@@ -31,7 +31,7 @@ import heapq
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -66,6 +66,7 @@ class Pipeline:
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self.unhashed: set[PartKey] = set()  # staged parts not yet committed in memory
+        self.draining: Counter[PartKey] = Counter()  # drains submitted and not yet ended
 
     def start(self) -> None:
         self._worker = threading.Thread(target=self._backup_loop, name="checkpoint-backup", daemon=True)
@@ -115,6 +116,16 @@ class Pipeline:
             while any(k.job == job for k in self.unhashed) and time.monotonic() < deadline:
                 self.ctx.cond.wait(0.1)
 
+    def quiesce(self, key: PartKey, timeout: float) -> None:
+        """Wait until no drain of ``key`` is queued or running: one still writing would put back a copy just deleted."""
+        deadline = time.monotonic() + timeout
+        with self.ctx.cond:
+            while self.draining[key] > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise CheckpointError(f"{key} is still being drained after {timeout:.0f}s; try again")
+                self.ctx.cond.wait(min(left, 0.5))
+
     def _known(self, key: PartKey) -> bool:
         with self.ctx.cond:
             if key in self.progress or key in self.unhashed:
@@ -156,6 +167,7 @@ class Pipeline:
                 self.unhashed.add(key)
             for tier in redo:  # a part drained again (healed, overwritten) reports afresh
                 self.progress.get(key, {}).pop(tier, None)
+            self.draining[key] += 1
         self.drains.submit(self._drain, manifest, pin, hashed, replicate, backup)
 
     def _drain(self, manifest: Manifest, pin: Pin, hashed: bool, replicate: bool, backup: bool) -> None:
@@ -210,9 +222,14 @@ class Pipeline:
             pin.release()
             with c.cond:
                 self.unhashed.discard(key)
+                self.draining[key] -= 1
+                if self.draining[key] <= 0:
+                    del self.draining[key]
+                c.cond.notify_all()
             c.metrics.memory_used.set(c.memory.used())
 
     def _write_disk(self, key: PartKey, view: memoryview) -> None:
+        self.ctx.fault("disk.before_write", key)
         self.ctx.disk_room(key, view.nbytes)
         for attempt in range(_DISK_ATTEMPTS):
             t0 = time.perf_counter()

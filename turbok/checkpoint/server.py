@@ -333,6 +333,7 @@ class Server:
 
     def _op_delete(self, sock: socket.socket, h: dict[str, Any], conn: int) -> None:
         key = self._key(h)
+        self.pipeline.quiesce(key, self.ctx.settings.staging_timeout_s)
         self.ctx.memory.delete(key)
         self.ctx.disk.delete(key)
         send_frame(sock, {"ok": True})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -10,7 +11,8 @@ import torch
 
 from turbok.checkpoint import CheckpointManager
 from turbok.checkpoint.agent import Agent
-from turbok.checkpoint.testing import check_tier
+from turbok.checkpoint.manifest import PartKey
+from turbok.checkpoint.testing import check_tier, make_part
 from turbok.checkpoint.tiers.peer import PeerTier
 
 
@@ -69,6 +71,25 @@ def test_one_gib_of_torch_tensors_round_trips_bitwise(agents: Callable[..., Agen
 def test_peer_tier_conforms_to_the_tier_contract(agents: Callable[..., Agent]) -> None:
     agent = agents("peer")
     check_tier(lambda: PeerTier(agent.address))
+
+
+@pytest.mark.parametrize("stage", ["disk.before_write", "disk.before_commit"])
+def test_a_peer_delete_while_the_replica_drains_to_disk_leaves_nothing(agents: Callable[..., Agent], stage: str) -> None:
+    # The drain to disk runs after the commit is answered: a delete that did not wait for it would see
+    # the disk copy come back (the peer tier's conformance check caught this as a race).
+    agent = agents("slow-disk", fault_delays={stage: 1.0})
+    tier = PeerTier(agent.address)
+    try:
+        key = PartKey("drain-race", 1, 0)
+        manifest, data = make_part(key)
+        tier.put(key, data)
+        tier.commit(manifest)
+        tier.delete(key)
+        assert tier.list("drain-race") == []
+        time.sleep(1.5)
+        assert tier.list("drain-race") == [] and agent.ctx.disk.list("drain-race") == []
+    finally:
+        tier.close()
 
 
 def test_restore_right_after_save_sees_the_step_and_all_ranks_agree(agents: Callable[..., Agent]) -> None:

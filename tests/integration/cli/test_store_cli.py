@@ -132,11 +132,18 @@ def test_repair_refuses_while_a_control_plane_holds_the_home(
         make_control_plane: Callable[..., ControlPlaneProcess]) -> None:
     cp = make_control_plane()
     assert cp.proc is not None
-    before = rows(cp.home / "store.db")
-    repair = turbok("store", "repair", home=cp.home)
+    # Frozen, the control plane still holds the home but writes nothing (it goes on publishing its startup
+    # objects after it answers), so any change to the rows is the refused repair's.
+    cp.proc.send_signal(signal.SIGSTOP)
+    try:
+        before = rows(cp.home / "store.db")
+        repair = turbok("store", "repair", home=cp.home)
+        after = rows(cp.home / "store.db")
+    finally:
+        cp.proc.send_signal(signal.SIGCONT)
     assert repair.returncode == 1
     lines = [line for line in repair.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and f"pid {cp.proc.pid}" in lines[0] and "turbok down" in lines[0], repair.stderr
-    assert rows(cp.home / "store.db") == before
+    assert after == before
     assert not list(cp.home.glob("store.db.damaged-*"))
     cp.stop(signal.SIGTERM)
