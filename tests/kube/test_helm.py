@@ -110,7 +110,16 @@ def test_install_upgrade_and_uninstall_leave_nothing_behind(kube: KubeCluster) -
 
     # A CRD goes once the apiextensions controller has removed its objects (its cleanup finalizer): after the
     # uninstall returns, not before; one at a time, and on a loaded 2-core machine over a minute for all.
-    kube.wait("the chart's CRDs gone", lambda: not ours & crds(), timeout=180)
+    try:
+        kube.wait("the chart's CRDs gone", lambda: not ours & crds(), timeout=180)
+    except AssertionError as e:
+        left = [crd for crd in c.get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions").json()["items"]
+                if crd["metadata"]["name"] in ours]
+        raise AssertionError(f"{e}: " + "; ".join(
+            f"{crd['metadata']['name']} (deleted {crd['metadata'].get('deletionTimestamp')}, finalizers "
+            f"{crd['metadata'].get('finalizers')}, conditions "
+            f"{[(x['type'], x['status'], x.get('reason'), x.get('message')) for x in crd['status'].get('conditions') or []]})"
+            for crd in left)) from None
     for path in ("/apis/rbac.authorization.k8s.io/v1/clusterroles", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
                  "/apis/node.k8s.io/v1/runtimeclasses", "/apis/networking.k8s.io/v1/networkpolicies",
                  "/apis/apps/v1/deployments", "/api/v1/serviceaccounts", "/api/v1/secrets"):
