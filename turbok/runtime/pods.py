@@ -200,6 +200,9 @@ class LocalPodRuntime(PodRuntime):
         if self.adopts_orphans:
             orphans.adopt()
         self._agent_starts: dict[str, asyncio.Future[bool]] = {}
+        #: Solo pods whose namespace was set up by ``run_pod_sandbox`` and has not seen a boot since: their
+        #: container's boot needs no second ``setup`` (only a boot takes the addresses away).
+        self._unbooted: set[str] = set()
         # All pods together weigh less than the control plane when CPU is short, and leave it memory.
         cgroups.weigh_parent(self.cgroup_parent)
         if not cgroups.bound_parent_memory(self.cgroup_parent, cgroups.sandboxes_memory_limit()):
@@ -396,6 +399,27 @@ class LocalPodRuntime(PodRuntime):
         att = await asyncio.to_thread(self.network.setup, pdir.id)
         return Path(att.netns), str(att.ip)
 
+    async def _prepare_pod(self, pdir: PodDir, config: PodSandboxConfig) -> tuple[Path | None, str]:
+        """The pod's disk and volumes, and beside them its network: (netns, ip). Both are a few
+        milliseconds of system calls on threads of their own, on every cold start's path."""
+        attaching = asyncio.ensure_future(self._attach_network(pdir, config))
+        try:
+            try:
+                await asyncio.to_thread(self._mount_disk, pdir, config)
+            except SandboxStartFailed:
+                if not await self._reap_strays(pdir):
+                    raise
+                await asyncio.to_thread(self._mount_disk, pdir, config)  # once more, now that they are gone
+            await asyncio.to_thread(self._prepare_volumes, pdir, config)
+        except OSError as e:
+            await asyncio.gather(attaching, return_exceptions=True)  # kept: remove_pod_sandbox detaches it
+            await asyncio.to_thread(self._release, pdir)
+            raise self._start_failed(pdir, e) from e
+        except BaseException:
+            await asyncio.gather(attaching, return_exceptions=True)
+            raise
+        return await attaching
+
     # ------------------------------------------------------------------ pod sandbox
 
     def _validate(self, config: PodSandboxConfig) -> None:
@@ -463,18 +487,8 @@ class LocalPodRuntime(PodRuntime):
             await asyncio.to_thread(self._drop_memory, pdir)
         if pod is not None and pod.get("config", {}).get("uid") != config.uid and not restore:
             await asyncio.to_thread(self._drop_logs, pdir)  # a new Pod: its own logs
-        try:
-            try:
-                await asyncio.to_thread(self._mount_disk, pdir, config)
-            except SandboxStartFailed:
-                if not await self._reap_strays(pdir):
-                    raise
-                await asyncio.to_thread(self._mount_disk, pdir, config)  # once more, now that they are gone
-            await asyncio.to_thread(self._prepare_volumes, pdir, config)
-        except OSError as e:
-            await asyncio.to_thread(self._release, pdir)
-            raise self._start_failed(pdir, e) from e
-        netns, ip = await self._attach_network(pdir, config)
+        self._unbooted.discard(config.id)
+        netns, ip = await self._prepare_pod(pdir, config)
         record = {
             "config": canonical(config),
             "state": "booting",
@@ -500,6 +514,8 @@ class LocalPodRuntime(PodRuntime):
         record["state"] = "ready"
         record.pop("snapshotting", None)
         _write_json(pdir.pod_file, record)
+        if netns is not None and config.single_container and not restore:
+            self._unbooted.add(config.id)
         ROTATOR.watch(pdir.pause_boot_log)
         return await self._status(pdir)
 
@@ -840,8 +856,12 @@ class LocalPodRuntime(PodRuntime):
                 raise self._start_failed(pdir, e) from e
             console = pdir.run / f"{container.name}.console" if container.tty else None
             netns = None
-            if config.single_container:
-                netns, ip = await self._attach_network(pdir, config)
+            if config.single_container and config.id in self._unbooted and pod.get("netns"):
+                self._unbooted.discard(config.id)  # the boot below takes the addresses this pod was given
+                netns = Path(pod["netns"])
+            elif config.single_container:
+                self._unbooted.discard(config.id)
+                netns, _ = await self._attach_network(pdir, config)
             else:
                 netns = Path(pod["netns"]) if pod.get("netns") else None
             try:

@@ -69,12 +69,17 @@ async def get(net: PodNetwork, ip: str, timeout: float = 20.0) -> bytes:
 
 
 async def test_a_single_container_pod_is_reachable_after_each_boot(rt: GvisorPodRuntime, net: PodNetwork) -> None:
+    setups: list[str] = []
+    setup = net.setup
+    net.setup = lambda id: (setups.append(id), setup(id))[1]  # type: ignore[method-assign]
     cfg = pod_config("web", single_container=True, network=True)
     st = await rt.run_pod_sandbox(cfg)
     assert st.ip and st.ip == net.attachment(cfg.id).ip  # type: ignore[union-attr]
     for attempt in range(2):  # a restart boots anew in the namespace: runsc took the address away
         await rt.start_container(cfg.id, ContainerConfig("web", IMAGE, command=["python3", "-c",
                                  SERVER % f"attempt-{attempt}"], attempt=attempt))
+        # The first boot uses the namespace run_pod_sandbox just set up; each later one sets it up again.
+        assert len(setups) == 1 + attempt
         assert await get(net, st.ip) == f"attempt-{attempt}".encode()
         await rt.stop_container(cfg.id, "web", 0)
     await rt.start_container(cfg.id, ContainerConfig("web", IMAGE, command=["python3", "-c", SERVER % "again"],
