@@ -3,15 +3,18 @@
     .venv/bin/python bench/checkpoint_jax.py [--mib 288] [--rounds 3] [--devices 4] [--dir DIR]
 
 The state: a pytree of float32 ``jax.Array``s (8 leaves, ``--mib`` in all) sharded over
-``--devices`` CPU devices (``XLA_FLAGS=--xla_force_host_platform_device_count``). The node
-agent runs in its own process (as in production); Orbax writes to ``--dir`` (default: a
+``--devices`` CPU devices (``XLA_FLAGS=--xla_force_host_platform_device_count``), filled with
+normally distributed values as trained weights are (``--data constant`` fills each leaf with one
+value: zstd then shrinks Orbax's writes to almost nothing, which no training state allows). The
+node agent runs in its own process (as in production); Orbax writes to ``--dir`` (default: a
 temporary directory on the same disk as the agent's disk tier).
 
-Figures, turbok vs Orbax (``ocp.CheckpointManager``, async, ``StandardSave``), alternating,
-medians of ``--rounds``:
+Figures, turbok vs Orbax (``ocp.CheckpointManager``, async), both ways Orbax writes: ``zstd``
+(``StandardSave``, its default: zstd level 1 in OCDBT) and ``raw`` (``PyTreeSave`` with
+``use_compression=False``); in turn, medians of ``--rounds``:
   stall     what ``save()`` takes before training may go on
-  durable   save until committed on local disk (Orbax: ``wait_until_finished``)
-  restore   into the same shardings (``StandardRestore`` of the abstract state), each restore in
+  durable   save until committed on local disk (Orbax: ``wait_until_finished``; it fsyncs its files)
+  restore   into the same shardings (Orbax: ``StandardRestore`` / ``PyTreeRestore``), each restore in
             a fresh child process: wall time; the child's peak RSS over its RSS before the restore (sampled every
             millisecond);
             RSS and anonymous RSS kept after it (RSS includes the memory tier's tmpfs pages turbok
@@ -31,13 +34,15 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--mib", type=int, default=288)
 ap.add_argument("--rounds", type=int, default=3)
 ap.add_argument("--devices", type=int, default=4)
 ap.add_argument("--dir", default="")
-ap.add_argument("--child", default="")  # internal: "turbok AGENT STEP" or "orbax DIR STEP"
+ap.add_argument("--data", choices=("random", "constant"), default="random")
+ap.add_argument("--child", default="")  # internal: "turbok AGENT STEP", "zstd DIR STEP" or "raw DIR STEP"
 args = ap.parse_args()
 os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -65,7 +70,26 @@ def layout(mib: int) -> tuple[tuple[int, int], NamedSharding]:
 
 def make_state(mib: int) -> dict[str, jax.Array]:
     shape, sharding = layout(mib)
-    return {f"layer{i}": jax.device_put(jnp.full(shape, float(i), dtype=jnp.float32) + i, sharding) for i in range(8)}
+    if args.data == "constant":
+        return {f"layer{i}": jax.device_put(jnp.full(shape, float(i), dtype=jnp.float32) + i, sharding) for i in range(8)}
+    rng = np.random.default_rng(0)
+    return {f"layer{i}": jax.device_put(rng.standard_normal(shape, dtype=np.float32), sharding) for i in range(8)}
+
+
+def orbax_manager(kind: str, where: str | Path, **options: Any) -> ocp.CheckpointManager:
+    """Orbax's manager writing ``kind`` ("zstd": its default handler; "raw": no compression)."""
+    handler = ocp.StandardCheckpointHandler() if kind == "zstd" else ocp.PyTreeCheckpointHandler(use_compression=False)
+    return ocp.CheckpointManager(where, item_handlers=handler, options=ocp.CheckpointManagerOptions(**options))
+
+
+def orbax_save_args(kind: str, state: Any) -> Any:
+    return ocp.args.StandardSave(state) if kind == "zstd" else ocp.args.PyTreeSave(state)
+
+
+def orbax_restore_args(kind: str, like: Any) -> Any:
+    if kind == "zstd":
+        return ocp.args.StandardRestore(like)
+    return ocp.args.PyTreeRestore(like, restore_args=ocp.checkpoint_utils.construct_restore_args(like))
 
 
 def rss() -> int:
@@ -91,7 +115,7 @@ def child(spec: str) -> None:
     # the runtime's one-time allocations and the managers come before the measurement
     jax.device_put(np.zeros(len(jax.devices()) * 1024, np.float32), NamedSharding(sharding.mesh, P("x"))).block_until_ready()
     tmgr = CheckpointManager("jaxbench", agent=where) if kind == "turbok" else None
-    omgr = ocp.CheckpointManager(where) if kind == "orbax" else None
+    omgr = orbax_manager(kind, where) if kind != "turbok" else None
     before, anon_before = rss(), anon()
     peak = [before]
     done = threading.Event()
@@ -108,7 +132,7 @@ def child(spec: str) -> None:
         _, got = tjax.restore(tmgr, like, int(step))
     else:
         assert omgr is not None
-        got = omgr.restore(int(step), args=ocp.args.StandardRestore(like))
+        got = omgr.restore(int(step), args=orbax_restore_args(kind, like))
     jax.block_until_ready(got)
     seconds = time.perf_counter() - t0
     done.set()
@@ -127,52 +151,65 @@ def run_child(spec: str) -> dict[str, float]:
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="turbok-bench-jax-", dir=args.dir or None))
     agent = AgentProc(work, "agent", memory_size=f"{max(1, 3 * args.mib // 1024 + 1)}Gi")
-    orbax_dir = work / "orbax"
     state = make_state(args.mib)
     jax.block_until_ready(state)
     nbytes = sum(a.nbytes for a in state.values())
-    print(f"state {nbytes / (1 << 20):.0f} MiB over {len(jax.devices())} CPU devices; load {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"state {nbytes / (1 << 20):.0f} MiB ({args.data}) over {len(jax.devices())} CPU devices; "
+          f"load {os.getloadavg()[0]:.1f}", flush=True)
     mgr = CheckpointManager("jaxbench", agent=agent.address)
-    omgr = ocp.CheckpointManager(orbax_dir, options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=True))
-    figures: dict[str, list[float]] = {k: [] for k in ("t_stall", "o_stall", "t_durable", "o_durable")}
+    kinds = ("zstd", "raw")
+    orbax = {k: orbax_manager(k, work / k, max_to_keep=2, enable_async_checkpointing=True) for k in kinds}
+    figures: dict[str, list[float]] = {f"{who}_{what}": [] for who in ("turbok", *kinds) for what in ("stall", "durable")}
     try:
-        for step in range(1, args.rounds + 2):  # the first round warms both (buffers, compilation)
+        for step in range(1, args.rounds + 2):  # the first round warms them all (buffers, compilation)
             t0 = time.perf_counter()
             future = tjax.save(mgr, step, state)
             stall = time.perf_counter() - t0
             future.result()
             durable = time.perf_counter() - t0
             if step > 1:
-                figures["t_stall"].append(stall)
-                figures["t_durable"].append(durable)
-            t0 = time.perf_counter()
-            omgr.save(step, args=ocp.args.StandardSave(state))
-            stall = time.perf_counter() - t0
-            omgr.wait_until_finished()
-            durable = time.perf_counter() - t0
-            if step > 1:
-                figures["o_stall"].append(stall)
-                figures["o_durable"].append(durable)
+                figures["turbok_stall"].append(stall)
+                figures["turbok_durable"].append(durable)
+            for kind, omgr in orbax.items():
+                t0 = time.perf_counter()
+                omgr.save(step, args=orbax_save_args(kind, state))
+                stall = time.perf_counter() - t0
+                omgr.wait_until_finished()
+                durable = time.perf_counter() - t0
+                if step > 1:
+                    figures[f"{kind}_stall"].append(stall)
+                    figures[f"{kind}_durable"].append(durable)
         last = args.rounds + 1
-        restores: dict[str, list[dict[str, float]]] = {"turbok": [], "orbax": []}
-        for _ in range(args.rounds):
-            restores["turbok"].append(run_child(f"turbok {agent.address} {last}"))
-            restores["orbax"].append(run_child(f"orbax {orbax_dir} {last}"))
+        restores: dict[str, list[dict[str, float]]] = {"turbok": [], **{k: [] for k in kinds}}
+        # Who goes first turns round by round: on this VM the first process to touch memory another one
+        # just freed can pay for the host backing it again (seconds per GiB now and then).
+        order = ["turbok", *kinds]
+        for r in range(args.rounds):
+            for who in order[r % len(order):] + order[: r % len(order)]:
+                where = agent.address if who == "turbok" else work / who
+                restores[who].append(run_child(f"{who} {where} {last}"))
         med = statistics.median
-        print(f"stall    turbok {med(figures['t_stall']):.4f} s | orbax {med(figures['o_stall']):.4f} s"
-              f" | ratio {med(figures['t_stall']) / med(figures['o_stall']):.2f} (target <= 1)")
-        print(f"durable  turbok {med(figures['t_durable']):.3f} s | orbax {med(figures['o_durable']):.3f} s"
-              f" | orbax/turbok {med(figures['o_durable']) / med(figures['t_durable']):.2f} (target >= 3)")
+        for kind in kinds:
+            t, o = med(figures["turbok_stall"]), med(figures[f"{kind}_stall"])
+            print(f"stall    turbok {t:.4f} s | orbax {kind} {o:.4f} s | ratio {t / o:.2f} (target <= 1)")
+        for kind in kinds:
+            t, o = med(figures["turbok_durable"]), med(figures[f"{kind}_durable"])
+            print(f"durable  turbok {t:.3f} s | orbax {kind} {o:.3f} s | orbax/turbok {o / t:.2f} (target >= 3)")
         for key, what in (("seconds", "restore s"), ("peak_growth", "restore peak RSS growth"), ("rss_growth", "restore RSS kept"),
                           ("anon_growth", "restore anon RSS kept")):
-            t = med([r[key] for r in restores["turbok"]])
-            o = med([r[key] for r in restores["orbax"]])
             scale, unit = (1.0, "s") if key == "seconds" else (1 / (1 << 20), "MiB")
-            print(f"{what:24s} turbok {t * scale:.3f} {unit} | orbax {o * scale:.3f} {unit}")
+            t = med([r[key] for r in restores["turbok"]])
+            row = " | ".join(f"orbax {k} {med([r[key] for r in restores[k]]) * scale:.3f} {unit}" for k in kinds)
+            ratio = " | orbax/turbok " + " ".join(
+                f"{med([r[key] for r in restores[k]]) / t:.2f}" for k in kinds) + " (target >= 2)" if key == "seconds" else ""
+            print(f"{what:24s} turbok {t * scale:.3f} {unit} | {row}{ratio}")
+        for who, runs in restores.items():
+            print(f"restore samples {who}: " + " ".join(f"{r['seconds']:.3f}" for r in runs))
         print(f"load at the end {os.getloadavg()[0]:.1f}", flush=True)
     finally:
         mgr.close()
-        omgr.close()
+        for omgr in orbax.values():
+            omgr.close()
         agent.stop()
         shutil.rmtree(work, ignore_errors=True)
 
