@@ -25,9 +25,9 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import blake3
 import numpy as np
@@ -35,13 +35,15 @@ import xxhash
 
 from turbok.checkpoint.manifest import Shard
 
-__all__ = ["ShardHasher", "copy_checked", "copy_threads", "parallel_copy"]
+__all__ = ["ShardHasher", "copy_checked", "copy_threads", "parallel_copy", "parallel_map"]
 
 # Below this, one thread is faster than waking others.
 _PARALLEL_MIN = 16 << 20
 _TASK = 64 << 20
 _CHECK_CHUNK = 1 << 20
 _pool: ThreadPoolExecutor | None = None
+T = TypeVar("T")
+R = TypeVar("R")
 _pool_lock = threading.Lock()
 
 
@@ -56,6 +58,11 @@ def _executor() -> ThreadPoolExecutor:
         if _pool is None:
             _pool = ThreadPoolExecutor(max_workers=copy_threads(), thread_name_prefix="checkpoint-copy")
         return _pool
+
+
+def parallel_map(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """``fn`` over ``items`` on the copy threads (hashing shards in place), in ``items`` order."""
+    return list(_executor().map(fn, items))
 
 
 def parallel_copy(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:

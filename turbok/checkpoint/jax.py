@@ -36,7 +36,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from turbok.checkpoint.copying import copy_checked
+from turbok.checkpoint.copying import parallel_map
 from turbok.checkpoint.errors import CheckpointError, IntegrityError, StepNotFoundError
 from turbok.checkpoint.manager import CheckpointManager, OpenPart
 from turbok.checkpoint.manifest import Shard
@@ -154,11 +154,16 @@ class _Corrupt(Exception):
 
 
 def restore(manager: CheckpointManager, like: Any, step: int | None = None) -> tuple[int, Any]:
-    """(step, tree) with the structure, shardings and devices of ``like``."""
+    """(step, tree) with the structure, shardings and devices of ``like``.
+
+    The part is lent by the agent (``open_part(lend=True)``): every whole shard of this process's
+    part becomes its array's memory in place, mapped copy-on-write, checked but not copied (JAX
+    takes an aligned host buffer as a CPU device's buffer as it is); only a resharded piece is
+    assembled into a new buffer."""
     chosen = _agree(manager, step)
     for repair in (False, True):
         try:
-            with manager.open_part(chosen, repair=repair) as part:
+            with manager.open_part(chosen, repair=repair, lend=True) as part:
                 return chosen, _rebuild(manager, part, like)
         except _Corrupt:
             if repair:
@@ -186,7 +191,7 @@ def _rebuild(manager: CheckpointManager, part: OpenPart, like: Any) -> Any:
     meta = json.loads(bytes(part.bytes_of(META)))["leaves"]
     leaves, treedef = _leaves(like)
     out: list[Any] = []
-    pending: list[tuple[str, np.ndarray]] = []  # whole shards of this part: copied and checked at once
+    whole: list[str] = []  # shards of this part used in place: checked at once
     for path, target in leaves:
         info = meta.get(path)
         if info is None:
@@ -197,9 +202,9 @@ def _rebuild(manager: CheckpointManager, part: OpenPart, like: Any) -> Any:
         shape = tuple(int(d) for d in info["shape"])
         dtype = _np_dtype(Shard("", 0, 0, dtype=info["dtype"]))
         if info["kind"] == "numpy":
-            buf = _aligned(shape, dtype)
-            pending.append((f"a/{path}@", buf))
-            out.append(buf)
+            name = f"a/{path}@"
+            out.append(_lent(part, name, shape, dtype))
+            whole.append(name)
             continue
         sharding = getattr(target, "sharding", None)
         if sharding is None:  # no sharding asked for: the whole array on the host
@@ -210,36 +215,35 @@ def _rebuild(manager: CheckpointManager, part: OpenPart, like: Any) -> Any:
         placed = _Placed(shape, sharding, [])
         for device, index in sharding.addressable_devices_indices_map(shape).items():
             box = _box(index, shape)
-            buf = _aligned(tuple(b - a for a, b in box), dtype)
             key = _box_key(box)
             if info["shards"].get(key) == manager.rank and part.manifest.has(f"a/{path}@{key}"):
-                pending.append((f"a/{path}@{key}", buf))
+                buf = _lent(part, f"a/{path}@{key}", tuple(b - a for a, b in box), dtype)
+                whole.append(f"a/{path}@{key}")
             else:
+                buf = _aligned(tuple(b - a for a, b in box), dtype)
                 _assemble(manager, part, path, info, box, buf)
             placed.buffers.append((buf, device))
         out.append(placed)
-    _copy_all(part, pending)
+    _check_all(part, whole)
     return jax.tree_util.tree_unflatten(treedef, [
         jax.make_array_from_single_device_arrays(o.shape, o.sharding, [jax.device_put(b, d) for b, d in o.buffers])
         if isinstance(o, _Placed) else o for o in out])
 
 
-def _copy_all(part: OpenPart, pending: list[tuple[str, np.ndarray]]) -> None:
-    """Copy whole shards of the mapped part into their buffers on a few threads, checking each
-    (XXH3) in the same pass unless the agent already checked the copy."""
-    pairs = []
-    for name, buf in pending:
-        flat = buf.reshape(-1).view(np.uint8)
-        src = part.bytes_of(name)
-        if src.nbytes != flat.nbytes:
-            raise CheckpointError(f"{name}: stored {src.nbytes} bytes, the target needs {flat.nbytes}")
-        pairs.append((flat, src))
-    digests = copy_checked(pairs)
-    if part.verified:
+def _lent(part: OpenPart, name: str, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
+    """Shard ``name`` of the lent part as an array of ``shape``, in place (64-byte aligned in the part)."""
+    src = part.bytes_of(name)
+    if src.nbytes != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+        raise CheckpointError(f"{name}: stored {src.nbytes} bytes, the target {shape} {dtype} needs another size")
+    return src.view(dtype).reshape(shape)
+
+
+def _check_all(part: OpenPart, names: list[str]) -> None:
+    """Check the shards used in place (XXH3, on a few threads) unless the agent already did."""
+    if part.verified or not names:
         return
-    for (name, _), (flat, _), digest in zip(pending, pairs, digests, strict=True):
-        shard = part.manifest.shard(name)
-        if not (digest == shard.check if shard.check else part.check(name, flat)):
+    for name, ok in zip(names, parallel_map(lambda n: part.check(n, part.bytes_of(n)), names), strict=True):
+        if not ok:
             raise _Corrupt(name)
 
 

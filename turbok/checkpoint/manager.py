@@ -69,7 +69,7 @@ from turbok.checkpoint.saving import (
     wait_copied,
     wait_staged,
 )
-from turbok.checkpoint.tiers.memory import MappingCache
+from turbok.checkpoint.tiers.memory import MappingCache, private_view
 from turbok.checkpoint.wire import Client, recv_body, recv_header, recv_into
 
 __all__ = ["DEFAULT_AGENT", "CheckpointManager", "OpenPart", "Restored", "SaveFuture", "SaveResult", "StepStatus"]
@@ -512,20 +512,25 @@ class CheckpointManager:
         return Restored(manifest.key.step, state, manifest)
 
     @contextlib.contextmanager
-    def open_part(self, step: int | None = None, *, rank: int | None = None, repair: bool = False) -> Iterator[OpenPart]:
+    def open_part(self, step: int | None = None, *, rank: int | None = None, repair: bool = False,
+                  lend: bool = False) -> Iterator[OpenPart]:
         """``rank``'s part of ``step`` (default: newest complete, with the corrupt-step fallback of
         ``restore``) mapped from the memory tier and pinned until the block ends.
 
         ``verified`` says whether the agent checked the bytes (it always does for a copy it
         fetched); if not, check the shards you use (``OpenPart.check``) and on a mismatch open
         it again with ``repair=True`` (the agent verifies and repairs the memory copy).
+
+        ``lend``: the part is mapped privately (copy on write) and the agent never rewrites or reuses
+        its file, so arrays over ``bytes_of`` may outlive the block as the job's own memory: a restore
+        without a copy or any new memory to touch (the mapping goes when the last of them does).
         """
         rank = self.rank if rank is None else rank
         wait_staged()
         corrupt: IntegrityError | None = None
         for attempt in range(_FALLBACKS + 1):
             try:
-                reply = self.client.call("restore", job=self.job, rank=rank, step=step, verify=repair)
+                reply = self.client.call("restore", job=self.job, rank=rank, step=step, verify=repair, lend=lend)
                 break
             except IntegrityError as e:
                 if step is not None or attempt == _FALLBACKS:
@@ -536,11 +541,12 @@ class CheckpointManager:
                     raise corrupt from None
                 raise
         manifest = Manifest.from_dict(reply["manifest"], where="restored manifest")
-        view = self._maps.view(reply["path"], manifest.data_size)
+        view = private_view(reply["path"], manifest.data_size) if lend else self._maps.view(reply["path"], manifest.data_size)
         try:
             yield OpenPart(manifest, view, bool(reply.get("verified")))
         finally:
-            view.release()
+            if not lend:  # a lent mapping stays while arrays over it do
+                view.release()
             self._release(manifest.key.step, rank)
 
     def part_is_good(self, step: int, *, rank: int | None = None) -> bool:

@@ -8,7 +8,8 @@ acquire        room for a part in the memory tier; takes a lease for this connec
 staged         the part is copied: the agent persists its layout, owns it from here
 abort          the library gave up on a part it acquired
 wait, status   block until a tier holds a part / every tier's outcome so far
-restore        bring a part into memory (pinned for this connection) and hand it out
+restore        bring a part into memory (pinned for this connection) and hand it out; with "lend",
+               for the job to map privately as its own memory (never rewritten or pooled after)
 release        the library is done with a restored part
 read           byte ranges of shards (a local memory copy's path, else the bytes)
 steps          every step of a job across all tiers (complete or not, metadata)
@@ -195,6 +196,8 @@ class Server:
             progress=(lambda n: send_frame(sock, {"ok": True, "upto": n})) if h.get("stream") else None,
             repaired=repaired,
         )
+        if h.get("lend"):  # the job maps it privately as its own arrays: never rewritten from now on
+            self.ctx.memory.lend(manifest.key)
         if streamed:
             index = {s.name: i for i, s in enumerate(manifest.shards)}
             send_frame(sock, {"ok": True, "done": True, "repaired": [index[s.name] for s in repaired]})

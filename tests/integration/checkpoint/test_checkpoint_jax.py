@@ -170,3 +170,54 @@ def test_a_corrupt_memory_copy_is_caught_while_restoring_and_repaired(agents: Ca
         np.testing.assert_array_equal(np.asarray(got["w"]), np.arange(1 << 16, dtype=np.float32))
         np.testing.assert_array_equal(got["n"], np.arange(10))
         assert agent.metrics.failures.labels("memory", "verify")._value.get() >= 1
+
+
+def _mapped_from(address: int) -> str:
+    """The file (or "") of the mapping of this process holding ``address``."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        lo, hi = (int(x, 16) for x in fields[0].split("-"))
+        if lo <= address < hi:
+            return fields[5] if len(fields) == 6 else ""
+    return ""
+
+
+def test_a_restore_uses_the_lent_part_in_place_and_keeps_it_while_the_agent_reuses_buffers(
+        agents: Callable[..., Agent]) -> None:
+    """No copy and no new memory: the restored arrays are the memory tier's file, mapped copy-on-write. The agent
+    never rewrites or pools a lent file: later saves reuse other buffers, and dropping the step unlinks it."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from turbok.checkpoint import CheckpointManager
+    from turbok.checkpoint import jax as tjax
+    from turbok.checkpoint.manifest import PartKey
+
+    agent = agents("n0", keep_memory=1)
+    w = np.random.default_rng(7).standard_normal(1 << 18).astype(np.float32)
+    n = np.arange(4096, dtype=np.float64)
+    with CheckpointManager("lend", agent=agent.address) as m:
+        tjax.save(m, 1, {"w": jnp.asarray(w), "n": n}).result()
+        _, got = tjax.restore(m, like={"w": jnp.asarray(w), "n": n}, step=1)
+        data = agent.memory.data_path(PartKey("lend", 1, 0))
+        assert agent.memory.lent(data)
+        inode = data.stat().st_ino
+        for leaf in (np.asarray(got["w"]), got["n"]):
+            assert _mapped_from(leaf.ctypes.data).endswith(str(data)), "a restored leaf is not the lent part in place"
+        got["n"][:3] = -1  # the job's own memory: copy on write, the part stays as saved
+        key = PartKey("lend", 1, 0)
+        manifest = agent.memory.committed_manifest(key)
+        assert manifest is not None
+        shard = manifest.shard("a/['n']@")
+        assert bytes(agent.memory.get(key, shard.offset, shard.size)) == n.tobytes()
+        for step in (2, 3, 4):  # keep_memory=1: each save drops the step before it and pools its buffer
+            tjax.save(m, step, {"w": jnp.full(w.shape, float(step), jnp.float32), "n": n * step}).result()
+        deadline = time.monotonic() + 30
+        while data.exists() and data.stat().st_ino == inode and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not data.exists() or data.stat().st_ino != inode, "the lent step 1 was not dropped"
+        pooled = {p.stat().st_ino for p in agent.memory.pool.iterdir()}
+        assert inode not in pooled, "a lent file went to the pool"
+        np.testing.assert_array_equal(np.asarray(got["w"]), w)
+        np.testing.assert_array_equal(got["n"][3:], n[3:])
+        assert (got["n"][:3] == -1).all()

@@ -11,7 +11,7 @@ from turbok.checkpoint.errors import CapacityError, StagingBusyError
 from turbok.checkpoint.manifest import PartKey
 from turbok.checkpoint.testing import check_tier, make_part
 from turbok.checkpoint.tiers.disk import DiskTier
-from turbok.checkpoint.tiers.memory import MemoryTier
+from turbok.checkpoint.tiers.memory import MemoryTier, private_view
 from turbok.checkpoint.tiers.object import ObjectTier
 
 
@@ -37,6 +37,25 @@ def test_memory_tier_reuses_buffers_across_parts(shm_dir: Path) -> None:
     tier.delete(k1)
     tier.reserve(k2, len(d1))
     assert os.stat(tier.data_path(k2)).st_ino == inode, "the pooled buffer was not reused"
+
+
+def test_a_lent_part_is_never_rewritten_or_pooled_even_after_a_restart(shm_dir: Path) -> None:
+    tier = MemoryTier(shm_dir, capacity=1 << 20)
+    a, b = PartKey("j", 1, 0), PartKey("j", 2, 0)
+    tier.put(a, b"a" * 5000)
+    tier.lend(a)
+    lent = tier.data_path(a)
+    inode, mapped = lent.stat().st_ino, private_view(lent, 4096)
+    mapped[:1] = b"x"  # the job's own copy of that page: the file is not written
+    assert lent.read_bytes()[:2] == b"aa"
+    tier = MemoryTier(shm_dir, capacity=1 << 20)  # the agent again: the mark is on the file
+    assert tier.lent(lent)
+    tier.put(a, b"A" * 5000)  # an overwrite: a new file, the lent one unlinked
+    assert tier.data_path(a).stat().st_ino != inode and not tier.lent(tier.data_path(a))
+    tier.delete(a)
+    tier.put(b, b"b" * 5000)
+    assert all(p.stat().st_ino != inode for p in tier.pool.iterdir())
+    assert bytes(mapped[:5]) == b"xaaaa"  # the job's mapping still holds what it was lent
 
 
 def test_memory_tier_refuses_a_part_larger_than_itself_and_keeps_the_previous(shm_dir: Path) -> None:

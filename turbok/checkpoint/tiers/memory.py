@@ -10,6 +10,13 @@ are cached per inode (``MappingCache``), so a save copies into pages whose
 page-table entries already exist (a fresh mapping costs 0.46 s per GiB in page
 faults here; MAP_POPULATE 0.11 s).
 
+Lent parts: a job may map a part privately and use its pages as its own arrays (a JAX restore
+does: no copy, no new memory to touch). Such a file is marked (the owner's execute bit, set on no
+other data file; it lasts across restarts of the agent and leaves every access as it was) and is
+never written again nor pooled: dropping it
+unlinks it, so the job's mapping keeps its pages, which then count against the tmpfs mount but no
+longer against ``capacity``.
+
 Capacity: every file under the root (parts and pool) counts against
 ``capacity`` bytes. ``reserve`` refuses at once with CapacityError when a part
 is larger than the whole tier (nothing is evicted), evicts the candidates the
@@ -25,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import stat
 import threading
 import uuid
 from collections import OrderedDict
@@ -36,9 +44,12 @@ from turbok.checkpoint.manifest import PartKey, align_up
 from turbok.checkpoint.tiers.base import OnChunk
 from turbok.checkpoint.tiers.files import DirectoryTier
 
-__all__ = ["MappingCache", "MemoryTier"]
+__all__ = ["MappingCache", "MemoryTier", "private_view"]
+
+_LENT = stat.S_IXUSR  # the mark of a lent part's data file
 
 _MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0x8000)
+_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
 
 
 class MappingCache:
@@ -98,6 +109,23 @@ class MappingCache:
             self._maps.clear()
         for _, mm in maps:
             self._close(mm)
+
+
+def private_view(path: Path | str, size: int) -> memoryview:
+    """A copy-on-write mapping of a lent part's file (``MemoryTier.lend``), its page tables filled at
+    once for reading; it is unmapped when the last array over it goes.
+
+    Not MAP_POPULATE: on a writable private mapping it faults every page in for writing, which
+    copies them all (a restore's whole copy, in the kernel). MADV_POPULATE_READ (Linux 5.14) maps
+    the file's own pages; a page is copied only when the job writes to it."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        mapping = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    finally:
+        os.close(fd)
+    with contextlib.suppress(OSError):  # an older kernel: the pages fault in as they are read
+        mapping.madvise(_MADV_POPULATE_READ)
+    return memoryview(mapping)
 
 
 class MemoryTier(DirectoryTier):
@@ -185,6 +213,16 @@ class MemoryTier(DirectoryTier):
     def view(self, key: PartKey, size: int) -> memoryview:
         return self.maps.view(self.data_path(key), size)
 
+    def lend(self, key: PartKey) -> None:
+        """Mark ``key``'s data file as mapped by a job: from now on it is never rewritten or pooled."""
+        data = self.data_path(key)
+        with self._lock:
+            os.chmod(data, data.stat().st_mode | _LENT)
+
+    @staticmethod
+    def lent(data: Path) -> bool:
+        return bool(data.stat().st_mode & _LENT)
+
     # -- Tier -----------------------------------------------------------------------------------
     def put(self, key: PartKey, data: memoryview | bytes) -> None:
         src = memoryview(data).cast("B")
@@ -206,7 +244,8 @@ class MemoryTier(DirectoryTier):
         # Under the lock ``reserve`` holds while it measures ``used()``: a buffer mid-rename
         # must not be missed (or counted twice) by that walk.
         with self._lock, contextlib.suppress(FileNotFoundError):
-            if data.stat().st_size == 0:  # a placeholder, nothing worth pooling
+            if data.stat().st_size == 0 or self.lent(data):  # a placeholder; or a job's to keep as it is
+                self.maps.forget(data)
                 data.unlink()
                 return
             os.rename(data, self.pool / f"buf-{uuid.uuid4().hex}")
