@@ -599,6 +599,7 @@ class LocalPodRuntime(PodRuntime):
         either a pod ``list_pod_sandboxes`` names (the node's sweep removes it again) or a tree it clears."""
         pdir = PodDir(self.root, id)
         await self.stop_pod_sandbox(id)
+        self._unbooted.discard(id)
         async with self._locks(id):
             if self.network is not None:
                 await in_teardown_thread(self.network.teardown, id)
