@@ -182,7 +182,29 @@ def stop_sandboxes(home: Home, *, remove: bool = False) -> int:
         raise DaemonError(f"not stopping sandboxes: a control plane (pid {e.pid or 'unknown'}) serves "
                           f"{home.root} and would restart them; stop it first with `turbok down`") from e
     with lock:
+        wait_for_boots(home.root)
         return _stop_all(home, remove=remove)
+
+
+#: runsc commands that make a sandbox: one still running when its control plane stopped registers the sandbox
+#: after a stop looked for it, which then runs on, unseen, holding its pod's disk.
+_BOOTS = frozenset({b"run", b"create", b"start", b"restore"})
+
+
+def boots_in_flight(root: Path) -> list[int]:
+    """Pids of runsc commands booting a sandbox whose state is under ``root`` (``--root=...`` below it)."""
+    from turbok.runtime.runsc import command_lines
+
+    prefixes = tuple({f"--root={root.absolute()}/".encode(), f"--root={root.resolve()}/".encode()})
+    return [pid for pid, argv in command_lines() if any(a.startswith(prefixes) for a in argv) and _BOOTS.intersection(argv)]
+
+
+def wait_for_boots(root: Path, timeout: float = 30.0) -> None:
+    """Let boots a stopped control plane left in flight finish (a boot takes well under a second), so that
+    stopping the home's sandboxes sees them; after ``timeout`` go on without them."""
+    deadline = time.monotonic() + timeout
+    while boots_in_flight(root) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _pod_network(home: Home) -> Any:

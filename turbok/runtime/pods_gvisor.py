@@ -89,7 +89,7 @@ from turbok.runtime.pods import (
     _write_json,
     canonical,
 )
-from turbok.runtime.runsc import Runsc, RunscSettings
+from turbok.runtime.runsc import Runsc, RunscSettings, command_lines
 from turbok.runtime.runsc import choose as choose_runsc
 from turbok.runtime.snapshotstore import (
     SnapshotDir,
@@ -389,19 +389,9 @@ class GvisorPodRuntime(LocalPodRuntime):
         """runsc sandbox and gofer processes of this pod still alive once runsc knows none of its containers:
         found by their command line (this runtime's ``--root`` and a log path in the pod's directory)."""
         root, mine = f"--root={self.state_dir}".encode(), f"{pdir.path}/".encode()
-        found = []
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/cmdline", "rb") as f:
-                    argv = f.read().split(b"\0")
-            except OSError:
-                continue
-            if argv and argv[0] in (b"runsc-sandbox", b"runsc-gofer") and root in argv and any(
-                    a.startswith(b"--debug-log=") and mine in a for a in argv):
-                found.append(int(entry.name))
-        return found
+        return [pid for pid, argv in command_lines()
+                if argv[0] in (b"runsc-sandbox", b"runsc-gofer") and root in argv
+                and any(a.startswith(b"--debug-log=") and mine in a for a in argv)]
 
     def _strays(self, pdir: PodDir) -> list[str]:
         """runsc containers of this pod that no container record names (their start failed after ``runsc run``,

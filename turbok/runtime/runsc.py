@@ -40,7 +40,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -50,6 +50,7 @@ from turbok.settings import SettingError
 
 __all__ = [
     "DEFAULT_BINARY",
+    "command_lines",
     "BinaryInfo",
     "KVM_PROBE_SECONDS",
     "NULL_NETNS",
@@ -213,16 +214,25 @@ def _kvm_problem(key: tuple[str, int, int], flags: frozenset[str], timeout: floa
     return None
 
 
+def command_lines() -> Iterator[tuple[int, list[bytes]]]:
+    """(pid, argv) of every process whose command line can be read: how runsc's own processes and
+    commands are found (by their ``--root``), none of them being this process's children for sure."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue  # gone, or not ours to read
+        yield int(entry.name), argv
+
+
 def _kill_all_with(marker: bytes, wait: float = 5.0) -> None:
     """SIGKILL every process whose command line holds ``marker`` until none is left (or ``wait`` passed)."""
     deadline = time.monotonic() + wait
     while True:
-        pids = []
-        for entry in os.scandir("/proc"):
-            if entry.name.isdigit():
-                with contextlib.suppress(OSError):
-                    if marker in Path(entry.path, "cmdline").read_bytes():
-                        pids.append(int(entry.name))
+        pids = [pid for pid, argv in command_lines() if any(marker in a for a in argv)]
         if not pids or time.monotonic() > deadline:
             return
         for pid in pids:
