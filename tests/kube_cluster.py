@@ -227,7 +227,7 @@ def _wait_ready(client: httpx.Client, procs: dict[str, subprocess.Popen[bytes]],
 def kube_cluster(*, controller_manager: bool = True, scheduler: bool = True, kwok: bool = True,
                  extra_users: tuple[tuple[str, str], ...] = (), audit: bool = False,
                  prepare: Callable[[KubeCluster], None] | None = None,
-                 version: str | None = None) -> Iterator[KubeCluster]:
+                 version: str | None = None, watch_cache: bool = True) -> Iterator[KubeCluster]:
     """Start the control plane, yield it, stop it (SIGTERM, then SIGKILL) and remove its files.
 
     ``controller_manager`` (garbage collection, namespace deletion, ServiceAccounts), ``scheduler`` and
@@ -237,6 +237,7 @@ def kube_cluster(*, controller_manager: bool = True, scheduler: bool = True, kwo
 
     ``extra_users``: (name, group) pairs given static tokens in ``tokens.csv`` (``cluster.work / name``).
     ``audit``: write the audit log (every request, blocking: it costs the apiserver a fair share of its CPU).
+    ``watch_cache=False``: the apiserver reads etcd for every list (``--watch-cache=false``).
     ``prepare`` runs once the apiserver serves, before the controller-manager starts: CRDs installed
     there are watched by its garbage collector at once (it finds later ones only at its next discovery,
     up to 30 s on).
@@ -282,6 +283,7 @@ def kube_cluster(*, controller_manager: bool = True, scheduler: bool = True, kwo
              "--service-account-key-file", str(work / "sa.pub"),
              "--service-account-signing-key-file", str(work / "sa.key"),
              "--service-cluster-ip-range", SERVICE_RANGE, "--allow-privileged=true",
+             *([] if watch_cache else ["--watch-cache=false"]),
              *(["--audit-policy-file", str(work / "audit-policy.yaml"), "--audit-log-path", str(audit_log),
                 "--audit-log-format", "json", "--audit-log-mode", "blocking"] if audit else [])],
             stdout=log, stderr=log)
