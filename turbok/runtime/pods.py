@@ -857,12 +857,10 @@ class LocalPodRuntime(PodRuntime):
                 raise self._start_failed(pdir, e) from e
             console = pdir.run / f"{container.name}.console" if container.tty else None
             netns = None
-            if config.single_container and config.id in self._unbooted and pod.get("netns"):
+            if config.single_container:
+                fresh = config.id in self._unbooted and pod.get("netns")
                 self._unbooted.discard(config.id)  # the boot below takes the addresses this pod was given
-                netns = Path(pod["netns"])
-            elif config.single_container:
-                self._unbooted.discard(config.id)
-                netns, _ = await self._attach_network(pdir, config)
+                netns = Path(pod["netns"]) if fresh else (await self._attach_network(pdir, config))[0]
             else:
                 netns = Path(pod["netns"]) if pod.get("netns") else None
             try:
