@@ -11,7 +11,9 @@
    same container bundle, measured in the same run: the pod runtime prepares it untimed with the
    claim Pod's config (the same image, the built-in limits, the sandboxd agent injected, a network
    namespace on a pod network of the benchmark's own) and runsc runs it with the node's flags
-   (``--network=sandbox`` inside that namespace). ``--cold-agent`` says how the claims' Pods
+   (``--network=sandbox`` inside that namespace). Every sample starts ``SETTLE_S`` after the one
+   before, the raw sandbox deleted right after its own sample: no sample meets the last one's app
+   starting, and none gets memory freed a moment before (see ``RawReference.run``). ``--cold-agent`` says how the claims' Pods
    get the sandboxd agent, as the template's ``turbok.dev/sandboxd`` says it: ``on-demand`` (the
    default a user gets: injected, started by the first call that reaches it, which these claims
    never make), ``eager`` (the runtime execs it after the boot and the Pod is Ready once it
@@ -66,6 +68,8 @@ IMAGE = "python-runtime-sandbox"
 #: turbok0); a range no test uses.
 RAW_CGROUP = "/turbok-bench-claims"
 RAW_NETWORK = ("tkbcl", "10.241.77.0/28")
+#: Seconds between two cold samples: the last boot's app has started, freed memory has gone back to the host.
+SETTLE_S = 3.0
 
 
 class Api:
@@ -255,10 +259,17 @@ class RawReference:
         await self.runtime.start_container(self.pod.id, self.container)
         await self.runtime.stop_container(self.pod.id, "main", 0)
         self.cid, self.argv = raw_run(self.runtime, self.network, self.pod.id)
+        await self.stop()
 
     async def run(self) -> float:
-        """Seconds one raw ``runsc run --detach`` took (the previous one deleted first, untimed)."""
-        await self.runtime._runsc("delete", "--force", self.cid)
+        """Seconds one raw ``runsc run --detach`` took (its network set up first, untimed).
+
+        Call ``stop`` after each run, a settling time before the next (``SETTLE_S``): a sandbox deleted
+        just before the next run hands it memory the guest has not given back to the host yet, which a
+        claim's boot never gets (this VM's balloon reports free memory to the host about 2 s after it is
+        freed, and memory touched again after that costs host page faults: measured, the first boot of a
+        fresh pod against a rerun of its bundle right after its delete, +27 to +38 ms at the median; with
+        the delete 3 s before the rerun, +2 ms)."""
         await asyncio.to_thread(self.network.setup, self.pod.id)  # untimed: see raw_run
         out = os.open(self.out, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         t = time.perf_counter()
@@ -271,8 +282,12 @@ class RawReference:
             raise SystemExit(f"raw runsc run failed ({code}); see {self.out}")
         return took
 
-    async def remove(self) -> None:
+    async def stop(self) -> None:
+        """The sandbox of the last run deleted (untimed)."""
         await self.runtime._runsc("delete", "--force", self.cid)
+
+    async def remove(self) -> None:
+        await self.stop()
         await self.runtime.remove_pod_sandbox(self.pod.id)
         await asyncio.to_thread(self.network.remove_host)
 
@@ -297,18 +312,19 @@ async def cold(api: Api, n: int, work: Path, *, agent: str) -> dict[str, Any]:
 
     async def one_raw() -> None:
         raw.append(await raw_ref.run() * 1e3)
+        await raw_ref.stop()
 
     try:
-        for i in range(n):
-            if i % 2:
-                await one_raw()
-                await one_claim(i)
-            else:
-                await one_claim(i)
-                await one_raw()
-            await asyncio.sleep(2.5)  # let the previous sandbox's boot settle before the next sample
+        await asyncio.sleep(SETTLE_S)
+        for i in range(n):  # alternating which goes first; each sample starts after the one before has settled
+            for one in ((one_raw, one_claim) if i % 2 else (one_claim, one_raw)):
+                await one(i) if one is one_claim else await one()
+                # The sandbox just booted goes on starting its app for a while, a raw one's delete frees memory
+                # (see ``RawReference.run``): the next sample must meet neither.
+                await asyncio.sleep(SETTLE_S)
     finally:
         await raw_ref.remove()
+    print(f"cold samples (ms), claims: {[round(x) for x in ours]}; raw: {[round(x) for x in raw]}", file=sys.stderr)
     return {"claims": n, "p50": statistics.median(ours), "p99": pct(ours, 0.99),
             "raw_p50": statistics.median(raw), "raw_p99": pct(raw, 0.99)}
 

@@ -43,7 +43,7 @@ from turbok.runtime.cri import (
     VolumeConfig,
 )
 
-__all__ = ["AGENT_ANNOTATION", "agent", "container_config", "notices", "refusals", "run_hook", "sandbox_config",
+__all__ = ["AGENT_ANNOTATION", "agent", "background", "container_config", "notices", "refusals", "run_hook", "sandbox_config",
            "single_container"]
 
 #: runtimeClassNames that mean "this node's sandbox runtime" (anything else is a notice).
@@ -109,6 +109,11 @@ def agent(pod: Obj) -> dict[str, Any]:
             "agent_on_demand": annotations.get(AGENT_ANNOTATION) != "eager"}
 
 
+def background(pod: Obj) -> bool:
+    """Nobody waits for this Pod yet: a warm pool's (its label goes when a claim takes it)."""
+    return WARM_POOL_LABEL in (pod["metadata"].get("labels") or {})
+
+
 def sandbox_config(pod: Obj, id: str, volumes: Sequence[VolumeConfig], *,
                    dns: DNSConfig | None = None) -> PodSandboxConfig:
     md, spec = pod["metadata"], pod.get("spec") or {}
@@ -132,11 +137,12 @@ def sandbox_config(pod: Obj, id: str, volumes: Sequence[VolumeConfig], *,
         single_container=single_container(pod),
         **agent(pod),
         dns=dns if network else None,
+        background=background(pod),
     )
 
 
 def container_config(container: Obj, *, env: Mapping[str, str], mounts: Sequence[Mount],
-                     security: SecurityContext, attempt: int) -> ContainerConfig:
+                     security: SecurityContext, attempt: int, background: bool = False) -> ContainerConfig:
     res = container_resources(container)
     cpu = res.limits.get("cpu")
     memory = res.limits.get("memory")
@@ -155,6 +161,7 @@ def container_config(container: Obj, *, env: Mapping[str, str], mounts: Sequence
         stdin_once=bool(container.get("stdinOnce")),
         tty=bool(container.get("tty")),
         attempt=attempt,
+        background=background,
     )
 
 

@@ -471,7 +471,7 @@ class PodWorker:
 
     def _priority(self) -> int:
         """A warm pool's Pods start after the Pods someone waits for."""
-        return REFILL if podspec.WARM_POOL_LABEL in (self.pod["metadata"].get("labels") or {}) else URGENT
+        return REFILL if podspec.background(self.pod) else URGENT
 
     async def _prepare_devices(self) -> PodDevices | float | None:
         """The Pod's ResourceClaims prepared by their drivers (``turbok.node.dra``); None without claims,
@@ -686,7 +686,7 @@ class PodWorker:
         for reason, message in plan.notes:
             self._warn_once(reason, message)
         config = podspec.container_config(c.spec, env=env, mounts=mounts, security=plan.context,
-                                          attempt=c.attempts)
+                                          attempt=c.attempts, background=podspec.background(pod))
         if self.ctx.dra is not None and (pod.get("spec") or {}).get("resourceClaims"):
             devices = self.devices or await self._prepare_devices()  # adopted: prepared again (idempotent)
             if isinstance(devices, float) or devices is None:

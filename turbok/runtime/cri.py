@@ -228,6 +228,8 @@ class PodSandboxConfig:
     #: The pod was given NVIDIA GPUs (dynamic resource allocation): its sandbox proxies the NVIDIA driver's
     #: ioctls (runsc ``--nvproxy``); the device nodes themselves are each container's ``devices``.
     nvproxy: bool = False
+    #: True: nobody waits for this pod (a warm pool's refill): its boots yield the CPU to everything else.
+    background: bool = False
 
 
 @dataclass(frozen=True)
@@ -250,6 +252,9 @@ class ContainerConfig:
     attempt: int = 0
     #: Host device nodes the container gets (a DRA driver's CDI ``deviceNodes``).
     devices: Sequence[DeviceNode] = ()
+    #: True: nobody waits for this start (a warm pool's refill): a boot it makes yields the CPU to everything
+    #: else. False: someone does (a claim's cold start), so the boot runs at the control plane's own priority.
+    background: bool = False
 
 
 class Stream(abc.ABC):

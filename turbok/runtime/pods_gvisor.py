@@ -105,7 +105,9 @@ __all__ = ["BOOT_NICENESS", "GvisorPodRuntime", "snapshot_key"]
 
 log = logging.getLogger("turbok.runtime.pods_gvisor")
 
-#: Niceness of ``runsc run``/``create``: booting is background work next to the control plane's requests.
+#: Niceness of a background boot's ``runsc run``/``create``/``restore`` (``background`` in the pod's or the
+#: container's config: a warm pool's refill), next to the control plane's requests. A boot somebody waits for
+#: (a claim's cold start) runs at the control plane's own priority: it is the request.
 BOOT_NICENESS = 10
 _EXIT_RE = re.compile(
     rb"^I(\d{4} \d\d:\d\d:\d\d\.\d+)\s.*application exiting with (?:exit status (\d+)|killed by signal (\d+))", re.M)
@@ -238,6 +240,10 @@ class GvisorPodRuntime(LocalPodRuntime):
 
     # ------------------------------------------------------------------ runsc plumbing
 
+    def _nice(self, background: bool) -> tuple[str, ...]:
+        """The argv prefix of a boot: ``nice`` for a background one, nothing for one somebody waits for."""
+        return self._boot_prefix if background else ()
+
     def _cmd(self, *args: str) -> list[str]:
         return [self.runsc, f"--root={self.state_dir}", *self._global_flags, *args]
 
@@ -325,7 +331,7 @@ class GvisorPodRuntime(LocalPodRuntime):
 
         await asyncio.to_thread(write)
         prefix, net = self._netflags(netns)
-        await self._boot([*self._boot_prefix, *prefix, *self._cmd(
+        await self._boot([*self._nice(config.background), *prefix, *self._cmd(
             net, *nvproxy_flags(config), "--cpu-num-from-quota", f"--debug-log={pdir.pause_boot_log}",
             "--debug-command=boot",
             "run", "--detach", f"--bundle={pdir.pause}", pdir.id)], f"pod {pdir.id}: runsc run (pause)",
@@ -474,17 +480,18 @@ class GvisorPodRuntime(LocalPodRuntime):
             console_flag = (f"--console-socket={console}",) if console is not None else ()
             if solo:
                 prefix, net = self._netflags(netns)
-                booting = self._boot([*self._boot_prefix, *prefix, *self._cmd(
+                booting = self._boot([*self._nice(container.background), *prefix, *self._cmd(
                     net, *nvproxy_flags(config), "--cpu-num-from-quota", f"--debug-log={boot_log}",
                     "--debug-command=boot", "run",
                     "--detach", *console_flag, f"--bundle={cdir.bundle}", cid)], f"{what}: runsc run",
                     stdio=stdio, err_path=err_path)
             else:
                 async def create_and_start() -> None:
-                    await self._boot([*self._boot_prefix, *self._cmd(
+                    await self._boot([*self._nice(container.background), *self._cmd(
                         "create", *console_flag, f"--bundle={cdir.bundle}", cid)], f"{what}: runsc create",
                         err_path=cdir.path / "runsc.err")
-                    await self._boot(self._cmd("start", cid), f"{what}: runsc start", stdio=stdio, err_path=err_path)
+                    await self._boot([*self._nice(container.background), *self._cmd("start", cid)],
+                                     f"{what}: runsc start", stdio=stdio, err_path=err_path)  # it forks the gofer
 
                 booting = create_and_start()
             if sock is None:
@@ -942,7 +949,7 @@ class GvisorPodRuntime(LocalPodRuntime):
             prefix, net = self._netflags(netns)
             boot_log = pdir.boot_log_of(cdir.name, attempt)
             try:
-                await self._boot([*self._boot_prefix, *prefix, *self._cmd(
+                await self._boot([*self._nice(config.background), *prefix, *self._cmd(
                     net, *nvproxy_flags(config), "--cpu-num-from-quota", f"--debug-log={boot_log}",
                     "--debug-command=boot", "restore",
                     f"--image-path={image_path}", "--detach", f"--bundle={cdir.bundle}", rec["cid"])],

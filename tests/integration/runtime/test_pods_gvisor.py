@@ -30,7 +30,7 @@ from turbok.runtime.images import ImageStore
 from turbok.runtime.legacy import LegacySandboxes
 from turbok.runtime.podlayout import PodDir
 from turbok.runtime.pods import release_root
-from turbok.runtime.pods_gvisor import GvisorPodRuntime
+from turbok.runtime.pods_gvisor import BOOT_NICENESS, GvisorPodRuntime
 
 from .podcheck import BUSYBOX, IMAGE, leftovers, log_text, old_sandbox, pod_config, wait_exited, wait_log
 
@@ -102,6 +102,32 @@ async def test_init_containers_run_in_order_before_the_main_one(rt: GvisorPodRun
     assert [c.name for c in st.containers] == ["init-0", "init-1", "main"]
     assert all(c.state is ContainerState.EXITED for c in st.containers)
     await rt.remove_pod_sandbox(cfg.id)
+
+
+def _sandbox_niceness(pod_id: str) -> set[int]:
+    """The niceness of the runsc sandbox and gofer processes of a pod."""
+    found = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            if cmdline[0] in (b"runsc-sandbox", b"runsc-gofer") and any(pod_id.encode() in a for a in cmdline):
+                found.add(os.getpriority(os.PRIO_PROCESS, int(proc.name)))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+@pytest.mark.parametrize("single", [True, False], ids=["single-container", "pause"])
+async def test_only_a_background_boot_yields_the_cpu(rt: GvisorPodRuntime, single: bool) -> None:
+    """A warm pool's refill boots niced; a boot somebody waits for (a cold claim's) at the caller's priority."""
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    for background in (True, False):
+        cfg = pod_config(f"nice-{int(single)}-{int(background)}", single_container=single, background=background)
+        await rt.run_pod_sandbox(cfg)
+        await rt.start_container(cfg.id, ContainerConfig("main", BUSYBOX, command=["sleep", "100"],
+                                                         background=background))
+        assert _sandbox_niceness(cfg.id) == ({min(own + BOOT_NICENESS, 19)} if background else {own})
+        await rt.remove_pod_sandbox(cfg.id)
 
 
 async def test_single_container_pods_refuse_a_second_running_container(rt: GvisorPodRuntime) -> None:
@@ -297,7 +323,7 @@ import asyncio, sys
 from pathlib import Path
 from turbok.runtime.cri import ContainerConfig, PodSandboxConfig, VolumeConfig
 from turbok.runtime.images import ImageStore
-from turbok.runtime.pods_gvisor import GvisorPodRuntime
+from turbok.runtime.pods_gvisor import BOOT_NICENESS, GvisorPodRuntime
 async def main():
     rt = GvisorPodRuntime(Path({str(rt.root)!r}), ImageStore(Path({str(images.root)!r})))
     await rt.run_pod_sandbox(PodSandboxConfig(id={cfg.id!r}, name="adopt", namespace="test", uid="u",

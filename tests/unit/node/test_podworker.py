@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from tests.unit.node.conftest import NodeHarness, condition, container_status, pod
+from turbok.node import podspec
 from turbok.node.node import NodeSettings
 from turbok.node.suspend import runtime_id
 from turbok.node.testing import FakeSandbox
@@ -433,3 +434,27 @@ async def test_a_bug_on_the_way_out_of_a_boot_does_not_hold_up_the_nodes_stop(ha
     harness.create(pod("stuck"))
     await asyncio.wait_for(booting.wait(), 5)
     await asyncio.wait_for(harness.stop(), 5)
+
+
+async def test_only_a_warm_pools_pod_boots_in_the_background(node: NodeHarness) -> None:
+    """A warm pool's refill yields the CPU (``background``); a Pod somebody waits for, or one a claim has taken
+    (the pool's label gone), boots at full priority."""
+    refill = pod("refill", restartPolicy="Always")
+    refill["metadata"]["labels"] = {podspec.WARM_POOL_LABEL: "pool-hash"}
+    node.create(refill)
+    node.create(pod("cold"))
+    await node.wait_ready("refill")
+    await node.wait_ready("cold")
+    first = node.runtime.sandboxes[_rid(node, "refill")]
+    assert first.config.background and first.configs["main"].background
+    cold = node.runtime.sandboxes[_rid(node, "cold")]
+    assert not cold.config.background and not cold.configs["main"].background
+    # Claimed: the label goes; its next start is somebody's request.
+    taken = node.pod("refill")
+    assert taken is not None
+    taken["metadata"]["labels"] = {}
+    node.registry.update(node.pod_kind, taken, namespace="default")
+    await node.wait(lambda: not (node.pod("refill") or {})["metadata"].get("labels"))
+    await _end(node, "refill", 1)
+    await node.wait(lambda: len(node.runtime.started(_rid(node, "refill"))) == 2, what="a restart")
+    assert not node.runtime.sandboxes[_rid(node, "refill")].configs["main"].background

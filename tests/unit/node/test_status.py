@@ -86,3 +86,23 @@ async def test_events_repeated_are_counted_not_multiplied(harness: NodeHarness) 
     got = {e["reason"]: e for e in harness.events("e")}
     assert got["BackOff"]["count"] == 4 and got["Started"]["count"] == 1
     await events.stop()
+
+
+async def test_events_are_written_after_the_writes_that_start_a_pod(harness: NodeHarness) -> None:
+    """An Event waits ``WRITE_DELAY`` (together with those recorded meanwhile): never a write on the loop in
+    the middle of a Pod's start."""
+    from turbok.node import events as ev
+
+    made = harness.create(pod("late"))
+    events = ev.EventRecorder(harness.client, component="kubelet", host="node1")
+    loop = asyncio.get_running_loop()
+    t = loop.time()
+    events.record(made, "Scheduled", "Successfully assigned default/late to node1")
+    for _ in range(20):  # the loop keeps running other work meanwhile
+        await asyncio.sleep(0)
+    events.record(made, "Pulled", "already present")
+    assert harness.events("late") == []
+    await events.flush()
+    assert loop.time() - t >= ev.WRITE_DELAY
+    assert [e["reason"] for e in harness.events("late")] == ["Scheduled", "Pulled"]
+    await events.stop()
