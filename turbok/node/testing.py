@@ -136,7 +136,7 @@ class FakeSandbox:
 
 def _restore_key(config: PodSandboxConfig) -> PodSandboxConfig:
     """What must be equal for kept memory to be used (as the real runtimes: not the Pod object's identity)."""
-    return replace(config, uid="", labels={}, annotations={})
+    return replace(config, uid="", labels={}, annotations={}, background=False)
 
 
 class FakePodRuntime(PodRuntime):

@@ -160,16 +160,20 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _restore_key(config: PodSandboxConfig) -> Any:
-    """What must be equal for a hibernated pod's memory to be used: not the Pod object's identity."""
+    """What must be equal for a hibernated pod's memory to be used: not the Pod object's identity, nor how
+    urgently it boots (a warm pool's Pod, hibernated, resumes as somebody's once a claim has taken it)."""
     data = canonical(config)
-    for volatile in ("uid", "labels", "annotations"):
+    for volatile in ("uid", "labels", "annotations", "background"):
         data.pop(volatile, None)
     return data
 
 
 def _container_key(container: ContainerConfig) -> Any:
+    """What must be equal for a running container to be the one asked for (a claim taking a warm pool's Pod
+    makes its starts urgent: not another container)."""
     data = canonical(container)
     data.pop("attempt", None)
+    data.pop("background", None)
     return data
 
 

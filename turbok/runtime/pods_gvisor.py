@@ -977,9 +977,10 @@ class GvisorPodRuntime(LocalPodRuntime):
 def snapshot_key(config: PodSandboxConfig) -> Any:
     """What a pod config must share with the one a snapshot was taken of to start from it: its limits, its
     volumes' names, kinds and sizes, its network and shape. Not who it is (id, name, uid, hostname, labels),
-    nor where its volumes' data lives (a fork has its own claims), nor files volumes' contents."""
+    nor where its volumes' data lives (a fork has its own claims), nor files volumes' contents, nor how urgently
+    it boots."""
     data = canonical(config)
-    for volatile in ("id", "name", "namespace", "uid", "hostname", "labels", "annotations"):
+    for volatile in ("id", "name", "namespace", "uid", "hostname", "labels", "annotations", "background"):
         data.pop(volatile, None)
     data["volumes"] = [{k: v.get(k) for k in ("name", "kind", "size_bytes")} for v in data.get("volumes") or []]
     return data

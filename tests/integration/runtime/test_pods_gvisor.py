@@ -124,9 +124,12 @@ async def test_only_a_background_boot_yields_the_cpu(rt: GvisorPodRuntime, singl
     for background in (True, False):
         cfg = pod_config(f"nice-{int(single)}-{int(background)}", single_container=single, background=background)
         await rt.run_pod_sandbox(cfg)
-        await rt.start_container(cfg.id, ContainerConfig("main", BUSYBOX, command=["sleep", "100"],
-                                                         background=background))
+        started = await rt.start_container(cfg.id, ContainerConfig("main", BUSYBOX, command=["sleep", "100"],
+                                                                   background=background))
         assert _sandbox_niceness(cfg.id) == ({min(own + BOOT_NICENESS, 19)} if background else {own})
+        if background:  # claimed: asked again as urgent, it is the same container, not a restart
+            again = await rt.start_container(cfg.id, ContainerConfig("main", BUSYBOX, command=["sleep", "100"]))
+            assert (again.container_id, again.started_at) == (started.container_id, started.started_at)
         await rt.remove_pod_sandbox(cfg.id)
 
 
@@ -268,11 +271,12 @@ async def test_read_only_root_run_as_user_and_capabilities(rt: GvisorPodRuntime)
 
 
 async def test_hibernate_and_restore_a_single_container_pod(rt: GvisorPodRuntime) -> None:
-    cfg = pod_config("hib", single_container=True, volumes=[VolumeConfig("mem", "memory", size_bytes=1 << 20)])
+    cfg = pod_config("hib", single_container=True, volumes=[VolumeConfig("mem", "memory", size_bytes=1 << 20)],
+                     background=True)  # a warm pool's
     await rt.run_pod_sandbox(cfg)
     counter = "import time\ni = 0\nwhile True:\n    i += 1; print(i, flush=True); time.sleep(0.1)"
     first = await rt.start_container(cfg.id, ContainerConfig("main", IMAGE, command=["python3", "-c", counter],
-                                                             mounts=[Mount("mem", "/mem")]))
+                                                             mounts=[Mount("mem", "/mem")], background=True))
     s = await rt.exec(cfg.id, "main", ["sh", "-c", "echo kept > /mem/note"])
     assert await s.process.wait() == 0
     await wait_log(rt, cfg.id, "main", "\n5\n")
@@ -281,8 +285,9 @@ async def test_hibernate_and_restore_a_single_container_pod(rt: GvisorPodRuntime
     assert (st.state, st.reason) == (PodSandboxState.NOT_READY, "Hibernated")
     assert leftovers(rt, [cfg.id]).keys() <= {"dirs"}  # memory on disk; no process, mount or loop device
     before = int((await log_text(rt, cfg.id, "main")).split()[-1])
-    # The same config from a new Pod object (another uid) resumes it: the count goes on.
-    resumed = await rt.run_pod_sandbox(dataclass_replace(cfg, uid="uid-hib-2"))
+    # The same config from a new Pod object (another uid), claimed meanwhile (no longer background), resumes
+    # it: the count goes on.
+    resumed = await rt.run_pod_sandbox(dataclass_replace(cfg, uid="uid-hib-2", background=False))
     assert resumed.state is PodSandboxState.READY
     again = await rt.start_container(cfg.id, ContainerConfig("main", IMAGE, command=["python3", "-c", counter],
                                                              mounts=[Mount("mem", "/mem")]))
