@@ -40,7 +40,7 @@ other uncommitted part (an interrupted step is never offered), and resumes
 draining steps committed in memory but not yet on disk. Fault injection for
 tests: ``settings.fault_delays`` maps a stage (``memory.before_commit``,
 ``disk.before_commit``, ``object.before_commit``, ``replicate.before_commit``
-on the receiver) to seconds slept there.
+on the receiver, ``recover.before_disk_cleanup`` at start) to seconds slept there.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from typing import Any
 
 from turbok.checkpoint.config import Settings
 from turbok.checkpoint.context import AgentContext
+from turbok.checkpoint.manifest import Manifest
 from turbok.checkpoint.metrics import Metrics
 from turbok.checkpoint.pipeline import Pipeline
 from turbok.checkpoint.replica import Replicas
@@ -127,8 +128,16 @@ class Agent:
         self.stop()
 
     def recover(self) -> None:
-        """Adopt staged parts, delete other interrupted ones, resume draining memory-only parts."""
+        """Delete interrupted disk parts, adopt staged parts, delete other interrupted ones, resume draining
+        memory-only parts. Nothing is submitted before the disk is cleaned: a submitted drain starts writing
+        to disk at once, and the cleanup would take an adopted part's new disk copy for an interrupted one."""
         c = self.ctx
+        c.fault("recover.before_disk_cleanup")
+        for s in c.disk.list():
+            if not s.committed and not s.corrupt:
+                log.warning("checkpoint agent: deleting interrupted %s from disk", s.key)
+                c.disk.delete(s.key)
+        adopted: list[Manifest] = []
         for s in c.memory.list():
             if s.committed:
                 continue
@@ -136,7 +145,7 @@ class Agent:
             if layout is not None and layout.key == s.key and s.size >= layout.data_size:
                 c.events.record("Adopted", f"{s.key}: staged before the agent stopped; committing it now", s.key,
                                 warning=False, tier="memory")
-                self.pipeline.submit(layout, hashed=False)
+                adopted.append(layout)
                 continue
             if layout is not None:
                 c.metrics.failed("memory", "lost")
@@ -147,10 +156,9 @@ class Agent:
                                 "deleted", s.key, warning=False, tier="memory")
             if not s.corrupt:
                 c.memory.delete(s.key)
-        for s in c.disk.list():
-            if not s.committed and not s.corrupt:
-                log.warning("checkpoint agent: deleting interrupted %s from disk", s.key)
-                c.disk.delete(s.key)
-        for s in c.memory.list():
-            if s.committed and s.manifest is not None and not c.disk.exists(s.key):
-                self.pipeline.submit(s.manifest, hashed=True)
+        unsaved = [s.manifest for s in c.memory.list()
+                   if s.committed and s.manifest is not None and not c.disk.exists(s.key)]
+        for layout in adopted:
+            self.pipeline.submit(layout, hashed=False)
+        for manifest in unsaved:
+            self.pipeline.submit(manifest, hashed=True)

@@ -132,7 +132,10 @@ def test_agent_killed_right_after_acknowledging_a_save_adopts_it_when_it_restart
         time.sleep(0.5)  # the agent sits before its memory commit
         assert (2, False) in _parts(a.config["memory_dir"], "k9")
         a.kill()
-        a.start(fault_delays={})
+        # Its disk copy was being written meanwhile: left uncommitted. The restart cleans the disk before it
+        # drains anything (a drain started before it, sitting uncommitted on disk meanwhile: the cleanup
+        # then deleted the adopted part's new disk copy, "no data was put").
+        a.start(fault_delays={"recover.before_disk_cleanup": 0.5, "disk.before_commit": 2.0})
         assert future.result(timeout=60).tiers["disk"] == "done"  # the library's wait reconnected
         restored = m.restore()
         assert restored.step == 2
