@@ -2,7 +2,8 @@
 
 ``EventRecorder.record(obj, reason, message)`` returns at once; a background
 task writes the Event ``WRITE_DELAY`` later, so that its write (on the same loop)
-never sits in the chain of writes that starts a Pod (binding, status, boot). Repeats of the same (object, reason, message, type)
+never sits in the chain of writes that starts a Pod (binding, status, boot).
+Repeats of the same (object, reason, message, type)
 within ``AGGREGATE_SECONDS`` update the first Event's ``count`` and
 ``lastTimestamp`` instead of writing a new one (client-go's event correlator),
 so a crash loop makes one ``BackOff`` Event with a growing count, not

@@ -43,8 +43,8 @@ from turbok.runtime.cri import (
     VolumeConfig,
 )
 
-__all__ = ["AGENT_ANNOTATION", "agent", "background", "container_config", "notices", "refusals", "run_hook", "sandbox_config",
-           "single_container"]
+__all__ = ["AGENT_ANNOTATION", "agent", "background", "container_config", "notices", "refusals", "run_hook",
+           "sandbox_config", "single_container"]
 
 #: runtimeClassNames that mean "this node's sandbox runtime" (anything else is a notice).
 RUNTIME_CLASSES = ("", "gvisor", "runsc", "turbok")
