@@ -310,7 +310,7 @@ async def cold(api: Api, n: int, work: Path, *, agent: str) -> dict[str, Any]:
         ready = await asyncio.to_thread(watch.wait_for, name, 60)
         ours.append((ready - t) * 1e3)
 
-    async def one_raw() -> None:
+    async def one_raw(_: int) -> None:
         raw.append(await raw_ref.run() * 1e3)
         await raw_ref.stop()
 
@@ -318,7 +318,7 @@ async def cold(api: Api, n: int, work: Path, *, agent: str) -> dict[str, Any]:
         await asyncio.sleep(SETTLE_S)
         for i in range(n):  # alternating which goes first; each sample starts after the one before has settled
             for one in ((one_raw, one_claim) if i % 2 else (one_claim, one_raw)):
-                await one(i) if one is one_claim else await one()
+                await one(i)
                 # The sandbox just booted goes on starting its app for a while, a raw one's delete frees memory
                 # (see ``RawReference.run``): the next sample must meet neither.
                 await asyncio.sleep(SETTLE_S)

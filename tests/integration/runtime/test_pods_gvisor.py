@@ -328,7 +328,7 @@ import asyncio, sys
 from pathlib import Path
 from turbok.runtime.cri import ContainerConfig, PodSandboxConfig, VolumeConfig
 from turbok.runtime.images import ImageStore
-from turbok.runtime.pods_gvisor import BOOT_NICENESS, GvisorPodRuntime
+from turbok.runtime.pods_gvisor import GvisorPodRuntime
 async def main():
     rt = GvisorPodRuntime(Path({str(rt.root)!r}), ImageStore(Path({str(images.root)!r})))
     await rt.run_pod_sandbox(PodSandboxConfig(id={cfg.id!r}, name="adopt", namespace="test", uid="u",
