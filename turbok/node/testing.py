@@ -33,6 +33,7 @@ from turbok.runtime.cri import (
     PodSandboxState,
     PodSandboxStatus,
     Stream,
+    essence,
 )
 from turbok.runtime.errors import ImageNotFound, RuntimeError_, SandboxNotRunning
 from turbok.runtime.process import Process
@@ -136,7 +137,7 @@ class FakeSandbox:
 
 def _restore_key(config: PodSandboxConfig) -> PodSandboxConfig:
     """What must be equal for kept memory to be used (as the real runtimes: not the Pod object's identity)."""
-    return replace(config, uid="", labels={}, annotations={}, background=False)
+    return replace(essence(config), uid="", labels={}, annotations={})
 
 
 class FakePodRuntime(PodRuntime):

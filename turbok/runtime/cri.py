@@ -69,8 +69,9 @@ from __future__ import annotations
 import abc
 import enum
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 from turbok.runtime.exits import ExitWatch
 from turbok.runtime.images import ImageStore
@@ -187,6 +188,20 @@ class DNSConfig:
         return "".join(f"{line}\n" for line in lines)
 
 
+#: ``field`` metadata of a setting that says how the runtime goes about a pod or a container (how urgently
+#: it boots), not what it is: configs that differ only there ask for the same thing (``essence``).
+MANNER = "manner"
+
+_Config = TypeVar("_Config", "PodSandboxConfig", "ContainerConfig")
+
+
+def essence(config: _Config) -> _Config:
+    """``config`` with every ``MANNER`` setting at its default: what to compare to tell whether a running,
+    hibernated or snapshotted pod or container is the one asked for."""
+    defaults: dict[str, Any] = {f.name: f.default for f in fields(config) if f.metadata.get(MANNER)}
+    return replace(config, **defaults)
+
+
 @dataclass(frozen=True)
 class PodSandboxConfig:
     """Everything shared by the containers of one Pod."""
@@ -229,7 +244,7 @@ class PodSandboxConfig:
     #: ioctls (runsc ``--nvproxy``); the device nodes themselves are each container's ``devices``.
     nvproxy: bool = False
     #: True: nobody waits for this pod (a warm pool's refill): its boots yield the CPU to everything else.
-    background: bool = False
+    background: bool = field(default=False, metadata={MANNER: True})
 
 
 @dataclass(frozen=True)
@@ -254,7 +269,7 @@ class ContainerConfig:
     devices: Sequence[DeviceNode] = ()
     #: True: nobody waits for this start (a warm pool's refill): a boot it makes yields the CPU to everything
     #: else. False: someone does (a claim's cold start), so the boot runs at the control plane's own priority.
-    background: bool = False
+    background: bool = field(default=False, metadata={MANNER: True})
 
 
 class Stream(abc.ABC):

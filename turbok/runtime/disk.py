@@ -381,8 +381,9 @@ class Disks:
             if backing is None or backing.removesuffix(" (deleted)") != image:
                 return
             time.sleep(0.01)
-        raise SandboxStartFailed(f"sandbox {sdir.id}: its disk is still held by {device} from its last run; "
-                                 "retrying later")
+        held = ", ".join(loopdev.holders(device)[:8]) or "nobody found"
+        raise SandboxStartFailed(f"sandbox {sdir.id}: its disk is still held by {device} from its last run "
+                                 f"(mounted in or open by: {held}); retrying later")
 
     def unmount(self, sdir: SandboxDir) -> None:
         """Unmount the sandbox's disk (its overlay must be unmounted first). A namespace of the

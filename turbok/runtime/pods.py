@@ -52,6 +52,7 @@ from turbok.runtime.cri import (
     PodSandboxStatus,
     Stream,
     VolumeConfig,
+    essence,
 )
 from turbok.runtime.crilog import PUMP, CriLogWriter, Feed, log_files
 from turbok.runtime.disk import DEFAULT_EPHEMERAL_STORAGE, Disks, bounds
@@ -162,8 +163,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 def _restore_key(config: PodSandboxConfig) -> Any:
     """What must be equal for a hibernated pod's memory to be used: not the Pod object's identity, nor how
     urgently it boots (a warm pool's Pod, hibernated, resumes as somebody's once a claim has taken it)."""
-    data = canonical(config)
-    for volatile in ("uid", "labels", "annotations", "background"):
+    data = canonical(essence(config))
+    for volatile in ("uid", "labels", "annotations"):
         data.pop(volatile, None)
     return data
 
@@ -171,9 +172,8 @@ def _restore_key(config: PodSandboxConfig) -> Any:
 def _container_key(container: ContainerConfig) -> Any:
     """What must be equal for a running container to be the one asked for (a claim taking a warm pool's Pod
     makes its starts urgent: not another container)."""
-    data = canonical(container)
+    data = canonical(essence(container))
     data.pop("attempt", None)
-    data.pop("background", None)
     return data
 
 
@@ -851,8 +851,8 @@ class LocalPodRuntime(PodRuntime):
                     container_mounts.insert(0, MountSpec(workdir, cdir.app))
                 if agent is not None:
                     container_mounts.extend(MountSpec(dest, src, read_only=True) for src, dest in agent.mounts)
-                stdio, held = self._open_stdio(pdir, cdir, container, container.attempt)
                 _write_json(cdir.record, rec)
+                stdio, held = self._open_stdio(pdir, cdir, container, container.attempt)  # closed below, always
                 return container_mounts, stdio, held
 
             try:
@@ -860,19 +860,25 @@ class LocalPodRuntime(PodRuntime):
             except OSError as e:
                 raise self._start_failed(pdir, e) from e
             console = pdir.run / f"{container.name}.console" if container.tty else None
-            netns = None
-            if config.single_container:
-                fresh = config.id in self._unbooted and pod.get("netns")
-                self._unbooted.discard(config.id)  # the boot below takes the addresses this pod was given
-                netns = Path(pod["netns"]) if fresh else (await self._attach_network(pdir, config))[0]
-            else:
-                netns = Path(pod["netns"]) if pod.get("netns") else None
+            netns, launching = None, False
             try:
+                if config.single_container:
+                    fresh = config.id in self._unbooted and pod.get("netns")
+                    self._unbooted.discard(config.id)  # the boot below takes the addresses this pod was given
+                    netns = Path(pod["netns"]) if fresh else (await self._attach_network(pdir, config))[0]
+                else:
+                    netns = Path(pod["netns"]) if pod.get("netns") else None
+                launching = True
                 master = await self._launch(pdir, cdir, rec, container, proc, container_mounts, netns, stdio,
                                             console)
-            except SandboxStartFailed as e:
+            except BaseException as e:
+                # Whatever ended the start (a failed boot, no network, a cancelled start): the output files are
+                # on the pod's disk, and one left open here would keep that disk's filesystem alive after its
+                # unmount (the next boot then finds the disk still held).
                 for fd in (*(stdio or ()), *held.values()):
                     os.close(fd)
+                if not (launching and isinstance(e, SandboxStartFailed)):
+                    raise
                 rec["started_at"] = None
                 _write_json(cdir.record, rec)
                 _write_json(cdir.exit_file, {"cid": cid, "attempt": container.attempt, "exit_code": 128,

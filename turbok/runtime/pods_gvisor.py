@@ -62,6 +62,7 @@ from turbok.runtime.cri import (
     PodSandboxStatus,
     SecurityContext,
     SnapshotInfo,
+    essence,
 )
 from turbok.runtime.errors import (
     HibernationUnsupported,
@@ -979,8 +980,8 @@ def snapshot_key(config: PodSandboxConfig) -> Any:
     volumes' names, kinds and sizes, its network and shape. Not who it is (id, name, uid, hostname, labels),
     nor where its volumes' data lives (a fork has its own claims), nor files volumes' contents, nor how urgently
     it boots."""
-    data = canonical(config)
-    for volatile in ("id", "name", "namespace", "uid", "hostname", "labels", "annotations", "background"):
+    data = canonical(essence(config))
+    for volatile in ("id", "name", "namespace", "uid", "hostname", "labels", "annotations"):
         data.pop(volatile, None)
     data["volumes"] = [{k: v.get(k) for k in ("name", "kind", "size_bytes")} for v in data.get("volumes") or []]
     return data

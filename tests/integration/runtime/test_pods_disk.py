@@ -189,3 +189,35 @@ async def test_without_loop_devices_the_disk_is_unbounded_says_so_and_stays_nosu
         found = await settled_leftovers(rt, [cfg.id])
         release_root(rt.root)
     assert found == {}
+
+
+async def test_a_disk_still_held_from_its_last_run_says_who_holds_it(tmp_path: Path, images: ImageStore) -> None:
+    rt = GvisorPodRuntime(tmp_path / "pods", images)
+    cfg = pod_config("held", single_container=True)
+    await rt.run_pod_sandbox(cfg)
+    pdir = PodDir(rt.root, cfg.id)
+    holder = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sleep", "60"])
+    ours = os.readlink("/proc/self/ns/mnt")
+    opened = os.open(pdir.disk / "containers", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        while os.readlink(f"/proc/{holder.pid}/ns/mnt") == ours or \
+                Path(f"/proc/{holder.pid}/comm").read_text().strip() != "sleep":
+            await asyncio.sleep(0.01)  # its private copy of the mount table, the pod's disk in it, from now on
+        await rt.stop_pod_sandbox(cfg.id)
+        assert not mounts.is_mount_root(pdir.disk)
+        with pytest.raises(SandboxStartFailed, match="still held") as info:
+            await rt.run_pod_sandbox(cfg)
+        assert f"{holder.pid} (sleep)" in str(info.value)
+        assert "this process' file /containers" in str(info.value)  # its path in the detached filesystem
+    finally:
+        os.close(opened)
+        holder.kill()
+        holder.wait()
+    try:
+        await rt.run_pod_sandbox(cfg)  # both gone: the disk is free and mounts again
+        assert mounts.is_mount_root(pdir.disk)
+    finally:
+        await rt.remove_pod_sandbox(cfg.id)
+        found = await settled_leftovers(rt, [cfg.id])
+        release_root(rt.root)
+    assert found == {}

@@ -428,6 +428,45 @@ async def test_remove_is_idempotent_and_leaves_nothing(rt: GvisorPodRuntime) -> 
     assert not os.listdir(rt.root / ".removing"), "the trash (kept once made) is empty"
 
 
+def _open_below(path: Path) -> list[str]:
+    """Files of this process (the control plane) open below ``path``."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(f"{path}/"):
+            found.append(target)
+    return found
+
+
+@pytest.mark.parametrize("single", [True, False])
+async def test_a_start_cancelled_during_its_boot_leaves_no_file_of_the_pod_open(
+        rt: GvisorPodRuntime, single: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A control plane that holds a container's output file open keeps the pod's disk alive after its unmount:
+    the next boot of the pod would find its disk still held, and a removed pod would leave its loop device."""
+    cfg = pod_config(f"cut-{int(single)}", single_container=single)
+    await rt.run_pod_sandbox(cfg)
+    launching = asyncio.Event()
+
+    async def hangs(*args: object) -> None:
+        launching.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(rt, "_launch", hangs)
+    start = asyncio.ensure_future(rt.start_container(cfg.id, ContainerConfig("main", IMAGE, command=["sleep", "9"])))
+    await asyncio.wait_for(launching.wait(), 30)
+    disk = rt.root / cfg.id / "disk"
+    assert _open_below(disk)  # the check sees the output files the start opened
+    start.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await start
+    assert _open_below(disk) == []
+    await rt.remove_pod_sandbox(cfg.id)
+    assert leftovers(rt, [cfg.id]) == {}
+
+
 async def test_a_pod_takes_over_the_disk_of_a_sandbox_of_the_old_runtime(rt: GvisorPodRuntime, images: ImageStore,
                                                                         tmp_path: Path) -> None:
     legacy = tmp_path / "sandboxes"

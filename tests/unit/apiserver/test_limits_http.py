@@ -311,12 +311,13 @@ async def test_past_the_total_each_client_keeps_one_request(registry: ObjectRegi
 
 
 async def test_large_writes_leave_the_event_loop_free(server: Server, api: Api) -> None:
-    """A neighbour's GET during large writes waits far less than one write takes (the measurement is
-    bench/apiserver.py; this asserts a generous bound relative to the writes themselves)."""
+    """A neighbour's GETs go on during large writes: many are answered while each write runs, and none waits as
+    long as a write takes (the measurement is bench/apiserver.py). A loop blocked by a write would answer at
+    most one GET per write; counting them, not timing the slowest, leaves a collector's pause out of it."""
     entries = 30_000  # about 1.4 MB of JSON: under the object limit, and expensive to validate
     bodies = [json.dumps(big_sandbox(f"big-{i}", entries)).encode() for i in range(3)]
     headers = {"Content-Type": "application/json"}
-    latencies: list[float] = []
+    answered: list[tuple[float, float]] = []  # (when, how long it took)
     stop = asyncio.Event()
 
     async def neighbour() -> None:
@@ -324,21 +325,24 @@ async def test_large_writes_leave_the_event_loop_free(server: Server, api: Api) 
             started = time.perf_counter()
             response = await api.get(f"{NAMESPACES}/default")
             await response.read()
-            latencies.append(time.perf_counter() - started)
+            answered.append((time.perf_counter(), time.perf_counter() - started))
             await asyncio.sleep(0.005)
 
     task = asyncio.create_task(neighbour())
-    writes = []
+    writes: list[tuple[float, float]] = []
     for body in bodies:
         started = time.perf_counter()
         response = await api.post(SANDBOXES, data=body, headers=headers)
         raw = await response.read()
-        writes.append(time.perf_counter() - started)
+        writes.append((started, time.perf_counter()))
         assert response.status == 201, raw[:300]
     stop.set()
     await task
-    assert len(latencies) > 10
-    assert max(latencies) < 0.5 * min(writes), (max(latencies), writes, statistics.median(latencies))
+    latencies = [took for _, took in answered]
+    during = [sum(start < when < end for when, _ in answered) for start, end in writes]
+    shortest = min(end - start for start, end in writes)
+    assert min(during) >= 5 and max(latencies) < shortest, (during, max(latencies), shortest,
+                                                            statistics.median(latencies))
     stored = await (await api.get(f"{SANDBOXES}/big-2")).json()
     assert len(stored["spec"]["podTemplate"]["spec"]["containers"][0]["env"]) == entries
 
