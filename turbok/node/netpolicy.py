@@ -238,6 +238,11 @@ class NetworkPolicies:
         self._rids: dict[str, str] = {}  # runtime id -> the uid of the latest Pod with it
         self._peers: set[_PeerSpec] = set()
         self._port_sets: set[_PortSpec] = set()
+        #: Each peer set's members by pod uid, kept as pods change (one pod's change is matched against each
+        #: set, not every pod against each set: a claim or a refill among thousands of pods stays cheap), and
+        #: the ``PeerSet`` made of them, None until a member changes again.
+        self._members: dict[_PeerSpec | _PortSpec, dict[str, frozenset[Any]]] = {}
+        self._made: dict[_PeerSpec | _PortSpec, PeerSet | None] = {}
         self._rebind_all = False
         self._dirty = False
         self._task: asyncio.Task[None] | None = None
@@ -299,6 +304,8 @@ class NetworkPolicies:
                 self._namespaces.pop(name, None)
             else:
                 self._namespaces[name] = labels
+            self._members.clear()  # namespace selectors: every set is matched again
+            self._made.clear()
         else:
             return
         self._rebind_all = True
@@ -326,6 +333,7 @@ class NetworkPolicies:
             if gone is not None and self._rids.get(gone.rid) == uid:
                 del self._rids[gone.rid]
                 self.network.bind(gone.rid, None)
+            self._regroup(uid, None)
             self._soon()
             return
         spec, status = pod.get("spec") or {}, pod.get("status") or {}
@@ -345,6 +353,7 @@ class NetworkPolicies:
             if old is None or old.labels != info.labels or old.ports != info.ports or not old.local:
                 self.network.bind(rid, self._binding(info))
         if old is None or (old.ip, old.labels, old.ports, old.done) != (info.ip, info.labels, info.ports, info.done):
+            self._regroup(uid, info)
             self._soon()
 
     # ------------------------------------------------------------ computing
@@ -458,22 +467,48 @@ class NetworkPolicies:
         pod_selector = _parsed_selector(spec.pods)
         return pod_selector is not None and pod_selector.matches(pod.labels)
 
+    def _contribution(self, spec: _PeerSpec | _PortSpec, pod: _Pod) -> frozenset[Any]:
+        """What ``pod`` puts into the set ``spec``: its address, or (address, protocol, port) of its named ports."""
+        if not pod.ip or pod.done:
+            return frozenset()
+        if isinstance(spec, _PeerSpec):
+            return frozenset((pod.ip,)) if self._selected(spec, pod) else frozenset()
+        if spec.peer is not None and not self._selected(spec.peer, pod):
+            return frozenset()
+        return frozenset((pod.ip, protocol, number) for protocol, name in spec.names
+                         if (number := pod.ports.get((protocol, name))) is not None)
+
+    def _regroup(self, uid: str, pod: _Pod | None) -> None:
+        """One pod changed (None: gone): its place in every set already made."""
+        for spec, members in self._members.items():
+            now = frozenset() if pod is None else self._contribution(spec, pod)
+            if members.get(uid, frozenset()) != now:
+                if now:
+                    members[uid] = now
+                else:
+                    members.pop(uid, None)
+                self._made[spec] = None
+
     def peer_sets(self) -> dict[str, PeerSet]:
         """Every peer set the bindings name, with its members now."""
-        live = [p for p in self._pods.values() if p.ip and not p.done]
         out: dict[str, PeerSet] = {}
-        for spec in self._peers:
-            out[spec.name] = PeerSet(addresses=frozenset(p.ip for p in live if p.ip and self._selected(spec, p)))
-        for ports in self._port_sets:
-            members = set()
-            for p in live:
-                if ports.peer is not None and not self._selected(ports.peer, p):
-                    continue
-                for protocol, name in ports.names:
-                    number = p.ports.get((protocol, name))
-                    if number is not None and p.ip:
-                        members.add((p.ip, protocol, number))
-            out[ports.name] = PeerSet(ports=frozenset(members))
+        specs: list[_PeerSpec | _PortSpec] = [*self._peers, *self._port_sets]
+        for spec in specs:
+            members = self._members.get(spec)
+            if members is None:  # a set new to the bindings: matched against every pod once
+                members = self._members[spec] = {}
+                for uid, pod in self._pods.items():
+                    if found := self._contribution(spec, pod):
+                        members[uid] = found
+            made = self._made.get(spec)
+            if made is None:
+                union = frozenset().union(*members.values())
+                made = self._made[spec] = PeerSet(addresses=union) if isinstance(spec, _PeerSpec) \
+                    else PeerSet(ports=union)
+            out[spec.name] = made
+        for spec in [s for s in self._members if s not in self._peers and s not in self._port_sets]:
+            del self._members[spec]  # no binding names it any more
+            self._made.pop(spec, None)
         return out
 
     # ------------------------------------------------------------ applying

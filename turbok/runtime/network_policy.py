@@ -253,7 +253,9 @@ class PolicyTable:
         #: id -> its (egress, ingress) chains, compiled once per change of its binding
         self._chains: dict[str, tuple[tuple[str, str] | None, tuple[str, str] | None]] = {}
         self._bodies: dict[tuple[str, Profile], tuple[str, str]] = {}
-        self._names: dict[ipaddress.IPv4Address, tuple[str, str]] = {}  # address -> (text, bridge port)
+        #: pod id -> (its address, the address as text, its bridge port): looked up by id, whose hash is C's, not
+        #: by the address, whose hash is ``ipaddress``'s Python (most of a plan's time at hundreds of pods)
+        self._names: dict[str, tuple[ipaddress.IPv4Address, str, str]] = {}
         self._binding_lock = threading.Lock()
 
     @property
@@ -312,15 +314,15 @@ class PolicyTable:
         """nft commands from what is applied to what is wanted, for the pods ``attached`` (id -> address)."""
         want = TableState(forward_guard=self.forward_guard)
         names = self._names
-        for ip in attached.values():
-            if ip not in names:
-                names[ip] = (str(ip), port_of(ip))
-        want.sources = dict(names[ip] for ip in attached.values())
+        for id, ip in attached.items():
+            known = names.get(id)
+            if known is None or known[0] is not ip and known[0] != ip:
+                names[id] = (ip, str(ip), port_of(ip))
+        want.sources = {names[id][1]: names[id][2] for id in attached}
         with self._binding_lock:
             chains = list(self._chains.items())
         for id, (egress, ingress) in chains:
-            held = attached.get(id)
-            text = names[held][0] if held is not None else None
+            text = names[id][1] if id in attached else None
             if egress is not None:
                 want.chains[egress[0]] = egress[1]
                 if text is not None:
@@ -331,7 +333,7 @@ class PolicyTable:
                 if text is not None:
                     want.ingress[text] = ingress[0]
         if len(names) > 2 * len(attached) + 64:  # addresses long released
-            self._names = {ip: names[ip] for ip in attached.values()}
+            self._names = {id: names[id] for id in attached}
         referenced = set().union(*(_referenced_sets(body) for body in want.chains.values()))
         sets = self.sets  # replaced whole by whoever changes it: one consistent view
         want.sets = {name: sets.get(name, PeerSet()) for name in sorted(referenced)}

@@ -294,3 +294,49 @@ def test_resolv_conf_as_a_kubelet_writes_it(tmp_path: Path) -> None:
     got = dns_config(p, "10.213.0.1", resolv_conf=host)
     assert got.servers == ("10.213.0.1", "192.0.2.1", "192.0.2.2")  # three at most, as the kubelet keeps
     assert got.searches[-1] == "x.example" and got.options == ("ndots:2", "rotate")
+
+
+async def test_peer_sets_kept_pod_by_pod_match_a_fresh_enforcers(world: World) -> None:
+    """Peer sets are kept up to date one pod's change at a time (a claim or a refill among thousands of pods
+    must not match every pod again): after any sequence of changes they hold what an enforcer that saw only
+    the end state computes."""
+    import random
+
+    world.policy("in-from-db", {"podSelector": {}, "policyTypes": ["Ingress"],
+                                "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "db"}}}]}]})
+    world.policy("to-blue", {"podSelector": {"matchLabels": {"app": "c"}}, "policyTypes": ["Egress"],
+                             "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"team": "blue"}}}]},
+                                        {"to": [{"podSelector": {"matchLabels": {"role": "db"}}}],
+                                         "ports": [{"port": "postgres"}]}]})
+    ns_kind = world.registry.kinds.by_kind("v1", "Namespace")
+    world.enforcer.object_changed(ns_kind.key, world.registry.patch(
+        ns_kind, "", "other", "application/merge-patch+json", {"metadata": {"labels": {"team": "blue"}}}), False)
+    rng = random.Random(7)
+    pods: dict[str, Obj] = {}
+    for step in range(120):
+        name = f"p{rng.randrange(25)}"
+        if name in pods and rng.random() < 0.2:
+            world.enforcer.pod_changed(pods.pop(name), True)
+        else:
+            ports = [{"name": "postgres", "containerPort": 5432 + rng.randrange(2)}] if rng.random() < 0.5 else []
+            body = world.pod(name, {"role": rng.choice(["db", "web"]), "app": rng.choice(["c", "s"])},
+                             ip=f"10.213.0.{10 + int(name[1:])}" if rng.random() < 0.8 else None,
+                             namespace="other" if int(name[1:]) % 3 == 0 else "default",
+                             containers=[{"name": "m", "image": "x", "ports": ports}])
+            if rng.random() < 0.1:
+                body["status"] = {"phase": "Succeeded"}
+                world.enforcer.pod_changed(body, False)
+            pods[name] = body
+        if step % 10 == 9:
+            await world.settle()
+            fresh_network = FakeNetwork()
+            fresh_network.addresses = dict(world.network.addresses)
+            fresh = NetworkPolicies(EmbeddedClient(world.registry), fresh_network, node_name=NODE)
+            await fresh.start()
+            for body in pods.values():
+                fresh.pod_changed(body, False)
+            await fresh.settled()
+            await fresh.stop()
+            assert world.network.peers == fresh_network.peers, step
+            assert any(s.addresses for s in fresh_network.peers.values())
+            assert any(s.ports for s in fresh_network.peers.values())

@@ -105,6 +105,23 @@ def test_a_pods_boot_adds_elements_only_and_shared_profiles_share_one_chain() ->
     assert table.plan(attached, port)[0] == []  # nothing changed: nothing to do
 
 
+def test_a_pod_given_another_address_moves_its_elements_with_it() -> None:
+    """The plan keeps each pod's address text and bridge port by pod id: a new address (an equal one made anew,
+    or another) is seen, never the old one's text."""
+    table, attached = _table()
+    table.set_binding("a", Binding(egress=Profile((Rule(blocks=(Block(EVERYWHERE),)),))))
+    attached["a"] = ipaddress.IPv4Address("10.213.0.2")
+    table.commit(table.plan(attached, port)[1])
+    attached["a"] = ipaddress.IPv4Address("10.213.0.2")  # equal, another object: nothing to do
+    assert table.plan(attached, port)[0] == []
+    attached["a"] = ipaddress.IPv4Address("10.213.0.7")
+    cmds, state = table.plan(attached, port)
+    assert "delete element inet turbok egress { 10.213.0.2 }" in cmds
+    assert any(c.startswith("add element inet turbok egress { 10.213.0.7 : goto ") for c in cmds)
+    assert 'add element bridge turbok sources { "v0ad50007" . 10.213.0.7 }' in cmds
+    assert set(state.sources) == {"10.213.0.7"}
+
+
 def test_a_changed_policy_swaps_the_element_and_the_last_user_takes_its_chain_along() -> None:
     table, attached = _table()
     old = Binding(egress=Profile((Rule(blocks=(Block(EVERYWHERE),)),)))
