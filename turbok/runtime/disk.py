@@ -381,7 +381,7 @@ class Disks:
             if backing is None or backing.removesuffix(" (deleted)") != image:
                 return
             time.sleep(0.01)
-        held = ", ".join(loopdev.holders(device)[:8]) or "nobody found"
+        held = ", ".join(loopdev.holders(device, sdir.path)[:8]) or "nobody found"
         raise SandboxStartFailed(f"sandbox {sdir.id}: its disk is still held by {device} from its last run "
                                  f"(mounted in or open by: {held}); retrying later")
 

@@ -134,27 +134,41 @@ def backing_file(device: str) -> str | None:
         return None
 
 
-def holders(device: str) -> list[str]:
-    """Who keeps the filesystem on ``device`` alive: processes whose mount namespace still has it mounted
-    (``PID (command)``) and files this process holds open on it. Reads every process' mount table: only
-    for saying why a disk stays held, never on a boot's path."""
+def holders(device: str, directory: Path | None = None) -> list[str]:
+    """Who keeps the filesystem on ``device`` alive: processes whose mount namespace still has it mounted, or
+    a mount made from ``directory`` (an overlay whose layers are on it), or that have a file, their working
+    directory or their root on it (also in a mount detached since); and files this process holds open on it.
+    Reads every process' mount table and descriptors: only for saying why a disk stays held, never on a
+    boot's path."""
     name = os.path.basename(device)
     try:
         major, minor = Path(f"/sys/block/{name}/dev").read_text().split(":")
     except (OSError, ValueError):
         return []
-    dev, found = f" {int(major)}:{int(minor)} ", []
-    mine = os.readlink("/proc/self/ns/mnt")
+    dev, rdev = f" {int(major)}:{int(minor)} ", os.makedev(int(major), int(minor))
+    below = None if directory is None else f"{directory}/"
+    me, mine, found = str(os.getpid()), os.readlink("/proc/self/ns/mnt"), []
+
+    def on_it(path: str) -> bool:
+        with contextlib.suppress(OSError):
+            return os.stat(path).st_dev == rdev
+        return False
+
     for pid in filter(str.isdigit, os.listdir("/proc")):
         with contextlib.suppress(OSError):
-            if os.readlink(f"/proc/{pid}/ns/mnt") == mine:
+            if pid == me:
+                found += [f"this process' file {os.readlink(f'/proc/self/fd/{fd}')}"
+                          for fd in os.listdir("/proc/self/fd") if on_it(f"/proc/self/fd/{fd}")]
                 continue
-            with open(f"/proc/{pid}/mountinfo") as f:
-                if any(dev in line for line in f):
-                    found.append(f"{pid} ({Path(f'/proc/{pid}/comm').read_text().strip()})")
-    rdev = os.makedev(int(major), int(minor))
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            if os.stat(f"/proc/self/fd/{fd}").st_dev == rdev:
-                found.append(f"this process' file {os.readlink(f'/proc/self/fd/{fd}')}")
+            why = ""
+            if os.readlink(f"/proc/{pid}/ns/mnt") != mine:
+                with open(f"/proc/{pid}/mountinfo") as f:
+                    if any(dev in line or below is not None and below in line for line in f):
+                        why = "a mount"
+            if not why and (on_it(f"/proc/{pid}/cwd") or on_it(f"/proc/{pid}/root")):
+                why = "its directory"
+            if not why and any(on_it(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")):
+                why = "a file"
+            if why:
+                found.append(f"{pid} ({Path(f'/proc/{pid}/comm').read_text().strip()}: {why})")
     return found

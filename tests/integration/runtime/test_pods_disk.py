@@ -197,6 +197,7 @@ async def test_a_disk_still_held_from_its_last_run_says_who_holds_it(tmp_path: P
     await rt.run_pod_sandbox(cfg)
     pdir = PodDir(rt.root, cfg.id)
     holder = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sleep", "60"])
+    inside = subprocess.Popen(["sleep", "60"], cwd=pdir.disk / "containers")  # a process working on the disk
     ours = os.readlink("/proc/self/ns/mnt")
     opened = os.open(pdir.disk / "containers", os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -207,12 +208,14 @@ async def test_a_disk_still_held_from_its_last_run_says_who_holds_it(tmp_path: P
         assert not mounts.is_mount_root(pdir.disk)
         with pytest.raises(SandboxStartFailed, match="still held") as info:
             await rt.run_pod_sandbox(cfg)
-        assert f"{holder.pid} (sleep)" in str(info.value)
+        assert f"{holder.pid} (sleep: a mount)" in str(info.value)
+        assert f"{inside.pid} (sleep: its directory)" in str(info.value)  # in the detached filesystem
         assert "this process' file /containers" in str(info.value)  # its path in the detached filesystem
     finally:
         os.close(opened)
-        holder.kill()
-        holder.wait()
+        for p in (holder, inside):
+            p.kill()
+            p.wait()
     try:
         await rt.run_pod_sandbox(cfg)  # both gone: the disk is free and mounts again
         assert mounts.is_mount_root(pdir.disk)
