@@ -240,9 +240,9 @@ class NetworkPolicies:
         self._port_sets: set[_PortSpec] = set()
         #: Each peer set's members by pod uid, kept as pods change (one pod's change is matched against each
         #: set, not every pod against each set: a claim or a refill among thousands of pods stays cheap), and
-        #: the ``PeerSet`` made of them, None until a member changes again.
+        #: the ``PeerSet`` made of them (dropped when a member changes, made again when asked for).
         self._members: dict[_PeerSpec | _PortSpec, dict[str, frozenset[Any]]] = {}
-        self._made: dict[_PeerSpec | _PortSpec, PeerSet | None] = {}
+        self._made: dict[_PeerSpec | _PortSpec, PeerSet] = {}
         self._rebind_all = False
         self._dirty = False
         self._task: asyncio.Task[None] | None = None
@@ -487,7 +487,7 @@ class NetworkPolicies:
                     members[uid] = now
                 else:
                     members.pop(uid, None)
-                self._made[spec] = None
+                self._made.pop(spec, None)
 
     def peer_sets(self) -> dict[str, PeerSet]:
         """Every peer set the bindings name, with its members now."""
