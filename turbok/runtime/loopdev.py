@@ -137,7 +137,8 @@ def backing_file(device: str) -> str | None:
 def holders(device: str, directory: Path | None = None) -> list[str]:
     """Who keeps the filesystem on ``device`` alive: processes whose mount namespace still has it mounted, or
     a mount made from ``directory`` (an overlay whose layers are on it), or that have a file, their working
-    directory or their root on it (also in a mount detached since); and files this process holds open on it.
+    directory or their root on it (also in a mount detached since); and this process' own mounts of it and
+    files it holds open on it.
     Reads every process' mount table and descriptors: only for saying why a disk stays held, never on a
     boot's path."""
     name = os.path.basename(device)
@@ -157,6 +158,8 @@ def holders(device: str, directory: Path | None = None) -> list[str]:
     for pid in filter(str.isdigit, os.listdir("/proc")):
         with contextlib.suppress(OSError):
             if pid == me:
+                with open("/proc/self/mountinfo") as f:  # one hidden under a later mount cannot be unmounted by path
+                    found += [f"this process' mount on {line.split()[4]}" for line in f if dev in line]
                 found += [f"this process' file {os.readlink(f'/proc/self/fd/{fd}')}"
                           for fd in os.listdir("/proc/self/fd") if on_it(f"/proc/self/fd/{fd}")]
                 continue

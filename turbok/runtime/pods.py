@@ -34,8 +34,9 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -199,7 +200,12 @@ class LocalPodRuntime(PodRuntime):
         self.disks = Disks(bounded=bounded_disks, default=default_ephemeral_storage)
         self.legacy_root = legacy_root.absolute() if legacy_root is not None else None
         self._locks = KeyedLock()
+        #: Guards the root's bind and the count of pods preparing below it: without it, two first pods bound the
+        #: root twice (the second bind hid the first pod's disk, which then could never be unmounted), and the
+        #: last pod's release could undo the bind under a pod about to mount its disk.
+        self._root_lock = threading.Lock()
         self._root_secured = False
+        self._root_users = 0
         self._background: dict[str, set[asyncio.Future[Any]]] = {}
         if self.adopts_orphans:
             orphans.adopt()
@@ -296,6 +302,7 @@ class LocalPodRuntime(PodRuntime):
     # ------------------------------------------------------------------ root and disk
 
     def _secure_root(self) -> None:
+        """Bind the root onto itself nosuid,nodev, once, unless its filesystem already is (``_root_lock`` held)."""
         if self._root_secured:
             return
         self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
@@ -306,6 +313,18 @@ class LocalPodRuntime(PodRuntime):
             mounts.bind_onto_itself(self.root)
         self._root_secured = True
 
+    @contextlib.contextmanager
+    def _root_in_use(self) -> Iterator[None]:
+        """The root secured, and kept bound while a pod prepares below it (until its disk is mounted)."""
+        with self._root_lock:
+            self._secure_root()
+            self._root_users += 1
+        try:
+            yield
+        finally:
+            with self._root_lock:
+                self._root_users -= 1
+
     def _free_bytes(self) -> int | None:
         try:
             st = os.statvfs(self.root)
@@ -314,12 +333,12 @@ class LocalPodRuntime(PodRuntime):
         return st.f_bavail * st.f_frsize
 
     def _mount_disk(self, pdir: PodDir, config: PodSandboxConfig) -> None:
-        self._secure_root()
-        free = self._free_bytes()
-        if free is not None and free < HOME_RESERVE_BYTES:
-            raise OSError(errno.ENOSPC, "below the reserve kept free for the store and running pods")
-        pdir.make()
-        self.disks.prepare(pdir, bounds(config.ephemeral_storage_bytes, self.disks.default))
+        with self._root_in_use():
+            free = self._free_bytes()
+            if free is not None and free < HOME_RESERVE_BYTES:
+                raise OSError(errno.ENOSPC, "below the reserve kept free for the store and running pods")
+            pdir.make()
+            self.disks.prepare(pdir, bounds(config.ephemeral_storage_bytes, self.disks.default))
         for p in (pdir.disk / "containers", pdir.disk / "volumes", pdir.logs):
             p.mkdir(mode=0o755, exist_ok=True)
 
@@ -351,9 +370,10 @@ class LocalPodRuntime(PodRuntime):
                     podvolumes.save_memory(path, keep_memory / entry.name)
                 podvolumes.unmount_memory(path)
         self.disks.unmount(pdir)
-        with contextlib.suppress(OSError):  # the last pod gone (runsc's null-netns pin is none's: see release_root)
-            if mounts.is_mount_root(self.root) and all(Path(p).name == NULL_NETNS
-                                                       for p in mounts.mounts_below(self.root)):
+        # The last pod gone (runsc's null-netns pin is none's: see release_root), and none preparing.
+        with self._root_lock, contextlib.suppress(OSError):
+            if self._root_users == 0 and mounts.is_mount_root(self.root) and all(
+                    Path(p).name == NULL_NETNS for p in mounts.mounts_below(self.root)):
                 self._root_secured = False
                 release_root(self.root)
 

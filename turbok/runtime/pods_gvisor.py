@@ -846,8 +846,8 @@ class GvisorPodRuntime(LocalPodRuntime):
             def prepare() -> None:
                 self._release(pdir)
                 self._drop_memory(pdir)
-                self._secure_root()
-                pdir.make()
+                with self._root_in_use():
+                    pdir.make()
                 shutil.rmtree(pdir.containers, ignore_errors=True)
                 pdir.containers.mkdir(mode=0o755)
                 shutil.rmtree(pdir.cri_logs, ignore_errors=True)

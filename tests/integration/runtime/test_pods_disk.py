@@ -10,6 +10,7 @@ import json
 import os
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -224,3 +225,57 @@ async def test_a_disk_still_held_from_its_last_run_says_who_holds_it(tmp_path: P
         found = await settled_leftovers(rt, [cfg.id])
         release_root(rt.root)
     assert found == {}
+
+
+def binds_of(root: Path) -> int:
+    with open("/proc/self/mountinfo") as f:
+        return sum(line.split()[4] == str(root) for line in f)
+
+
+async def test_pods_preparing_at_once_below_an_unbound_root_bind_it_once(tmp_path: Path, images: ImageStore,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first pods after the last one went each find the root unbound: it is bound once, not once per pod (a
+    second bind over the first hid a pod's disk below it, which then could never be unmounted by its path)."""
+    rt = GvisorPodRuntime(tmp_path / "pods", images)
+    looked = mounts.mounts_below
+
+    def slowly(path: Path) -> list[str]:  # widens the moment between looking at the root and binding it
+        found = looked(path)
+        if Path(path) == rt.root:
+            time.sleep(0.3)
+        return found
+
+    monkeypatch.setattr(mounts, "mounts_below", slowly)
+    cfgs = [pod_config(f"first-{i}", single_container=True) for i in range(3)]
+    try:
+        for _ in range(2):  # the second time after the last pod went and the bind was undone
+            await asyncio.gather(*(rt.run_pod_sandbox(cfg) for cfg in cfgs))
+            assert binds_of(rt.root) == 1
+            assert all(mounts.is_mount_root(PodDir(rt.root, cfg.id).disk) for cfg in cfgs)
+            await asyncio.gather(*(rt.remove_pod_sandbox(cfg.id) for cfg in cfgs))
+            assert binds_of(rt.root) == 0
+    finally:
+        for cfg in cfgs:
+            await rt.remove_pod_sandbox(cfg.id)
+        found = await settled_leftovers(rt, [cfg.id for cfg in cfgs])
+        release_root(rt.root)
+    assert found == {}
+
+
+async def test_a_disk_hidden_under_a_later_mount_of_this_process_is_named_as_its_holder(tmp_path: Path) -> None:
+    image, outer = tmp_path / "disk.img", tmp_path / "outer"
+    with open(image, "wb") as f:
+        f.truncate(16 * MiB)
+    subprocess.run(["mkfs.ext4", "-q", "-b", "4096", str(image)], check=True)  # the loop device's block size
+    (outer / "inner").mkdir(parents=True)
+    with loopdev.attached(image) as device:
+        mounts.mount(device, outer / "inner", "ext4", mounts.SAFE)
+    try:
+        mounts.bind_onto_itself(outer)  # the disk is still mounted, but no path reaches it any more
+        try:
+            assert not mounts.is_mount_root(outer / "inner")
+            assert f"this process' mount on {outer}/inner" in loopdev.holders(device)
+        finally:
+            mounts.unmount(outer)
+    finally:
+        mounts.unmount(outer / "inner")
