@@ -14,6 +14,7 @@ import ctypes.util
 import errno
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ __all__ = [
     "mount",
     "mounts_below",
     "read_only",
+    "unescape",
     "unmount",
 ]
 
@@ -84,13 +86,17 @@ def mounts_below(path: Path) -> list[str]:
     """Mount points strictly below ``path`` in this process' mount namespace."""
     prefix = str(path).rstrip("/") + "/"
     found = []
-    with open("/proc/self/mountinfo", "rb") as f:
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
         for line in f:
-            point = line.split(b" ", 5)[4].decode("unicode_escape" if b"\\" in line else "utf-8",
-                                                  errors="replace")
+            point = unescape(line.split(" ", 5)[4])
             if point.startswith(prefix):
                 found.append(point)
     return found
+
+
+def unescape(field: str) -> str:
+    """A path as ``/proc/*/mountinfo`` writes it (space, tab, newline and backslash as octal escapes)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field) if "\\" in field else field
 
 
 def read_only(path: Path) -> bool:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import os
 import threading
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from typing import TypeVar
 
 from turbok.runtime.netlink import Netlink
 
-__all__ = ["call_in", "create", "enter", "exists", "prepare_dir", "remove"]
+__all__ = ["call_in", "create", "enter", "exists", "prepare_dir", "remove", "shows_rmem_default"]
 
 T = TypeVar("T")
 
@@ -92,6 +93,14 @@ def prepare_dir(directory: Path) -> None:
             raise
         _mount(str(directory), directory, MS_BIND | MS_REC)
         _mount(None, directory, MS_SHARED | MS_REC)
+
+
+@functools.cache
+def shows_rmem_default() -> bool:
+    """Does this kernel show /proc/sys/net/core/rmem_default inside a non-root namespace (Linux >= 6.10)?
+    runsc before gVisor's fix of its issue 10704 takes that for the root namespace and refuses to boot there
+    (see ``turbok.runtime.network.runsc_prefix`` and ``turbok.runtime.bootns``)."""
+    return call_in(None, lambda: os.path.exists("/proc/sys/net/core/rmem_default"), new=True)
 
 
 def exists(path: Path) -> bool:

@@ -53,8 +53,9 @@ The contract for the pod runtime (``turbok.runtime.cri``; runsc, ``--network=san
    kernel when it starts, so a second boot in the same namespace finds none;
    ``setup`` puts them back (and repairs whatever a crash left half made).
    Put ``{"type": "network", "path": str(attachment.netns)}`` in the bundle's
-   ``linux.namespaces`` and run ``runsc_prefix(attachment.netns) + runsc argv``
-   (the prefix works around a check of old runsc on new kernels: see there).
+   ``linux.namespaces`` and start runsc through ``turbok.runtime.bootns`` with the
+   namespace, or run ``runsc_prefix(attachment.netns) + runsc argv`` (either works
+   around a check of old runsc on new kernels: see ``runsc_prefix``).
    ``runsc checkpoint`` fails while an outside TCP connection to the pod is open
    (this runsc cannot save such an endpoint): close port-forwards before hibernating.
 3. ``stop`` keeps the network; ``teardown(id)`` after the sandbox is gone (in
@@ -89,7 +90,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import functools
 import hashlib
 import ipaddress
 import logging
@@ -786,12 +786,6 @@ def _sysctl(key: str, value: str) -> None:
         Path("/proc/sys", key).write_text(value)
 
 
-@functools.cache
-def _netns_shows_rmem_default() -> bool:
-    """Does this kernel show /proc/sys/net/core/rmem_default inside a non-root namespace (Linux >= 6.10)?"""
-    return netns.call_in(None, lambda: os.path.exists("/proc/sys/net/core/rmem_default"), new=True)
-
-
 def runsc_prefix(netns_path: Path) -> tuple[str, ...]:
     """argv to put before ``runsc ... run|restore`` of a sandbox in the namespace ``netns_path``.
 
@@ -806,7 +800,7 @@ def runsc_prefix(netns_path: Path) -> tuple[str, ...]:
     otherwise hand the host's own interfaces to the sandbox). About 4 ms; empty
     on kernels that need nothing.
     """
-    if not _netns_shows_rmem_default():
+    if not netns.shows_rmem_default():
         return ()
     script = ('nsenter --net="$1" mount -t tmpfs -o ro,size=4k turbok-netns /proc/sys/net/core || exit 125; '
               'shift; exec "$@"')

@@ -45,12 +45,13 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from turbok.runtime import orphans, spawn
+from turbok.runtime import bootns, orphans, spawn
 from turbok.runtime.cgroups import Cgroup
 from turbok.runtime.cri import (
     Capabilities,
@@ -236,6 +237,7 @@ class GvisorPodRuntime(LocalPodRuntime):
         self._global_flags = runsc.global_flags()
         self.state_dir = self.root / ".runsc"
         self.exits: ExitWatch = EXITS
+        self.boot_namespace = bootns.BootNamespace(self.root)
         nice = shutil.which("nice")
         self._boot_prefix: tuple[str, ...] = (nice, "-n", str(BOOT_NICENESS)) if nice else ()
 
@@ -278,18 +280,17 @@ class GvisorPodRuntime(LocalPodRuntime):
         self.exits.watch(pid, pod)
         return True
 
-    def _netflags(self, netns: Path | None) -> tuple[tuple[str, ...], str]:
-        """(argv prefix, ``--network=...``) for a boot in ``netns`` (None: a private loopback only)."""
-        if netns is None:
-            return (), "--network=none"
-        from turbok.runtime.network import runsc_prefix
+    @staticmethod
+    def _netflag(netns: Path | None) -> str:
+        """``--network=...`` for a boot in ``netns`` (None: a private loopback only)."""
+        return "--network=none" if netns is None else "--network=sandbox"
 
-        return runsc_prefix(netns), "--network=sandbox"
-
-    async def _boot(self, argv: list[str], what: str, *, err_path: Path,
-                    stdio: tuple[int, int, int] | None = None) -> None:
+    async def _boot(self, argv: list[str], what: str, *, err_path: Path, background: bool, trees: Sequence[Path],
+                    netns: Path | None = None, stdio: tuple[int, int, int] | None = None) -> None:
         """Run a runsc boot command (run/restore/create/start) to its end; raise with its error.
 
+        It starts from the pristine mount namespace (``turbok.runtime.bootns``) holding ``trees`` (the pod's
+        directory, the host paths its bundle reads) and ``netns``, or, where that cannot be, from the host's.
         Never pipes: a detached sandbox (or gofer) keeps the stdio it is given, so a pipe would never
         reach its end. ``stdio`` is the container's (its raw output files, which runsc's own error then
         goes to as well); without it runsc's output goes to ``err_path``."""
@@ -301,7 +302,7 @@ class GvisorPodRuntime(LocalPodRuntime):
         else:
             err_at = os.stat(err_path).st_size if err_path.exists() else 0
         try:
-            proc = await spawn.start(argv, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2])
+            proc = await self._start_boot(argv, stdio, background, trees, netns)
         finally:
             for fd in own:
                 os.close(fd)
@@ -312,6 +313,22 @@ class GvisorPodRuntime(LocalPodRuntime):
                 raw = f.read(4096)
             lines = raw.decode(errors="replace").strip().splitlines()
             raise SandboxStartFailed(f"{what} failed (exit {proc.returncode}): {lines[-1] if lines else 'no message'}")
+
+    async def _start_boot(self, argv: list[str], stdio: tuple[int, int, int], background: bool,
+                          trees: Sequence[Path], netns: Path | None) -> subprocess.Popen[bytes]:
+        nice = self._nice(background)
+        if trees and self.boot_namespace.unavailable is None:
+            try:
+                return await self.boot_namespace.start([*nice, *argv], stdin=stdio[0], stdout=stdio[1],
+                                                       stderr=stdio[2], trees=trees, netns=netns)
+            except bootns.Unavailable as e:
+                log.info("%s: booting from the host's mount namespace (%s)", argv[-1], e)
+        prefix: tuple[str, ...] = ()
+        if netns is not None:
+            from turbok.runtime.network import runsc_prefix
+
+            prefix = runsc_prefix(netns)
+        return await spawn.start([*nice, *prefix, *argv], stdin=stdio[0], stdout=stdio[1], stderr=stdio[2])
 
     # ------------------------------------------------------------------ the pod
 
@@ -331,12 +348,12 @@ class GvisorPodRuntime(LocalPodRuntime):
             pdir.pause_boot_log.unlink(missing_ok=True)
 
         await asyncio.to_thread(write)
-        prefix, net = self._netflags(netns)
-        await self._boot([*self._nice(config.background), *prefix, *self._cmd(
-            net, *nvproxy_flags(config), "--cpu-num-from-quota", f"--debug-log={pdir.pause_boot_log}",
-            "--debug-command=boot",
-            "run", "--detach", f"--bundle={pdir.pause}", pdir.id)], f"pod {pdir.id}: runsc run (pause)",
-            err_path=pdir.logs / "pause.out")
+        await self._boot(self._cmd(
+            self._netflag(netns), *nvproxy_flags(config), "--cpu-num-from-quota",
+            f"--debug-log={pdir.pause_boot_log}", "--debug-command=boot",
+            "run", "--detach", f"--bundle={pdir.pause}", pdir.id), f"pod {pdir.id}: runsc run (pause)",
+            err_path=pdir.logs / "pause.out", background=config.background, trees=boot_trees(pdir, spec),
+            netns=netns)
 
     def _pod_alive(self, pdir: PodDir, pod: dict[str, Any]) -> tuple[bool, str, str]:
         if pod.get("shape") == "solo":
@@ -479,20 +496,20 @@ class GvisorPodRuntime(LocalPodRuntime):
         what = f"container {cdir.name} of pod {pdir.id}"
         try:
             console_flag = (f"--console-socket={console}",) if console is not None else ()
+            trees = boot_trees(pdir, spec)
             if solo:
-                prefix, net = self._netflags(netns)
-                booting = self._boot([*self._nice(container.background), *prefix, *self._cmd(
-                    net, *nvproxy_flags(config), "--cpu-num-from-quota", f"--debug-log={boot_log}",
+                booting = self._boot(self._cmd(
+                    self._netflag(netns), *nvproxy_flags(config), "--cpu-num-from-quota", f"--debug-log={boot_log}",
                     "--debug-command=boot", "run",
-                    "--detach", *console_flag, f"--bundle={cdir.bundle}", cid)], f"{what}: runsc run",
-                    stdio=stdio, err_path=err_path)
+                    "--detach", *console_flag, f"--bundle={cdir.bundle}", cid), f"{what}: runsc run",
+                    stdio=stdio, err_path=err_path, background=container.background, trees=trees, netns=netns)
             else:
                 async def create_and_start() -> None:
-                    await self._boot([*self._nice(container.background), *self._cmd(
-                        "create", *console_flag, f"--bundle={cdir.bundle}", cid)], f"{what}: runsc create",
-                        err_path=cdir.path / "runsc.err")
-                    await self._boot([*self._nice(container.background), *self._cmd("start", cid)],
-                                     f"{what}: runsc start", stdio=stdio, err_path=err_path)  # it forks the gofer
+                    await self._boot(self._cmd("create", *console_flag, f"--bundle={cdir.bundle}", cid),
+                                     f"{what}: runsc create", err_path=cdir.path / "runsc.err",
+                                     background=container.background, trees=trees)
+                    await self._boot(self._cmd("start", cid), f"{what}: runsc start", stdio=stdio, err_path=err_path,
+                                     background=container.background, trees=trees)  # it forks the gofer
 
                 booting = create_and_start()
             if sock is None:
@@ -947,14 +964,15 @@ class GvisorPodRuntime(LocalPodRuntime):
                         os.open(pdir.raw_log(cdir.name, attempt, "stderr"), flags, 0o644))
 
             stdio = await asyncio.to_thread(prepare)
-            prefix, net = self._netflags(netns)
             boot_log = pdir.boot_log_of(cdir.name, attempt)
+            trees = [*boot_trees(pdir, _read_json(cdir.config) or {}), *outside(pdir, [image_path])]
             try:
-                await self._boot([*self._nice(config.background), *prefix, *self._cmd(
-                    net, *nvproxy_flags(config), "--cpu-num-from-quota", f"--debug-log={boot_log}",
+                await self._boot(self._cmd(
+                    self._netflag(netns), *nvproxy_flags(config), "--cpu-num-from-quota", f"--debug-log={boot_log}",
                     "--debug-command=boot", "restore",
-                    f"--image-path={image_path}", "--detach", f"--bundle={cdir.bundle}", rec["cid"])],
-                    f"pod {pdir.id}: runsc restore", stdio=stdio, err_path=pdir.raw_log(cdir.name, attempt, "stderr"))
+                    f"--image-path={image_path}", "--detach", f"--bundle={cdir.bundle}", rec["cid"]),
+                    f"pod {pdir.id}: runsc restore", stdio=stdio, err_path=pdir.raw_log(cdir.name, attempt, "stderr"),
+                    background=config.background, trees=trees, netns=netns)
             finally:
                 for fd in stdio:
                     os.close(fd)
@@ -1025,3 +1043,23 @@ async def _cleanup_after(client: asyncio.subprocess.Process, handle: Any) -> Non
     with contextlib.suppress(Exception):
         await client.wait()
     handle.cleanup()
+
+
+def outside(pdir: PodDir, paths: Sequence[Path]) -> list[Path]:
+    """Those of ``paths`` not in the pod's directory (absolute, each once, in order)."""
+    below = f"{pdir.path}/"
+    found: dict[Path, None] = {}
+    for p in paths:
+        if p.is_absolute() and p != pdir.path and not str(p).startswith(below):
+            found[p] = None
+    return list(found)
+
+
+def boot_trees(pdir: PodDir, spec: dict[str, Any]) -> list[Path]:
+    """What a boot of the bundle ``spec`` reads of the host: the pod's directory, the bundle's root when it
+    lies elsewhere (a pause pod's image), and the sources of its bind mounts (host volumes, the agent)."""
+    paths = [Path((spec.get("root") or {}).get("path") or pdir.path)]
+    for m in spec.get("mounts") or ():
+        if m.get("type") == "bind" or "bind" in (m.get("options") or ()) or "rbind" in (m.get("options") or ()):
+            paths.append(Path(str(m.get("source") or "")))
+    return [pdir.path, *outside(pdir, paths)]

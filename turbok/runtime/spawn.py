@@ -16,13 +16,14 @@ would, with a pipe) cannot hold anyone up.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import subprocess
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-__all__ = ["run", "start", "wait"]
+__all__ = ["forked", "run", "start", "wait"]
 
 
 async def start(argv: Sequence[str], *, stdin: int, stdout: int, stderr: int,
@@ -35,7 +36,14 @@ async def start(argv: Sequence[str], *, stdin: int, stdout: int, stderr: int,
         return subprocess.Popen(list(argv), stdin=stdin, stdout=stdout, stderr=stderr, start_new_session=True,
                                 pass_fds=tuple(pass_fds))
 
-    forking = asyncio.get_running_loop().run_in_executor(None, fork)
+    return await forked(fork)
+
+
+async def forked(fork: Callable[[], subprocess.Popen[bytes]], *,
+                 executor: concurrent.futures.Executor | None = None) -> subprocess.Popen[bytes]:
+    """The process ``fork()`` starts, called on a thread of ``executor`` (None: the loop's default), with
+    ``start``'s handling of a cancellation."""
+    forking = asyncio.get_running_loop().run_in_executor(executor, fork)
     try:
         return await asyncio.shield(forking)
     except asyncio.CancelledError:
