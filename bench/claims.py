@@ -4,7 +4,9 @@
    claims are posted at ``--rate`` per second for ``--seconds`` over one keep-alive HTTPS
    connection, while one watch on claims observes Ready. Latency = POST sent -> Ready event
    received (client side, so it includes TLS, HTTP, the store, the claim controller adopting a
-   warm Pod and the watch). The pool refills in the background.
+   warm Pod and the watch). The pool refills in the background. Printed by 5 s windows beside how
+   busy the host's CPUs were (``/proc/stat``); ``--samples FILE`` writes each claim's times on the
+   wall clock, to line up with the control plane's own logs.
 2. Cold claims: claims against an empty pool, one at a time (each: the Sandbox, its Pod, the
    node's scheduler and worker, the Pod's network namespace and address, the pod sandbox boot,
    the Pod's and then the claim's Ready), alternating with a raw ``runsc run --detach`` of the
@@ -162,12 +164,19 @@ class ReadyWatch(threading.Thread):
         return self.ready[name]
 
 
+def host_cpu() -> tuple[int, int, int]:
+    """(busy, system, all) ticks of every CPU of the host so far (``/proc/stat``)."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(ticks) - ticks[3] - ticks[4], ticks[2] + ticks[5] + ticks[6], sum(ticks)
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def warm(api: Api, rate: float, seconds: float, pool: int, *, agent: str = "on-demand") -> dict[str, Any]:
+def warm(api: Api, rate: float, seconds: float, pool: int, *, agent: str = "on-demand",
+         samples: Path | None = None) -> dict[str, Any]:
     ns = "bench-warm"
     api.setup(ns, pool, agent=agent)
     t0 = time.monotonic()
@@ -182,8 +191,12 @@ def warm(api: Api, rate: float, seconds: float, pool: int, *, agent: str = "on-d
     created: dict[str, float] = {}  # when the create request returned
     count = int(rate * seconds)
     before = api.stalls()
+    per_window = int(rate * 5)
+    cpu_marks = []  # /proc/stat at each window's start and at the end: how busy the host was meanwhile
     start = time.perf_counter()
     for i in range(count):
+        if i % per_window == 0:
+            cpu_marks.append(host_cpu())
         target = start + i / rate
         delay = target - time.perf_counter()
         if delay > 0:
@@ -193,18 +206,25 @@ def warm(api: Api, rate: float, seconds: float, pool: int, *, agent: str = "on-d
         api.claim(ns, name)
         created[name] = time.perf_counter()
     achieved = count / (time.perf_counter() - start)
+    cpu_marks.append(host_cpu())
     deadline = time.perf_counter() + 60
     while len(watch.ready) < count and time.perf_counter() < deadline:
         time.sleep(0.1)
     after = api.stalls()
     stalls = {k: [a - b for a, b in zip(v, before.get(k, [0.0] * 3), strict=True)] for k, v in after.items()}
     lat = [(watch.ready[n] - t) * 1e3 for n, t in sent.items() if n in watch.ready]
+    if samples is not None:  # each claim's times on the wall clock, to line up with the control plane's logs
+        shift = time.time() - time.perf_counter()
+        samples.write_text("".join(f"{n} {t + shift:.6f} {created[n] + shift:.6f} "
+                                   f"{watch.ready[n] + shift if n in watch.ready else float('nan'):.6f}\n"
+                                   for n, t in sent.items()))
     post = [(created[n] - t) * 1e3 for n, t in sent.items()]
     windows = []
-    per_window = int(rate * 5)
-    for i in range(0, len(lat), per_window):
+    for w, i in enumerate(range(0, len(lat), per_window)):
         chunk = lat[i:i + per_window]
-        windows.append((statistics.median(chunk), pct(chunk, 0.99)))
+        (busy0, sys0, all0), (busy1, sys1, all1) = cpu_marks[w], cpu_marks[min(w + 1, len(cpu_marks) - 1)]
+        elapsed = max(all1 - all0, 1)
+        windows.append((statistics.median(chunk), pct(chunk, 0.99), (busy1 - busy0) / elapsed, (sys1 - sys0) / elapsed))
     return {"claims": count, "ready": len(lat), "rate": achieved, "p50": statistics.median(lat),
             "p99": pct(lat, 0.99), "max": max(lat),
             "post_p50": statistics.median(post), "post_p99": pct(post, 0.99), "pool_ready_after": api.ready_replicas(ns), "windows": windows,
@@ -368,6 +388,8 @@ def main() -> None:
     parser.add_argument("--cold", type=int, default=15)
     parser.add_argument("--cold-agent", choices=("on-demand", "eager", "off", "all"), default="all")
     parser.add_argument("--warm-agent", choices=("on-demand", "eager", "off"), default="on-demand")
+    parser.add_argument("--samples", type=Path, default=None,
+                        help="write each warm claim's sent, created and Ready times (wall clock) to this file")
     parser.add_argument("--skip-warm", action="store_true")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="turbok-bench-claims-"))
@@ -384,13 +406,14 @@ def main() -> None:
                   f"| raw runsc run p50 {c['raw_p50']:.1f} ms p99 {c['raw_p99']:.1f} ms | ratio {c['p50'] / c['raw_p50']:.2f} |",
                   flush=True)
         if not args.skip_warm:
-            w = warm(api, args.rate, args.seconds, args.pool, agent=args.warm_agent)
+            w = warm(api, args.rate, args.seconds, args.pool, agent=args.warm_agent, samples=args.samples)
             print(f"| warm claim create -> Ready (watch), {w['claims']} claims at {w['rate']:.1f}/s, pool {args.pool}, "
                   f"sandboxd agent {args.warm_agent} "
                   f"| p50 {w['p50']:.1f} ms | p99 {w['p99']:.1f} ms | max {w['max']:.1f} ms | ready {w['ready']}/{w['claims']} "
                   f"| pool ready after: {w['pool_ready_after']} |", flush=True)
-            for window, (p50, p99) in enumerate(w["windows"]):
-                print(f"|   seconds {window * 5}-{window * 5 + 5}: p50 {p50:.1f} ms, p99 {p99:.1f} ms |")
+            for window, (p50, p99, busy, system) in enumerate(w["windows"]):
+                print(f"|   seconds {window * 5}-{window * 5 + 5}: p50 {p50:.1f} ms, p99 {p99:.1f} ms; host CPUs "
+                      f"{busy * 100:.0f} % busy, {system * 100:.0f} % in the kernel |")
             print(f"|   of which the create request: p50 {w['post_p50']:.1f} ms, p99 {w['post_p99']:.1f} ms |")
             for what, (n, total, slow) in sorted(w["stalls"].items()):
                 print(f"|   control plane {what}: {n:.0f} observed, {total * 1e3:.0f} ms in all, {slow:.0f} over 50 ms |")
