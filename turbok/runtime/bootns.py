@@ -127,16 +127,23 @@ class _Threads:
         self.host_net = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         self.pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="turbok-boot",
                                                           initializer=self._own_fs)
+        self.broken: str | None = None
 
     @staticmethod
     def _own_fs() -> None:
         _check(_libc.unshare(_CLONE_FS), "unshare(CLONE_FS)")
 
     def home(self) -> None:
-        """Back to the host's namespaces (a failure here would leave a thread elsewhere: fatal to it)."""
-        _setns(self.host_net, _CLONE_NEWNET, "the host's network namespace")
-        _setns(self.host_mnt, _CLONE_NEWNS, "the host's mount namespace")
-        os.chdir("/")
+        """Back to the host's namespaces. Should that ever fail, the thread is elsewhere for good: no boot
+        uses these threads again (``broken``), every one starts from the host's namespace instead."""
+        try:
+            _setns(self.host_net, _CLONE_NEWNET, "the host's network namespace")
+            _setns(self.host_mnt, _CLONE_NEWNS, "the host's mount namespace")
+            os.chdir("/")
+        except OSError as e:
+            self.broken = f"a boot thread could not go back to the host's namespaces ({e})"
+            log.error("%s; boots start from the host's namespace from now on", self.broken)
+            raise
 
 
 _threads_lock = threading.Lock()
@@ -188,33 +195,42 @@ class BootNamespace:
 
     def _fork(self, threads: _Threads, fork: Callable[[], subprocess.Popen[bytes]], trees: Sequence[Path],
               netns: Path | None, hide: bool) -> subprocess.Popen[bytes]:
+        """``fork()`` in a fresh copy of the pristine namespace holding ``trees``; ``Unavailable`` when anything
+        before the fork fails (nothing started)."""
         pristine = self._pristine(threads)
         clones: list[tuple[int, Path]] = []
+        net: int | None = None
+        proc: subprocess.Popen[bytes] | None = None
         try:
-            for tree in trees:
-                try:
-                    clones.append((_open_tree(tree), tree))
-                except OSError as e:
-                    raise Unavailable(e.errno or errno.EINVAL, f"{tree} cannot be cloned: {e}") from e
-            net = os.open(netns, os.O_RDONLY | os.O_CLOEXEC) if netns is not None else None
             try:
+                for tree in trees:
+                    clones.append((_open_tree(tree), tree))
+                if netns is not None:
+                    net = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
                 _setns(pristine, _CLONE_NEWNS, "the pristine mount namespace")
                 try:
                     _check(_libc.unshare(_CLONE_NEWNS), "unshare(CLONE_NEWNS)")
-                    for fd, tree in clones:
-                        try:
-                            _move_mount(fd, tree)
-                        except OSError as e:  # not there in the pristine namespace: a filesystem mounted since
-                            raise Unavailable(e.errno or errno.EINVAL, f"{tree}: {e}") from e
+                    for fd, tree in clones:  # ENOENT: not in the pristine namespace (a filesystem mounted since)
+                        _move_mount(fd, tree)
                     if net is not None and hide:
                         self._hide_rmem_default(net, threads.host_net)
-                    return fork()
-                finally:
+                except OSError:
                     threads.home()
+                    raise
+            except OSError as e:
+                raise Unavailable(e.errno or errno.EINVAL, str(e)) from e
+            try:
+                proc = fork()
             finally:
-                if net is not None:
-                    os.close(net)
+                threads.home()  # should this fail with runsc started, the thread is marked broken: proc stands
+            return proc
+        except OSError:
+            if proc is not None:
+                return proc
+            raise
         finally:
+            if net is not None:
+                os.close(net)
             for fd, _ in clones:
                 os.close(fd)
 
@@ -236,6 +252,8 @@ class BootNamespace:
         (and ``netns``, a network namespace file, with what runsc must not see hidden inside it).
         ``Unavailable``: nothing was started; boot from the host's namespace instead."""
         threads = _boot_threads()
+        if threads.broken is not None:
+            raise Unavailable(errno.EINVAL, threads.broken)
         every = [*trees, *([netns] if netns is not None else [])]
         # Asked here, not on the boot thread: it starts a thread, which would share the boot thread's
         # filesystem context for a moment, and setns() refuses a mount namespace to a thread that shares it.

@@ -118,3 +118,18 @@ async def test_a_tree_the_namespace_cannot_hold_is_refused_and_nothing_starts(tm
         assert os.readlink("/proc/self/ns/mnt") == os.readlink(f"/proc/{os.getpid()}/ns/mnt")
     finally:
         mounts.unmount(later)
+
+
+async def test_a_command_that_cannot_start_fails_as_it_would_on_the_host_and_the_next_boot_is_unaffected(
+        tmp_path: Path) -> None:
+    root = tmp_path / "pods"
+    (root / "pod").mkdir(parents=True)
+    ns = bootns.BootNamespace(root)
+    for _ in range(3):  # more times than there are boot threads: none is left in a boot's namespace
+        with pytest.raises(FileNotFoundError):
+            await ns.start([str(tmp_path / "no-such-runsc")], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, trees=[root / "pod"], netns=None)
+    marker = tmp_path / "seen"
+    assert await run_in(ns, f"test -d {root}/pod && touch {marker} && echo ok", [root / "pod"]) == "ok\n"
+    assert marker.exists()
+    assert ns.unavailable is None
