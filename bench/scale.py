@@ -347,6 +347,7 @@ async def bench(api: Api, cp: ControlPlaneProcess, work: Path, args: argparse.Na
     with watch.changed:
         watch.changed.wait_for(lambda: not watch.ready, timeout=1200)
     print(f"| {count} removed | Sandboxes gone in {time.perf_counter() - t0:.0f} s |", flush=True)
+    await asyncio.to_thread(raw.network.remove_host)  # the raw batch's bridge and tables (its pods are gone)
 
 
 def main() -> None:
