@@ -119,8 +119,11 @@ class Runsc:
     flags: frozenset[str] = frozenset()
 
     def global_flags(self) -> tuple[str, ...]:
-        """What every runsc command starts with (after the binary)."""
-        return (f"--platform={self.platform}",)
+        """What every runsc command starts with (after the binary). ``--overlay2=none`` where the binary has
+        it (2023 on, default ``root:self``): what a container writes to ``/`` goes to its overlay on the pod's
+        disk, as with Debian's runsc, not into runsc's own overlay, where no turbok part would see it (the
+        pod's layer, snapshots' files, a restart keeping the layer)."""
+        return (f"--platform={self.platform}", *(("--overlay2=none",) if self.knows("overlay2") else ()))
 
     def knows(self, flag: str) -> bool:
         """Whether the binary has the global flag ``flag`` (its name, no dashes)."""

@@ -56,9 +56,12 @@ async def test_a_pod_boots_and_runs_with_each_binary(which: str, platform: str, 
     cfg = pod_config(f"runsc-{which}-{platform}", single_container=True)
     try:
         await rt.run_pod_sandbox(cfg)
-        await rt.start_container(cfg.id, ContainerConfig("main", BUSYBOX, command=["sh", "-c", "echo up; exit 7"]))
+        await rt.start_container(cfg.id, ContainerConfig("main", BUSYBOX, command=[
+            "sh", "-c", "echo up; echo kept > /written; exit 7"]))
         done = await wait_exited(rt, cfg.id, "main")
         assert done.exit_code == 7 and (await log_text(rt, cfg.id, "main")) == "up\n"
+        # What it wrote to / is in its layer on the pod's disk with either binary (not in runsc's own overlay).
+        assert (PodDir(rt.root, cfg.id).container("main").upper / "written").read_text() == "kept\n"
         # The sandbox's own word for the platform it booted on.
         boot = PodDir(rt.root, cfg.id).boot_log_of("main", 0).read_text(errors="replace")
         assert f"Platform: {rt.runsc_choice.platform}" in boot
