@@ -34,6 +34,7 @@ runtime goes); it never holds a pod's disk.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import ctypes
 import errno
 import logging
@@ -44,7 +45,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from turbok.runtime import mounts, spawn
+from turbok.runtime import loopdev, mounts, spawn
 from turbok.runtime import netns as netns_
 
 __all__ = ["BootNamespace", "Unavailable"]
@@ -65,7 +66,6 @@ _MOVE_MOUNT_F_EMPTY_PATH = 4
 _AT_FDCWD = -100
 _MS_RDONLY, _MS_REC, _MS_PRIVATE = 0x1, 0x4000, 1 << 18
 _MNT_DETACH = 2
-_LOOP_MAJOR = 7
 #: Filesystem types a pod mounts (its container's rootfs, its network namespace file), besides its loop disk.
 _POD_LIKE = frozenset({"overlay", "nsfs"})
 
@@ -106,7 +106,7 @@ def _strip(root: Path) -> int:
             fields = line.split()
             dash = fields.index("-")
             point, fstype, major = mounts.unescape(fields[4]), fields[dash + 1], int(fields[2].split(":")[0])
-            if point.startswith(below) or (point not in keep and (fstype in _POD_LIKE or major == _LOOP_MAJOR)):
+            if point.startswith(below) or (point not in keep and (fstype in _POD_LIKE or major == loopdev.LOOP_MAJOR)):
                 points.append(point)
     taken = 0
     for point in sorted(points, key=len, reverse=True):  # innermost first; a parent gone takes its children
@@ -200,7 +200,6 @@ class BootNamespace:
         pristine = self._pristine(threads)
         clones: list[tuple[int, Path]] = []
         net: int | None = None
-        proc: subprocess.Popen[bytes] | None = None
         try:
             try:
                 for tree in trees:
@@ -220,14 +219,10 @@ class BootNamespace:
             except OSError as e:
                 raise Unavailable(e.errno or errno.EINVAL, str(e)) from e
             try:
-                proc = fork()
+                return fork()
             finally:
-                threads.home()  # should this fail with runsc started, the thread is marked broken: proc stands
-            return proc
-        except OSError:
-            if proc is not None:
-                return proc
-            raise
+                with contextlib.suppress(OSError):  # it marked the threads broken; what fork() did stands
+                    threads.home()
         finally:
             if net is not None:
                 os.close(net)

@@ -83,7 +83,6 @@ _VALID_FS, _ERROR_FS = 1, 2
 _MOUNT_OPTIONS = "discard,errors=remount-ro"
 _STATE_FILE = "disk.json"
 _TEMPLATES_KEPT = 8  # distinct sizes whose fresh filesystem a process keeps in memory
-_LOOP_MAJOR = 7
 _UNMOUNT_WAIT = 2.0
 
 
@@ -205,7 +204,7 @@ class Disks:
             dev = os.stat(sdir.disk).st_dev
         except OSError:
             return False
-        if os.major(dev) != _LOOP_MAJOR:
+        if os.major(dev) != loopdev.LOOP_MAJOR:
             return False  # not mounted, or a plain directory
         errors = self._errors_files.get(dev)
         if errors is None:

@@ -26,9 +26,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["LOOP_CONTROL", "LoopUnavailable", "attached", "backing_file", "holders", "unavailable"]
+from turbok.runtime import mounts
+
+__all__ = ["LOOP_CONTROL", "LOOP_MAJOR", "LoopUnavailable", "attached", "backing_file", "holders", "unavailable"]
 
 LOOP_CONTROL = Path("/dev/loop-control")
+#: The block devices' major number of every loop device.
+LOOP_MAJOR = 7
 _LOOP_CTL_GET_FREE = 0x4C82
 _LOOP_CONFIGURE = 0x4C0A
 _LO_FLAGS_AUTOCLEAR = 4
@@ -159,7 +163,7 @@ def holders(device: str, directory: Path | None = None) -> list[str]:
         with contextlib.suppress(OSError):
             if pid == me:
                 with open("/proc/self/mountinfo") as f:  # one hidden under a later mount cannot be unmounted by path
-                    found += [f"this process' mount on {line.split()[4]}" for line in f if dev in line]
+                    found += [f"this process' mount on {mounts.unescape(line.split()[4])}" for line in f if dev in line]
                 found += [f"this process' file {os.readlink(f'/proc/self/fd/{fd}')}"
                           for fd in os.listdir("/proc/self/fd") if on_it(f"/proc/self/fd/{fd}")]
                 continue

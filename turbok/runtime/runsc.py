@@ -211,8 +211,7 @@ def _kvm_problem(key: tuple[str, int, int], flags: frozenset[str], timeout: floa
                 return f"a probe sandbox on kvm did not finish in {timeout:g} s (a virtual machine's /dev/kvm?)"
             finally:
                 _kill_all_with(f"--root={state}".encode())  # the sandbox and gofer: sessions of their own
-                _unpin(state)
-                for pin in mounts.mounts_below(Path(tmp)):
+                for pin in mounts.mounts_below(Path(tmp)):  # runsc's null-netns pins, its own and runsc do's
                     mounts.unmount(Path(pin))
             err.seek(0)
             lines = err.read().decode(errors="replace").strip().splitlines()
@@ -246,12 +245,6 @@ def _kill_all_with(marker: bytes, wait: float = 5.0) -> None:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.05)
-
-
-def _unpin(state: Path) -> None:
-    pin = state / NULL_NETNS
-    if pin.exists():
-        mounts.unmount(pin)
 
 
 def choose(given: RunscSettings, *, kvm_probe_seconds: float = KVM_PROBE_SECONDS) -> Runsc:

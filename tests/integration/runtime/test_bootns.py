@@ -15,7 +15,7 @@ from turbok.runtime import bootns, mounts, netns, spawn
 from turbok.runtime.network import NETNS_DIR
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio,
-              pytest.mark.skipif(os.geteuid() != 0, reason="mount namespaces need root")]
+              pytest.mark.skipif(os.geteuid() != 0, reason="not root: making mount namespaces needs root")]
 
 
 def tmpfs(path: Path) -> None:
@@ -87,7 +87,7 @@ async def test_a_pods_disk_unmounted_on_the_host_is_gone_though_the_namespace_li
 async def test_the_pods_network_namespace_hides_what_old_runsc_misreads_and_runsc_stays_on_the_host(
         tmp_path: Path) -> None:
     if not netns.shows_rmem_default():
-        pytest.skip("this kernel (before 6.10) shows no rmem_default in a pod's network namespace: nothing to hide")
+        pytest.skip("this kernel is older than 6.10: no rmem_default in a pod's network namespace to hide")
     netns.prepare_dir(NETNS_DIR)
     path = NETNS_DIR / f"tbootns-{os.getpid()}"
     netns.create(path).close()
